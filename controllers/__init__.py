@@ -1,0 +1,1 @@
+"""Per-resource controllers: observe (through a Host), diff and plan (pure)."""

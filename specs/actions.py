@@ -1,0 +1,209 @@
+"""Typed actions: the only way anything changes on the host.
+
+Each action states whether it is disruptive, the exact argv it runs (no
+shell), and optionally a health check and a rollback action. Dry-run,
+evidence (`action_taken`), guards and the privileged actuator all work from
+these models alone.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+# systemd unit names: no path separators, no leading dash (argv injection)
+UNIT_RE = re.compile(r"^[A-Za-z0-9:_.@\\-]+\.(service|socket|timer|target|path|mount)$")
+NFT_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+SYSTEMCTL = "systemctl"
+NFT = "nft"
+
+
+def _check_unit(v: str) -> str:
+    if v.startswith("-") or not UNIT_RE.match(v):
+        raise ValueError(f"{v!r} is not a systemd unit name like 'sshd.service'")
+    return v
+
+
+class HealthCheck(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    argv: list[str]
+    expect_stdout: str | None = None  # stripped stdout must equal this
+    timeout: float = 60.0
+
+
+class BaseAction(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    disruptive: bool = False
+    reason: str = ""  # the drift reason that made the controller plan this
+
+    def commands(self) -> list[list[str]]:
+        raise NotImplementedError
+
+    @property
+    def key(self) -> str:
+        """Identity for per-action backoff: same key = same remediation attempt."""
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        return " && ".join(" ".join(c) for c in self.commands())
+
+
+class UnitAction(BaseAction):
+    unit: str
+
+    @field_validator("unit")
+    @classmethod
+    def _unit_name(cls, v: str) -> str:
+        return _check_unit(v)
+
+
+class StartUnit(UnitAction):
+    type: Literal["StartUnit"] = "StartUnit"
+
+    def commands(self) -> list[list[str]]:
+        return [[SYSTEMCTL, "reset-failed", self.unit], [SYSTEMCTL, "start", self.unit]]
+
+    @property
+    def key(self) -> str:
+        return f"unit:{self.unit}"
+
+
+class RestartUnit(UnitAction):
+    type: Literal["RestartUnit"] = "RestartUnit"
+
+    def commands(self) -> list[list[str]]:
+        return [[SYSTEMCTL, "reset-failed", self.unit], [SYSTEMCTL, "restart", self.unit]]
+
+    @property
+    def key(self) -> str:
+        return f"unit:{self.unit}"
+
+
+class EnableUnit(UnitAction):
+    type: Literal["EnableUnit"] = "EnableUnit"
+
+    def commands(self) -> list[list[str]]:
+        return [[SYSTEMCTL, "enable", self.unit]]
+
+    @property
+    def key(self) -> str:
+        return f"enable:{self.unit}"
+
+
+class RunBackup(UnitAction):
+    """Trigger a backup job's unit without waiting for it (non-disruptive)."""
+
+    type: Literal["RunBackup"] = "RunBackup"
+
+    def commands(self) -> list[list[str]]:
+        return [[SYSTEMCTL, "start", "--no-block", self.unit]]
+
+    @property
+    def key(self) -> str:
+        return f"backup:{self.unit}"
+
+
+class ApplyNftRuleset(BaseAction):
+    """Atomically replace the ruleset with the baseline file (`nft -f` is one transaction).
+
+    The actuator re-checks the file's SHA-256 right before applying, so a file
+    swapped after planning is refused.
+    """
+
+    type: Literal["ApplyNftRuleset"] = "ApplyNftRuleset"
+    path: str
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+
+    def commands(self) -> list[list[str]]:
+        return [[NFT, "-f", self.path]]
+
+    @property
+    def key(self) -> str:
+        return f"nft:{self.path}"
+
+
+class UpdateEgressSet(BaseAction):
+    """Replace all elements of one nftables set in a single transaction."""
+
+    type: Literal["UpdateEgressSet"] = "UpdateEgressSet"
+    table: str
+    set_name: str
+    family: Literal["inet", "ip", "ip6"] = "inet"
+    elements: list[str]
+
+    @field_validator("table", "set_name")
+    @classmethod
+    def _nft_name(cls, v: str) -> str:
+        if not NFT_NAME_RE.match(v):
+            raise ValueError(f"{v!r} is not a valid nftables identifier")
+        return v
+
+    def commands(self) -> list[list[str]]:
+        script = f"flush set {self.family} {self.table} {self.set_name}"
+        if self.elements:
+            script += (
+                f"; add element {self.family} {self.table} {self.set_name} "
+                "{ " + ", ".join(self.elements) + " }"
+            )
+        return [[NFT, script]]
+
+    @property
+    def key(self) -> str:
+        return f"egress:{self.table}:{self.set_name}"
+
+
+class NixosRebuild(BaseAction):
+    """Switch to a target system, then health-check; the actuator rolls back on failure."""
+
+    type: Literal["NixosRebuild"] = "NixosRebuild"
+    disruptive: Literal[True] = True
+    target: str  # store path or flake reference
+    health_timeout: float = 60.0
+
+    def commands(self) -> list[list[str]]:
+        if self.target.startswith("/nix/store/"):
+            return [
+                ["nix-env", "-p", "/nix/var/nix/profiles/system", "--set", self.target],
+                [f"{self.target}/bin/switch-to-configuration", "switch"],
+            ]
+        return [["nixos-rebuild", "switch", "--flake", self.target]]
+
+    @property
+    def key(self) -> str:
+        return f"rebuild:{self.target}"
+
+
+class Rollback(BaseAction):
+    type: Literal["Rollback"] = "Rollback"
+    disruptive: Literal[True] = True
+
+    def commands(self) -> list[list[str]]:
+        return [["nixos-rebuild", "switch", "--rollback"]]
+
+    @property
+    def key(self) -> str:
+        return "rollback"
+
+
+Action = Annotated[
+    StartUnit
+    | RestartUnit
+    | EnableUnit
+    | RunBackup
+    | ApplyNftRuleset
+    | UpdateEgressSet
+    | NixosRebuild
+    | Rollback,
+    Field(discriminator="type"),
+]
+
+
+class ActionEnvelope(BaseModel):
+    """Wire wrapper so a single action can be (de)serialized, e.g. over the actuator socket."""
+
+    action: Action

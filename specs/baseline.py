@@ -1,0 +1,66 @@
+"""The baseline: versioned desired state, one typed spec per resource kind.
+
+A kind left out (null) is not managed on this host. The same model parses the
+local file (`baselinePath`) and the payload of a signed baseline from the
+control plane (`application/vnd.compliance-agent.baseline+json`).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from specs.kinds.firewall import FirewallSpec
+from specs.kinds.services import ServicesSpec
+from specs.resource import ResourceSpec
+
+BASELINE_PAYLOAD_TYPE = "application/vnd.compliance-agent.baseline+json"
+
+
+class Baseline(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    version: int = Field(ge=0, description="Monotonic; a lower version is never applied.")
+    policy_version: str = Field(min_length=1)
+    firewall: FirewallSpec | None = None
+    services: ServicesSpec | None = None
+
+    def resources(self) -> dict[str, ResourceSpec]:
+        """Managed kinds in a stable order, keyed by kind name (the workqueue key)."""
+        out: dict[str, ResourceSpec] = {}
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if isinstance(value, ResourceSpec):
+                out[name] = value
+        return out
+
+
+class BaselineError(Exception):
+    def __init__(self, source: str, problems: list[str]) -> None:
+        self.source = source
+        self.problems = problems
+        super().__init__(f"{source}: " + "; ".join(problems))
+
+
+def parse_baseline(data: Any, source: str = "<memory>") -> Baseline:
+    try:
+        return Baseline.model_validate(data)
+    except ValidationError as err:
+        problems = [
+            f"{'.'.join(str(p) for p in e['loc']) or '(top level)'}: {e['msg']}"
+            for e in err.errors()
+        ]
+        raise BaselineError(source, problems) from None
+
+
+def load_baseline(path: Path) -> Baseline:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise BaselineError(str(path), [f"cannot read: {e.strerror}"]) from None
+    except json.JSONDecodeError as e:
+        raise BaselineError(str(path), [f"not valid JSON: {e.msg} at line {e.lineno}"]) from None
+    return parse_baseline(data, str(path))

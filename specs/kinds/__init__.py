@@ -1,0 +1,1 @@
+"""One module per resource kind: the typed desired state a controller reconciles."""
