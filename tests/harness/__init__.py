@@ -1,0 +1,1 @@
+"""Test harness: real components (systemd containers, network namespaces) for integration tests."""
