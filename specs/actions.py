@@ -8,6 +8,7 @@ these models alone.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from typing import Annotated, Literal
 
@@ -127,8 +128,34 @@ class ApplyNftRuleset(BaseAction):
         return f"nft:{self.path}"
 
 
+def _check_set_element(v: str) -> str:
+    """An address, prefix or 'a-b' range; anything else is refused.
+
+    Elements are interpolated into an nft script: a free-form string could
+    smuggle extra commands ('; flush ruleset'), and nft resolves a host name
+    given as an element through DNS at load time.
+    """
+    try:
+        lo, sep, hi = v.partition("-")
+        if sep:
+            ipaddress.ip_address(lo)
+            ipaddress.ip_address(hi)
+        else:
+            ipaddress.ip_network(v, strict=True)
+    except ValueError:
+        raise ValueError(
+            f"{v!r} is not an IP address, prefix (192.0.2.0/24) or range (a-b)"
+        ) from None
+    return v
+
+
 class UpdateEgressSet(BaseAction):
-    """Replace all elements of one nftables set in a single transaction."""
+    """Replace all elements of one nftables set in a single transaction.
+
+    One `nft` invocation carries "flush set; add element": nft sends it as one
+    netlink batch, so a rejected element rolls back the flush too (verified
+    with nft 1.0.6). An empty `elements` list only flushes: nothing allowed.
+    """
 
     type: Literal["UpdateEgressSet"] = "UpdateEgressSet"
     table: str
@@ -142,6 +169,11 @@ class UpdateEgressSet(BaseAction):
         if not NFT_NAME_RE.match(v):
             raise ValueError(f"{v!r} is not a valid nftables identifier")
         return v
+
+    @field_validator("elements")
+    @classmethod
+    def _elements(cls, v: list[str]) -> list[str]:
+        return [_check_set_element(e) for e in v]
 
     def commands(self) -> list[list[str]]:
         script = f"flush set {self.family} {self.table} {self.set_name}"
