@@ -13,6 +13,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from specs.kinds.egress import EgressSpec
 from specs.kinds.firewall import FirewallSpec
 from specs.kinds.services import ServicesSpec
 from specs.resource import ResourceSpec
@@ -27,6 +28,7 @@ class Baseline(BaseModel):
     policy_version: str = Field(min_length=1)
     firewall: FirewallSpec | None = None
     services: ServicesSpec | None = None
+    egress: EgressSpec | None = None
 
     def resources(self) -> dict[str, ResourceSpec]:
         """Managed kinds in a stable order, keyed by kind name (the workqueue key)."""
