@@ -13,8 +13,11 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from specs.kinds.clock import TimeSpec
 from specs.kinds.egress import EgressSpec
+from specs.kinds.encryption import EncryptionSpec
 from specs.kinds.firewall import FirewallSpec
+from specs.kinds.patching import PatchingSpec
 from specs.kinds.services import ServicesSpec
 from specs.resource import ResourceSpec
 
@@ -29,6 +32,9 @@ class Baseline(BaseModel):
     firewall: FirewallSpec | None = None
     services: ServicesSpec | None = None
     egress: EgressSpec | None = None
+    patching: PatchingSpec | None = None
+    time: TimeSpec | None = None
+    encryption: EncryptionSpec | None = None
 
     def resources(self) -> dict[str, ResourceSpec]:
         """Managed kinds in a stable order, keyed by kind name (the workqueue key)."""
