@@ -1,0 +1,231 @@
+"""SQLite storage of the DEV ONLY control plane: receipts, orders, baselines, flags.
+
+The CLI and the server share this file, so an operator can enqueue an order or
+flip the outage switch from a shell while the server runs.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS evidence (
+    bundle_id TEXT PRIMARY KEY,
+    receipt_id TEXT NOT NULL,
+    site_id TEXT NOT NULL,
+    host_id TEXT NOT NULL,
+    sequence INTEGER,
+    prev_digest TEXT,
+    digest TEXT NOT NULL,
+    received_at REAL NOT NULL,
+    envelope BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS evidence_chain ON evidence (host_id, sequence);
+CREATE TABLE IF NOT EXISTS orders (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    site_id TEXT NOT NULL,
+    host_id TEXT NOT NULL,
+    envelope TEXT NOT NULL,
+    created_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS baselines (
+    site_id TEXT NOT NULL,
+    host_id TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    envelope BLOB NOT NULL,
+    etag TEXT NOT NULL,
+    PRIMARY KEY (site_id, host_id)
+);
+CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS flags (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+
+@dataclass(frozen=True)
+class StoredEvidence:
+    bundle_id: str
+    site_id: str
+    host_id: str
+    sequence: int | None
+    prev_digest: str | None
+    digest: str
+    envelope: bytes
+
+
+class Storage:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute("PRAGMA busy_timeout=5000")
+        self._db.executescript(SCHEMA)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    # -- evidence -----------------------------------------------------------------
+
+    def store_evidence(self, items: list[StoredEvidence]) -> list[tuple[str, bool, str | None]]:
+        """Insert new bundles in one transaction.
+
+        Returns per item (receipt_id, created, conflict_digest): a repeat of a
+        known bundle_id returns its original receipt with created=False; a
+        repeat with different content returns the stored digest as conflict.
+        """
+        out: list[tuple[str, bool, str | None]] = []
+        now = time.time()
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                for it in items:
+                    row = self._db.execute(
+                        "SELECT receipt_id, digest FROM evidence WHERE bundle_id = ?",
+                        (it.bundle_id,),
+                    ).fetchone()
+                    if row is not None:
+                        conflict = None if row[1] == it.digest else str(row[1])
+                        out.append((str(row[0]), False, conflict))
+                        self._bump("duplicates_suppressed")
+                        continue
+                    rid = "rcpt_" + secrets.token_hex(12)
+                    self._db.execute(
+                        "INSERT INTO evidence VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        (it.bundle_id, rid, it.site_id, it.host_id, it.sequence,
+                         it.prev_digest, it.digest, now, it.envelope),
+                    )
+                    out.append((rid, True, None))
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        return out
+
+    def _bump(self, name: str, n: int = 1) -> None:
+        self._db.execute(
+            "INSERT INTO counters VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET value = value + ?",
+            (name, n, n),
+        )
+
+    def bump(self, name: str, n: int = 1) -> None:
+        with self._lock:
+            self._bump(name, n)
+
+    def counters(self) -> dict[str, int]:
+        with self._lock:
+            return {r[0]: int(r[1]) for r in self._db.execute("SELECT name, value FROM counters")}
+
+    def evidence(self) -> list[StoredEvidence]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT bundle_id, site_id, host_id, sequence, prev_digest, digest, envelope"
+                " FROM evidence ORDER BY host_id, sequence"
+            ).fetchall()
+        return [StoredEvidence(r[0], r[1], r[2], r[3], r[4], r[5], bytes(r[6])) for r in rows]
+
+    # -- orders and baselines -------------------------------------------------------
+
+    def add_order(self, site_id: str, host_id: str, envelope: dict[str, Any]) -> int:
+        with self._lock:
+            cur = self._db.execute(
+                "INSERT INTO orders (site_id, host_id, envelope, created_at) VALUES (?, ?, ?, ?)",
+                (site_id, host_id, json.dumps(envelope), time.time()),
+            )
+            return int(cur.lastrowid or 0)
+
+    def orders_after(self, site_id: str, host_id: str, after: int) -> list[tuple[int, Any]]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT id, envelope FROM orders WHERE site_id = ? AND host_id = ? AND id > ?"
+                " ORDER BY id LIMIT 100",
+                (site_id, host_id, after),
+            ).fetchall()
+        return [(int(r[0]), json.loads(r[1])) for r in rows]
+
+    def put_baseline(
+        self, site_id: str, host_id: str, version: int, envelope: bytes, etag: str
+    ) -> None:
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO baselines VALUES (?, ?, ?, ?, ?) ON CONFLICT(site_id, host_id)"
+                " DO UPDATE SET version = excluded.version, envelope = excluded.envelope,"
+                " etag = excluded.etag",
+                (site_id, host_id, version, envelope, etag),
+            )
+
+    def baseline(self, site_id: str, host_id: str) -> tuple[bytes, str] | None:
+        """The host's own baseline, else the site-wide one (host '*')."""
+        with self._lock:
+            for h in (host_id, "*"):
+                row = self._db.execute(
+                    "SELECT envelope, etag FROM baselines WHERE site_id = ? AND host_id = ?",
+                    (site_id, h),
+                ).fetchone()
+                if row is not None:
+                    return bytes(row[0]), str(row[1])
+        return None
+
+    # -- flags ----------------------------------------------------------------------
+
+    def set_flag(self, name: str, value: str) -> None:
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO flags VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET value = ?",
+                (name, value, value),
+            )
+
+    def flag(self, name: str) -> str | None:
+        with self._lock:
+            row = self._db.execute("SELECT value FROM flags WHERE name = ?", (name,)).fetchone()
+        return None if row is None else str(row[0])
+
+
+def chain_report(items: list[StoredEvidence]) -> dict[str, Any]:
+    """Per host: sequence range, gaps (missing sequence numbers), broken links
+    (prev_digest not matching the stored predecessor), forks (two bundles with
+    one sequence number), and whether the chain is intact."""
+    hosts: dict[str, list[StoredEvidence]] = {}
+    for it in items:
+        hosts.setdefault(f"{it.site_id}/{it.host_id}", []).append(it)
+    report: dict[str, Any] = {}
+    for key, rows in hosts.items():
+        seqd: dict[int, StoredEvidence] = {}
+        forks: list[int] = []
+        unsequenced = 0
+        for r in rows:
+            if r.sequence is None:
+                unsequenced += 1
+            elif r.sequence in seqd:
+                forks.append(r.sequence)
+            else:
+                seqd[r.sequence] = r
+        seqs = sorted(seqd)
+        gaps: list[int] = []
+        breaks: list[int] = []
+        if seqs:
+            have = set(seqs)
+            gaps = [s for s in range(seqs[0], seqs[-1] + 1) if s not in have][:1000]
+            for s in seqs:
+                prev = seqd.get(s - 1)
+                if prev is not None and seqd[s].prev_digest != prev.digest:
+                    breaks.append(s)
+        report[key] = {
+            "count": len(rows),
+            "first_sequence": seqs[0] if seqs else None,
+            "last_sequence": seqs[-1] if seqs else None,
+            "gaps": gaps,
+            "breaks": breaks[:1000],
+            "forks": forks[:1000],
+            "unsequenced": unsequenced,
+            "chain_intact": not gaps and not breaks and not forks and not unsequenced,
+        }
+    return report

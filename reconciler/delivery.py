@@ -1,0 +1,162 @@
+"""Deliver queued evidence to the control plane: drain, record, back off.
+
+`Deliverer.deliver_once()` is one bounded delivery round, called from the
+daemon loop. It never raises for network or server trouble; it only records
+outcomes in the outbox:
+
+* receipt (201 new, 200 repeat)     -> `delivered`, receipt kept
+* permanent refusal (other 4xx)      -> `dead` (kept, visible, re-queueable)
+* transient (5xx/408/429/transport)  -> stays `queued`, next attempt after an
+  exponential backoff with full jitter, capped.
+
+Why tenacity only computes the delay instead of wrapping the call in
+`tenacity.Retrying`: retries must survive a restart and must not block the
+reconcile loop while the control plane is down, so the schedule lives in the
+outbox row (`attempts`, `next_attempt_at`); tenacity's `wait_random_exponential`
+is the (well-tested) full-jitter formula applied to that persisted count.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from tenacity import RetryCallState, wait_random_exponential
+
+from reconciler.mcp import ControlPlaneClient, ItemResult, PermanentError, TransientError
+from reconciler.outbox import Clock, Outbox, OutboxItem, Retry, utc_now
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DeliveryResult:
+    delivered: int = 0
+    retried: int = 0
+    dead: int = 0
+
+    def __add__(self, other: DeliveryResult) -> DeliveryResult:
+        return DeliveryResult(
+            self.delivered + other.delivered, self.retried + other.retried, self.dead + other.dead
+        )
+
+
+class Backoff:
+    """Full-jitter exponential delay for the n-th failed attempt (n >= 1), capped."""
+
+    def __init__(self, base: float = 1.0, cap: float = 300.0) -> None:
+        # uniform(0, min(cap, base * 2**(n-1))): AWS's "full jitter".
+        self._wait = wait_random_exponential(multiplier=base, max=cap)
+        self.cap = cap
+
+    def delay(self, attempt: int) -> float:
+        state = RetryCallState(retry_object=None, fn=None, args=(), kwargs={})  # type: ignore[arg-type]
+        state.attempt_number = max(1, attempt)
+        return float(self._wait(state))
+
+
+class Deliverer:
+    """Drains the outbox through one `ControlPlaneClient` (one kept-alive connection)."""
+
+    def __init__(
+        self,
+        outbox: Outbox,
+        client: ControlPlaneClient,
+        clock: Clock = utc_now,
+        batch_size: int = 200,
+        max_batches: int = 100,
+        backoff: Backoff | None = None,
+    ) -> None:
+        if batch_size < 1 or max_batches < 1:
+            raise ValueError("batch_size and max_batches must be >= 1")
+        self.outbox = outbox
+        self.client = client
+        self.clock = clock
+        self.batch_size = batch_size
+        self.max_batches = max_batches
+        self.backoff = backoff or Backoff()
+
+    def deliver_once(self) -> DeliveryResult:
+        """Send due bundles in batches until none are due, the server is in
+        trouble, or `max_batches` rounds were made (bounds one loop pass)."""
+        total = DeliveryResult()
+        for _ in range(self.max_batches):
+            items = self.outbox.claim_batch(self.batch_size)
+            if not items:
+                break
+            res, stop = self._deliver_batch(items)
+            total += res
+            if stop:
+                break
+        return total
+
+    def _retry(self, item: OutboxItem, error: str) -> Retry:
+        next_at = self.clock().timestamp() + self.backoff.delay(item.attempts + 1)
+        return Retry(item.bundle_id, error, next_at)
+
+    def _deliver_batch(self, items: list[OutboxItem]) -> tuple[DeliveryResult, bool]:
+        """Returns the outcome counts and whether to stop this round."""
+        try:
+            results = self.client.post_evidence_batch([(i.bundle_id, i.envelope) for i in items])
+        except TransientError as e:
+            log.warning("evidence delivery deferred (%d bundles): %s", len(items), e)
+            self.outbox.settle(retry=[self._retry(i, str(e)) for i in items])
+            return DeliveryResult(retried=len(items)), True
+        except PermanentError as e:
+            if e.status is None:
+                # A garbled answer is the server's fault, not the bundles': retry later.
+                log.warning("evidence delivery deferred (%d bundles): %s", len(items), e)
+                self.outbox.settle(retry=[self._retry(i, str(e)) for i in items])
+                return DeliveryResult(retried=len(items)), True
+            # The batch as a whole was refused (e.g. one malformed envelope):
+            # fall back to one request per bundle so only the culprit dead-letters.
+            log.warning("batch refused (%s); delivering %d bundles one by one", e, len(items))
+            return self._deliver_singly(items)
+        return self._settle(items, results), False
+
+    def _settle(self, items: list[OutboxItem], results: list[ItemResult]) -> DeliveryResult:
+        by_id = {i.bundle_id: i for i in items}
+        delivered: list[tuple[str, str]] = []
+        retry: list[Retry] = []
+        dead: list[tuple[str, str]] = []
+        for r in results:
+            item = by_id[r.bundle_id]
+            if r.ok and r.receipt_id is not None:
+                delivered.append((r.bundle_id, r.receipt_id))
+            elif r.transient or r.status in (200, 201):
+                retry.append(self._retry(item, f"HTTP {r.status}: {r.error or 'no receipt'}"))
+            else:
+                dead.append((r.bundle_id, f"HTTP {r.status}: {r.error or 'refused'}"))
+        for bid, why in dead:
+            log.error(
+                "evidence bundle %s refused by the control plane (%s); kept as a dead letter,"
+                " re-queue with 'compliance-agent queue retry %s'",
+                bid,
+                why,
+                bid,
+            )
+        self.outbox.settle(delivered=delivered, retry=retry, dead=dead)
+        return DeliveryResult(len(delivered), len(retry), len(dead))
+
+    def _deliver_singly(self, items: list[OutboxItem]) -> tuple[DeliveryResult, bool]:
+        results: list[ItemResult] = []
+        stop = False
+        for n, item in enumerate(items):
+            try:
+                receipt = self.client.post_evidence(item.bundle_id, item.envelope)
+            except TransientError as e:
+                # Server trouble: leave this and the rest for later.
+                for rest in items[n:]:
+                    results.append(ItemResult(rest.bundle_id, e.status or 503, error=str(e)))
+                stop = True
+                break
+            except PermanentError as e:
+                # No status means a garbled answer: retry (502), do not dead-letter.
+                results.append(ItemResult(item.bundle_id, e.status or 502, error=str(e)))
+                continue
+            results.append(
+                ItemResult(
+                    item.bundle_id, 201 if receipt.created else 200, receipt_id=receipt.receipt_id
+                )
+            )
+        return self._settle(items, results), stop
