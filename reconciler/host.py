@@ -62,9 +62,34 @@ class _Capped:
         return out
 
 
+def _group_members(pgid: int) -> list[int]:
+    members = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit() or int(entry.name) == pgid:
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat", "rb") as f:
+                fields = f.read().rsplit(b") ", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[2]) == pgid:
+            members.append(int(entry.name))
+    return members
+
+
 def _kill_group(proc: subprocess.Popen[bytes]) -> None:
-    # The child leads its own session, so its pgid is its pid; killing the
-    # group also ends anything it forked that kept running.
+    """Kill everything the command started, then the command itself.
+
+    The child leads its own session, so its pgid is its pid. Descendants die
+    first so their parents (e.g. nsenter, which forks into a container's PID
+    namespace) can still reap them: killing all at once would orphan zombies
+    to the host's init, which then delays the container's shutdown.
+    """
+    for pid in _group_members(proc.pid):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=1.0)  # a wrapper exits by itself once its child died
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()

@@ -1,0 +1,400 @@
+"""A real systemd 252 in a throwaway systemd-nspawn container, usable as a Host.
+
+Recipe (DESIGN.md section 7; /work/shared/reference/sdbox.sh is the verified
+shell version): a debootstrap minbase rootfs, cached under the repo in
+``.cache/rootfs/<key>/`` and booted read-only through ``--volatile=overlay``
+so every container starts from the same clean state. Each container gets its
+own cgroup (v1 name=systemd and v2 "unified" hierarchies) which the launcher
+joins before exec, so the container's cgroups live there and teardown can
+find and remove everything. Commands reach the container with
+``nsenter -t <container PID 1> -a`` (there is no host bus for ``systemctl -M``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import itertools
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from reconciler.host import command_env, run_capped, stat_result_to_filestat
+from specs.host import Completed, FileStat, HostError
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+SUITE = "bookworm"
+MIRROR = "http://deb.debian.org/debian"
+# Everything any integration test needs inside the container, in one place:
+# changing it changes the cache key and rebuilds the rootfs once.
+ROOTFS_PACKAGES: tuple[str, ...] = ("systemd", "dbus", "nftables", "procps", "iproute2")
+BUILD_TIMEOUT = 900.0  # seconds; a cold build takes ~30-60 s on a good mirror
+BOOT_TIMEOUT = 60.0
+STOP_TIMEOUT = 15.0
+CGROUP_HIERARCHIES = ("systemd", "unified")
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+UNIT_DIR_IN_CONTAINER = "/usr/local/lib/systemd/system"
+
+_counter = itertools.count()
+
+
+class ContainerError(HostError):
+    """The container could not be built, booted or reached."""
+
+
+def rootfs_key(suite: str = SUITE, packages: Sequence[str] = ROOTFS_PACKAGES) -> str:
+    return hashlib.sha256(f"{suite}\n{','.join(sorted(packages))}".encode()).hexdigest()[:16]
+
+
+def ensure_rootfs(
+    cache_dir: Path | None = None,
+    suite: str = SUITE,
+    packages: Sequence[str] = ROOTFS_PACKAGES,
+) -> Path:
+    """Return a built rootfs directory, building it once (flock) if missing."""
+    base = (cache_dir or REPO_ROOT / ".cache" / "rootfs") / rootfs_key(suite, packages)
+    rootfs = base / "rootfs"
+    done = base / "complete"
+    if done.exists():
+        return rootfs
+    base.mkdir(parents=True, exist_ok=True)
+    with open(base / "lock", "w") as lock:
+        # Concurrent test processes wait here; the first one builds.
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if done.exists():
+            return rootfs
+        staging = base / f"staging-{os.getpid()}"
+        shutil.rmtree(staging, ignore_errors=True)
+        if rootfs.exists():
+            shutil.rmtree(rootfs)  # a half-built tree from an interrupted run
+        argv = [
+            "debootstrap",
+            "--variant=minbase",
+            f"--include={','.join(packages)}",
+            suite,
+            str(staging),
+            MIRROR,
+        ]
+        try:
+            result = run_capped(argv, BUILD_TIMEOUT)
+        except HostError as e:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise ContainerError(f"building the test rootfs failed: {e}") from e
+        if result.exit_code != 0:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise ContainerError(
+                f"debootstrap exited {result.exit_code} building {rootfs}; "
+                f"check network access to {MIRROR}.\n{result.stdout[-3000:]}{result.stderr[-3000:]}"
+            )
+        staging.rename(rootfs)
+        done.write_text(" ".join(argv) + "\n")
+    return rootfs
+
+
+@dataclass(frozen=True)
+class Bind:
+    """A host path made visible inside the container."""
+
+    host_path: Path
+    container_path: str
+    read_only: bool = True
+
+    def arg(self) -> str:
+        flag = "--bind-ro" if self.read_only else "--bind"
+        return f"{flag}={self.host_path}:{self.container_path}"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return stat.rsplit(") ", 1)[1][:1] != "Z"  # a zombie has already exited
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(") ", 1)[1].split()
+        except (FileNotFoundError, ProcessLookupError, IndexError):
+            continue
+        if int(fields[1]) == pid:
+            out.append(int(entry.name))
+    return out
+
+
+def _join_cgroups(dirs: Sequence[Path]) -> None:
+    # Runs in the forked child before exec: move it into the container's
+    # cgroups so nspawn and everything below it is created there.
+    pid = str(os.getpid())
+    for d in dirs:
+        (d / "cgroup.procs").write_text(pid)
+
+
+class SystemdContainer:
+    """A booted systemd container. Also a `specs.host.Host` for code under test."""
+
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        private_network: bool = False,
+        binds: Sequence[Bind] = (),
+        rootfs: Path | None = None,
+    ) -> None:
+        self.workdir = workdir
+        self.private_network = private_network
+        self.binds = tuple(binds)
+        self.rootfs = rootfs
+        self.name = f"sdbox-{os.getpid()}-{next(_counter)}-{secrets.token_hex(3)}"
+        self.units_dir = workdir / "units"
+        self.cgroups = [CGROUP_ROOT / h / self.name for h in CGROUP_HIERARCHIES]
+        self._nspawn: subprocess.Popen[bytes] | None = None
+        self.leader: int | None = None  # the container's PID 1, as the host sees it
+
+    # -- lifecycle ---------------------------------------------------------
+
+    def start(self, timeout: float = BOOT_TIMEOUT) -> None:
+        rootfs = self.rootfs or ensure_rootfs()
+        self.units_dir.mkdir(parents=True, exist_ok=True)
+        for d in self.cgroups:
+            d.mkdir()
+        argv = [
+            "systemd-nspawn", "-q", "-D", str(rootfs), "--boot", "--register=no",
+            "--keep-unit", "--console=passive", "-M", self.name, "--volatile=overlay",
+            f"--bind={self.units_dir}:{UNIT_DIR_IN_CONTAINER}",
+            *(b.arg() for b in self.binds),
+        ]  # fmt: skip
+        if self.private_network:
+            argv.append("--private-network")
+        log = open(self.workdir / f"{self.name}.log", "wb")  # noqa: SIM115 - nspawn keeps it
+        try:
+            self._nspawn = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=lambda: _join_cgroups(self.cgroups),
+            )
+        finally:
+            log.close()
+        try:
+            self._wait_booted(time.monotonic() + timeout)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _wait_booted(self, deadline: float) -> None:
+        assert self._nspawn is not None
+        our_pidns = os.readlink("/proc/self/ns/pid")
+        state = "not started"
+        while time.monotonic() < deadline:
+            if self._nspawn.poll() is not None:
+                raise ContainerError(
+                    f"systemd-nspawn exited {self._nspawn.returncode} while booting: "
+                    f"{self.log_tail()}"
+                )
+            if self.leader is None:
+                self.leader = self._find_leader(our_pidns)
+            if self.leader is not None:
+                remaining = max(deadline - time.monotonic(), 0.1)
+                try:
+                    done = self._nsenter(
+                        ["systemctl", "is-system-running", "--wait"], min(remaining, 20.0)
+                    )
+                    state = done.stdout.strip()
+                except HostError as e:
+                    state = str(e)
+                if state in ("running", "degraded"):
+                    return
+            time.sleep(0.02)
+        raise ContainerError(
+            f"container {self.name} did not boot within the deadline "
+            f"(last state: {state!r}): {self.log_tail()}"
+        )
+
+    def _find_leader(self, our_pidns: str) -> int | None:
+        assert self._nspawn is not None
+        for pid in _children(self._nspawn.pid):
+            # Before it execs systemd, the child may still be in our
+            # namespaces; nsenter-ing it then would talk to the host.
+            try:
+                if os.readlink(f"/proc/{pid}/ns/pid") == our_pidns:
+                    continue
+                if Path(f"/proc/{pid}/comm").read_text().strip() != "systemd":
+                    continue
+            except (FileNotFoundError, ProcessLookupError):
+                continue
+            return pid
+        return None
+
+    def stop(self, timeout: float = STOP_TIMEOUT) -> None:
+        """Power off (SIGTERM to nspawn), then SIGKILL what is left; remove the cgroups."""
+        proc = self._nspawn
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=timeout)
+        # If nspawn died (or ignored us), the container's PID 1 may still run;
+        # killing it ends its PID namespace and with it every process inside.
+        if self.leader is not None and _pid_alive(self.leader):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.leader, signal.SIGKILL)
+        if proc is not None and proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=timeout)
+        self._remove_cgroups(time.monotonic() + timeout)
+
+    def _remove_cgroups(self, deadline: float) -> None:
+        leftover: list[str] = []
+        while True:
+            leftover = []
+            for top in self.cgroups:
+                if not top.exists():
+                    continue
+                for dirpath, _dirs, _files in os.walk(top, topdown=False):
+                    try:
+                        os.rmdir(dirpath)
+                    except FileNotFoundError:
+                        pass
+                    except OSError:
+                        leftover.append(dirpath)  # still has processes: retry
+            if not leftover or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        if leftover:
+            raise ContainerError(f"could not remove cgroups (processes left?): {leftover}")
+
+    def log_tail(self, limit: int = 4000) -> str:
+        log = self.workdir / f"{self.name}.log"
+        try:
+            return log.read_text(errors="replace")[-limit:]
+        except FileNotFoundError:
+            return "(no log)"
+
+    def __enter__(self) -> SystemdContainer:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- Host --------------------------------------------------------------
+
+    def _nsenter(self, argv: Sequence[str], timeout: float) -> Completed:
+        if self.leader is None:
+            raise ContainerError(f"container {self.name} is not running")
+        wrapped = ["nsenter", "-t", str(self.leader), "-a", "--", *argv]
+        return run_capped(wrapped, timeout, env=command_env(), report_argv=argv)
+
+    def run(self, argv: Sequence[str], timeout: float = 30.0) -> Completed:
+        done = self._nsenter(argv, timeout)
+        # nsenter reports a missing inner binary as exit 127 on stderr
+        if done.exit_code == 127 and "No such file or directory" in done.stderr:
+            from specs.host import CommandNotFound
+
+            raise CommandNotFound(list(argv))
+        return done
+
+    @property
+    def root(self) -> Path:
+        if self.leader is None:
+            raise ContainerError(f"container {self.name} is not running")
+        return Path(f"/proc/{self.leader}/root")
+
+    def host_path(self, path: str, *, follow_last: bool = True) -> Path:
+        """Resolve a container path to a host path, following symlinks inside the container.
+
+        /proc/PID/root alone would let an absolute symlink in the container
+        resolve against the host's root.
+        """
+        root = self.root
+        parts = [p for p in path.split("/") if p]
+        resolved: list[str] = []
+        hops = 0
+        while parts:
+            part = parts.pop(0)
+            if part == ".":
+                continue
+            if part == "..":
+                if resolved:
+                    resolved.pop()
+                continue
+            candidate = root.joinpath(*resolved, part)
+            if (parts or follow_last) and candidate.is_symlink():
+                hops += 1
+                if hops > 40:
+                    raise OSError(40, "Too many levels of symbolic links", path)
+                target = os.readlink(candidate)
+                if target.startswith("/"):
+                    resolved = []
+                parts = [p for p in target.split("/") if p] + parts
+                continue
+            resolved.append(part)
+        return root.joinpath(*resolved)
+
+    def read_text(self, path: str) -> str:
+        from reconciler.host import read_text_capped
+
+        return read_text_capped(self.host_path(path))
+
+    def stat(self, path: str) -> FileStat:
+        p = self.host_path(path, follow_last=False)
+        st = os.lstat(p)
+        return stat_result_to_filestat(st, os.readlink(p) if p.is_symlink() else None)
+
+    # -- test helpers ------------------------------------------------------
+
+    def write_file(self, path: str, text: str, mode: int = 0o644) -> None:
+        target = self.host_path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(text)
+        target.chmod(mode)
+
+    def install_unit(self, name: str, text: str) -> None:
+        (self.units_dir / name).write_text(text)
+        self.check(["systemctl", "daemon-reload"])
+
+    def check(self, argv: Sequence[str], timeout: float = 30.0) -> Completed:
+        """run() that raises with the output when the command fails."""
+        done = self.run(argv, timeout)
+        if done.exit_code != 0:
+            raise ContainerError(
+                f"{' '.join(argv)} exited {done.exit_code} in {self.name}: "
+                f"{done.stdout}{done.stderr}"
+            )
+        return done
+
+    def processes(self) -> list[int]:
+        """Host PIDs of every process in the container's cgroups."""
+        pids: set[int] = set()
+        for top in self.cgroups:
+            for procs in top.rglob("cgroup.procs") if top.exists() else ():
+                with contextlib.suppress(OSError):
+                    pids.update(int(x) for x in procs.read_text().split())
+        return sorted(pids)
+
+
+ContainerHost = SystemdContainer
+
+
+@contextlib.contextmanager
+def systemd_container(workdir: Path, **kwargs: object) -> Iterator[SystemdContainer]:
+    box = SystemdContainer(workdir, **kwargs)  # type: ignore[arg-type]
+    box.start()
+    try:
+        yield box
+    finally:
+        box.stop()
