@@ -1,0 +1,344 @@
+"""The root actuator over a real unix socket, with a recording host instead of root tools.
+
+Every refusal must come back to the client with a CamelCase reason and must
+leave the host untouched; an admitted action must really reach the host.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import socket
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from nacl.signing import SigningKey
+
+from reconciler.actuator import LocalActuator
+from reconciler.actuator_client import (
+    ActuatorClient,
+    ActuatorRefused,
+    ActuatorUnavailable,
+)
+from reconciler.actuator_protocol import (
+    MAX_REQUEST_BYTES,
+    ActuatorReply,
+    Refusal,
+    encode_frame,
+    recv_frame,
+)
+from reconciler.actuator_server import (
+    ActuatorServer,
+    bind_path_socket,
+    build_server,
+    listen_fd_socket,
+)
+from specs.actions import (
+    ApplyNftRuleset,
+    NixosRebuild,
+    RestartUnit,
+    StartUnit,
+    UpdateEgressSet,
+)
+from specs.config import AgentConfig, parse_config
+from specs.host import Completed, FileStat
+
+RULESET = "table inet filter { chain input { type filter hook input priority 0; } }\n"
+IN_WINDOW = datetime(2026, 1, 1, 3, 0, tzinfo=UTC)
+OUT_OF_WINDOW = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
+
+
+class RecordingHost:
+    """Pretends every command succeeds and remembers it."""
+
+    def __init__(self) -> None:
+        self.ran: list[list[str]] = []
+
+    def run(self, argv: Sequence[str], timeout: float = 30.0) -> Completed:
+        self.ran.append(list(argv))
+        return Completed(argv=list(argv), exit_code=0, stdout="", stderr="", duration=0.01)
+
+    def read_text(self, path: str) -> str:
+        return Path(path).read_text()
+
+    def stat(self, path: str) -> FileStat:
+        raise FileNotFoundError(path)
+
+
+class Env:
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.ruleset = tmp / "ruleset.nft"
+        self.ruleset.write_text(RULESET)
+        self.sha = hashlib.sha256(RULESET.encode()).hexdigest()
+        self.baseline = tmp / "baseline.json"
+        self.write_baseline(["sshd.service", "clamav-daemon.service"])
+        self.signing_key = SigningKey.generate()
+        self.host = RecordingHost()
+        self.now = OUT_OF_WINDOW
+        self.socket = tmp / "actuator.sock"
+
+    def write_baseline(self, units: list[str]) -> None:
+        self.baseline.write_text(json.dumps({
+            "version": 1,
+            "policy_version": "1.0",
+            "firewall": {"ruleset_path": str(self.ruleset), "ruleset_sha256": self.sha},
+            "services": {"units": [{"name": u} for u in units]},
+        }))
+
+    def config(self, **over: Any) -> AgentConfig:
+        data: dict[str, Any] = {
+            "siteId": "clinic-1",
+            "hostId": "h1",
+            "baselinePath": str(self.baseline),
+            "clientCertFile": "/run/secrets/cert.pem",
+            "clientKeyFile": "/run/secrets/key.pem",
+            "signingKeyFile": "/run/secrets/signing.key",
+            "caCertFile": "/etc/ca.pem",
+            "mcpPublicKeys": [self.signing_key.verify_key.encode().hex()],
+            "deploymentMode": "direct",
+            "stateDirectory": str(self.tmp / "state"),
+        }
+        data.update(over)
+        return parse_config(data)
+
+    def server(self, allowed_uids: frozenset[int] | None = None, **over: Any) -> ActuatorServer:
+        server = build_server(
+            self.config(**over),
+            bind_path_socket(self.socket),
+            actuator=LocalActuator(self.host),
+            clock=lambda: self.now,
+        )
+        server.handler.allowed_uids = (
+            frozenset({os.getuid()}) if allowed_uids is None else allowed_uids
+        )
+        return server
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> Iterator[Env]:
+    yield Env(tmp_path)
+
+
+def serve(server: ActuatorServer, call: Callable[[], Any]) -> Any:
+    """Serve exactly one connection in a thread while `call` talks to it."""
+    t = threading.Thread(target=server.serve_one, args=(5.0,), daemon=True)
+    t.start()
+    try:
+        return call()
+    finally:
+        t.join(timeout=10)
+        server.listener.close()
+        assert not t.is_alive()
+
+
+def refused(server: ActuatorServer, client: ActuatorClient, action: Any) -> ActuatorRefused:
+    def call() -> ActuatorRefused:
+        with pytest.raises(ActuatorRefused) as info:
+            client.execute(action)
+        return info.value
+
+    return serve(server, call)  # type: ignore[no-any-return]
+
+
+def raw_request(path: Path, body: bytes) -> ActuatorReply:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(5)
+        s.connect(str(path))
+        s.sendall(encode_frame(body))
+        return ActuatorReply.model_validate_json(recv_frame(s, 1 << 20))
+
+
+def test_allowed_unit_action_runs_on_the_host(env: Env) -> None:
+    client = ActuatorClient(env.socket)
+    result = serve(env.server(), lambda: client.execute(StartUnit(unit="sshd.service"), 3))
+    assert result.ok
+    assert env.host.ran == [
+        ["systemctl", "reset-failed", "sshd.service"],
+        ["systemctl", "start", "sshd.service"],
+    ]
+    assert [r.step for r in result.records] == [3, 4]
+
+
+def test_unknown_action_type_is_refused(env: Env) -> None:
+    server = env.server()
+    body = json.dumps({"action": {"type": "RunShell", "argv": ["sh", "-c", "id"]}}).encode()
+    reply = serve(server, lambda: raw_request(env.socket, body))
+    assert reply.status == "refused" and reply.reason is Refusal.UnknownAction
+    assert "RunShell" in reply.message
+    assert env.host.ran == []
+
+
+@pytest.mark.parametrize(
+    "action",
+    [
+        {"type": "StartUnit", "unit": "--root=/ sshd.service"},
+        {"type": "StartUnit"},
+        {"type": "StartUnit", "unit": "sshd.service", "argv": ["rm"]},
+        {"type": "ApplyNftRuleset", "path": "/x", "sha256": "zz"},
+        {"type": "UpdateEgressSet", "table": "compliance_egress", "set_name": "allowed_v4",
+         "elements": ["1.2.3.4 }; flush ruleset; add element inet x y { 5.6.7.8"]},
+    ],
+)
+def test_bad_params_are_refused(env: Env, action: dict[str, Any]) -> None:
+    server = env.server()
+    reply = serve(server, lambda: raw_request(env.socket, json.dumps({"action": action}).encode()))
+    assert reply.status == "refused" and reply.reason is Refusal.InvalidParams
+    assert env.host.ran == []
+
+
+def test_malformed_and_oversized_requests_are_refused(env: Env) -> None:
+    reply = serve(env.server(), lambda: raw_request(env.socket, b"{not json"))
+    assert reply.reason is Refusal.MalformedRequest
+
+    def oversized() -> ActuatorReply:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(5)
+            s.connect(str(env.socket))
+            s.sendall((MAX_REQUEST_BYTES + 1).to_bytes(4, "big"))  # header only
+            return ActuatorReply.model_validate_json(recv_frame(s, 1 << 20))
+
+    reply = serve(env.server(), oversized)
+    assert reply.reason is Refusal.RequestTooLarge
+    assert env.host.ran == []
+
+
+def test_peer_not_allowed_is_refused_without_running(env: Env) -> None:
+    server = env.server(allowed_uids=frozenset({os.getuid() + 4242}))
+    err = refused(server, ActuatorClient(env.socket), StartUnit(unit="sshd.service"))
+    assert err.reason is Refusal.PeerNotAllowed
+    assert str(os.getuid()) in err.message
+    assert env.host.ran == []
+
+
+def test_unit_not_in_baseline_is_refused(env: Env) -> None:
+    err = refused(env.server(), ActuatorClient(env.socket), StartUnit(unit="evil.service"))
+    assert err.reason is Refusal.UnitNotInBaseline
+    assert "evil.service" in err.message
+
+
+def test_disruptive_action_outside_window_is_refused(env: Env) -> None:
+    action = RestartUnit(unit="sshd.service", disruptive=True)
+    err = refused(env.server(), ActuatorClient(env.socket), action)
+    assert err.reason is Refusal.OutsideMaintenanceWindow
+    assert "02:00-04:00" in err.message
+    assert env.host.ran == []
+
+    env.now = IN_WINDOW
+    result = serve(env.server(), lambda: ActuatorClient(env.socket).execute(action))
+    assert result.ok and env.host.ran[-1] == ["systemctl", "restart", "sshd.service"]
+
+
+def test_allow_disruptive_outside_window(env: Env) -> None:
+    action = RestartUnit(unit="sshd.service", disruptive=True)
+    server = env.server(allowDisruptiveOutsideWindow=True)
+    assert serve(server, lambda: ActuatorClient(env.socket).execute(action)).ok
+
+
+def test_ruleset_must_match_the_baseline_file_and_hash(env: Env) -> None:
+    wrong = ApplyNftRuleset(path=str(env.ruleset), sha256="0" * 64)
+    err = refused(env.server(), ActuatorClient(env.socket), wrong)
+    assert err.reason is Refusal.RulesetNotInBaseline
+
+    right = ApplyNftRuleset(path=str(env.ruleset), sha256=env.sha)
+    result = serve(env.server(), lambda: ActuatorClient(env.socket).execute(right))
+    assert result.ok and env.host.ran == [["nft", "-f", str(env.ruleset)]]
+
+
+@pytest.mark.parametrize(
+    ("over", "reason"),
+    [
+        ({"table": "filter"}, Refusal.EgressTableMismatch),
+        ({"family": "ip"}, Refusal.EgressTableMismatch),
+        ({"set_name": "other"}, Refusal.EgressTableMismatch),
+        ({"elements": ["2001:db8::1"]}, Refusal.InvalidParams),  # v6 in the v4 set
+        ({"elements": ["192.0.2.1-2001:db8::1"]}, Refusal.InvalidParams),
+    ],
+)
+def test_egress_updates_are_confined_to_the_egress_table(
+    env: Env, over: dict[str, Any], reason: Refusal
+) -> None:
+    fields: dict[str, Any] = {
+        "table": "compliance_egress", "set_name": "allowed_v4", "elements": ["192.0.2.1"],
+    }
+    fields.update(over)
+    err = refused(env.server(), ActuatorClient(env.socket), UpdateEgressSet(**fields))
+    assert err.reason is reason
+    assert env.host.ran == []
+
+
+def test_egress_update_runs_one_nft_transaction(env: Env) -> None:
+    action = UpdateEgressSet(
+        table="compliance_egress", set_name="allowed_v6", elements=["2001:db8::/64"]
+    )
+    assert serve(env.server(), lambda: ActuatorClient(env.socket).execute(action)).ok
+    assert len(env.host.ran) == 1 and env.host.ran[0][0] == "nft"
+
+
+def test_rebuild_target_must_be_named_by_the_baseline(env: Env) -> None:
+    env.now = IN_WINDOW
+    action = NixosRebuild(target="/nix/store/" + "a" * 32 + "-nixos-system-evil")
+    err = refused(env.server(), ActuatorClient(env.socket), action)
+    assert err.reason is Refusal.RebuildTargetNotInBaseline
+
+
+def test_no_baseline_refuses_everything(env: Env) -> None:
+    env.baseline.unlink()
+    err = refused(env.server(), ActuatorClient(env.socket), StartUnit(unit="sshd.service"))
+    assert err.reason is Refusal.BaselineUnavailable
+    assert "baselinePath" in err.message
+
+
+def _persist_remote_baseline(env: Env, envelope: dict[str, Any]) -> None:
+    (env.tmp / "state").mkdir(exist_ok=True)
+    with sqlite3.connect(env.tmp / "state" / "state.db") as db:
+        db.execute(
+            "CREATE TABLE remote_baseline (id INTEGER PRIMARY KEY, version INTEGER, "
+            "envelope BLOB, etag TEXT, fetched_at REAL, rejected_etag TEXT, last_rejection TEXT)"
+        )
+        db.execute(
+            "INSERT INTO remote_baseline (id, version, envelope, fetched_at) VALUES (1, 2, ?, 0)",
+            (json.dumps(envelope).encode(),),
+        )
+
+
+def _signed_baseline(key: SigningKey, units: list[str]) -> dict[str, Any]:
+    from reconciler.trust import Signer
+    from specs.baseline import BASELINE_PAYLOAD_TYPE
+
+    payload = json.dumps({
+        "version": 2, "policy_version": "1.1",
+        "services": {"units": [{"name": u} for u in units]},
+    }).encode()
+    return Signer(key).sign_envelope(payload, BASELINE_PAYLOAD_TYPE)
+
+
+def test_persisted_signed_baseline_counts_after_reverification(env: Env) -> None:
+    _persist_remote_baseline(env, _signed_baseline(env.signing_key, ["auditd.service"]))
+    result = serve(
+        env.server(), lambda: ActuatorClient(env.socket).execute(StartUnit(unit="auditd.service"))
+    )
+    assert result.ok
+
+
+def test_persisted_baseline_signed_by_an_untrusted_key_is_ignored(env: Env) -> None:
+    _persist_remote_baseline(env, _signed_baseline(SigningKey.generate(), ["auditd.service"]))
+    err = refused(env.server(), ActuatorClient(env.socket), StartUnit(unit="auditd.service"))
+    assert err.reason is Refusal.UnitNotInBaseline
+
+
+def test_client_reports_a_missing_socket_as_unavailable(tmp_path: Path) -> None:
+    with pytest.raises(ActuatorUnavailable) as info:
+        ActuatorClient(tmp_path / "nope.sock").execute(StartUnit(unit="sshd.service"))
+    assert "compliance-agent-actuator.socket" in str(info.value)
+
+
+def test_listen_fds_meant_for_another_process_are_ignored() -> None:
+    assert listen_fd_socket({"LISTEN_PID": str(os.getpid() + 1), "LISTEN_FDS": "1"}) is None
+    assert listen_fd_socket({}) is None
