@@ -13,10 +13,13 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from specs.kinds.av_edr import AvEdrSpec
+from specs.kinds.backup import BackupSpec
 from specs.kinds.clock import TimeSpec
 from specs.kinds.egress import EgressSpec
 from specs.kinds.encryption import EncryptionSpec
 from specs.kinds.firewall import FirewallSpec
+from specs.kinds.logging import LoggingSpec
 from specs.kinds.patching import PatchingSpec
 from specs.kinds.services import ServicesSpec
 from specs.resource import ResourceSpec
@@ -35,6 +38,9 @@ class Baseline(BaseModel):
     patching: PatchingSpec | None = None
     time: TimeSpec | None = None
     encryption: EncryptionSpec | None = None
+    backup: BackupSpec | None = None
+    av_edr: AvEdrSpec | None = None
+    logging: LoggingSpec | None = None
 
     def resources(self) -> dict[str, ResourceSpec]:
         """Managed kinds in a stable order, keyed by kind name (the workqueue key)."""
