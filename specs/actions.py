@@ -41,6 +41,7 @@ class BaseAction(BaseModel):
 
     disruptive: bool = False
     reason: str = ""  # the drift reason that made the controller plan this
+    order_id: str | None = None  # set when an admitted order's trigger drove this action
 
     def commands(self) -> list[list[str]]:
         raise NotImplementedError

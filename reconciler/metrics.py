@@ -1,0 +1,121 @@
+"""Prometheus metrics: one registry per agent (no global state), exported as a
+textfile (atomic: temp file in the same directory, then rename) and served on
+the status unix socket."""
+
+from __future__ import annotations
+
+import os
+import platform
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Info,
+    disable_created_metrics,
+    generate_latest,
+)
+
+from specs.status import ConditionStatus, ConditionType, ResourceStatus
+
+disable_created_metrics()  # `_created` series only add noise to a textfile
+
+NS = "compliance_agent"
+
+
+class AgentMetrics:
+    def __init__(self, version: str) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        Info(f"{NS}_build", "Agent build information.", registry=r).info(
+            {"version": version, "python": platform.python_version()}
+        )
+        self.ready = Gauge(f"{NS}_resource_ready", "1 if the resource is Ready, 0 if not, "
+                           "-1 if unknown.", ["kind"], registry=r)
+        self.drifted = Gauge(f"{NS}_resource_drifted", "1 if the resource has drift, 0 if not, "
+                             "-1 if unknown.", ["kind"], registry=r)
+        self.condition_since = Gauge(
+            f"{NS}_resource_condition_last_transition_timestamp_seconds",
+            "When the condition last changed status (Unix time).", ["kind", "type"], registry=r)
+        self.reconciles = Counter(f"{NS}_reconcile", "Reconciles by kind and outcome.",
+                                  ["kind", "result"], registry=r)
+        self.actions = Counter(f"{NS}_actions", "Actions by kind, action type and result.",
+                               ["kind", "action", "result"], registry=r)
+        self.pass_duration = Gauge(f"{NS}_pass_duration_seconds",
+                                   "Wall time of the last full pass.", registry=r)
+        self.pass_cpu = Gauge(f"{NS}_pass_cpu_seconds", "CPU time of the last full pass.",
+                              registry=r)
+        self.last_success = Gauge(f"{NS}_last_successful_pass_timestamp_seconds",
+                                  "End of the last pass that completed (Unix time).", registry=r)
+        self.passes = Counter(f"{NS}_passes", "Full passes completed.", registry=r)
+        self.queue_depth = Gauge(f"{NS}_workqueue_depth", "Keys waiting in the workqueue.",
+                                 registry=r)
+        self.queue_retries = Counter(f"{NS}_workqueue_retries",
+                                     "Keys requeued with backoff since start.", registry=r)
+        self.outbox_depth = Gauge(f"{NS}_outbox_depth", "Evidence bundles not yet delivered.",
+                                  registry=r)
+        self.outbox_oldest = Gauge(f"{NS}_outbox_oldest_age_seconds",
+                                   "Age of the oldest undelivered bundle.", registry=r)
+        self.outbox_dead = Gauge(f"{NS}_outbox_dead_letters",
+                                 "Bundles the control plane rejected permanently (kept).",
+                                 registry=r)
+        self.ntp_offset = Gauge(f"{NS}_clock_offset_milliseconds",
+                                "Last observed clock offset from NTP.", registry=r)
+        self.up = Gauge(f"{NS}_up", "1 while the daemon runs.", registry=r)
+        self._collect_hooks: list[Callable[[], None]] = []
+
+    def add_collect_hook(self, hook: Callable[[], None]) -> None:
+        """Called before each export (e.g. to read outbox stats)."""
+        self._collect_hooks.append(hook)
+
+    def observe_status(self, status: ResourceStatus) -> None:
+        self.ready.labels(status.kind).set(_tri(status, ConditionType.Ready))
+        self.drifted.labels(status.kind).set(_tri(status, ConditionType.Drifted))
+        for c in status.conditions:
+            self.condition_since.labels(status.kind, c.type.value).set(
+                c.last_transition_time.timestamp()
+            )
+
+    def remove_kind(self, kind: str) -> None:
+        for g in (self.ready, self.drifted):
+            try:
+                g.remove(kind)
+            except KeyError:
+                pass
+
+    def exposition(self) -> bytes:
+        for hook in self._collect_hooks:
+            try:
+                hook()
+            except Exception:  # metrics must never take the agent down
+                pass
+        return generate_latest(self.registry)
+
+    def write_textfile(self, path: Path) -> None:
+        """Atomic: write a temp file next to `path`, fsync, rename over it."""
+        data = self.exposition()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.chmod(tmp, 0o644)  # node-exporter runs as another user
+            os.replace(tmp, path)
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
+            raise
+
+
+def _tri(status: ResourceStatus, ctype: ConditionType) -> int:
+    c = status.condition(ctype)
+    if c is None or c.status is ConditionStatus.unknown:
+        return -1
+    return 1 if c.status is ConditionStatus.true else 0

@@ -1,0 +1,134 @@
+"""HTTP over a unix socket: /metrics (Prometheus exposition), /status (JSON),
+/healthz. Never a TCP/UDP listener: Prometheus scrapes it as a `unix:` target
+and operators' tools read live status without touching the database.
+
+Access control is the socket file's mode (0660) and its directory's owner.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import socketserver
+import stat
+import threading
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("compliance_agent.status_server")
+
+PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+class _UnixHTTPServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+    daemon_threads = True
+
+    def get_request(self) -> tuple[socket.socket, Any]:
+        conn, _ = super().get_request()
+        return conn, ("unix", 0)  # BaseHTTPRequestHandler wants a (host, port) pair
+
+
+class StatusServer:
+    def __init__(
+        self,
+        path: Path,
+        metrics: Callable[[], bytes],
+        status: Callable[[], dict[str, Any]],
+        mode: int = 0o660,
+    ) -> None:
+        self.path = path
+        self._metrics = metrics
+        self._status = status
+        self.mode = mode
+        self._server: _UnixHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o750)
+        try:
+            st = os.lstat(self.path)
+            if stat.S_ISSOCK(st.st_mode):
+                os.unlink(self.path)  # stale socket from a previous run
+            else:
+                raise FileExistsError(f"{self.path} exists and is not a socket; refusing to replace it")
+        except FileNotFoundError:
+            pass
+        handler = _make_handler(self._metrics, self._status)
+        old_umask = os.umask(0o117)  # the socket is born 0660: no window with wider access
+        try:
+            self._server = _UnixHTTPServer(str(self.path), handler)
+        finally:
+            os.umask(old_umask)
+        os.chmod(self.path, self.mode)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.2},
+            name="status-server", daemon=True,
+        )
+        self._thread.start()
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+
+
+def _make_handler(
+    metrics: Callable[[], bytes], status: Callable[[], dict[str, Any]]
+) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        server_version = "compliance-agent"
+
+        def do_GET(self) -> None:  # noqa: N802 (http.server API)
+            route = self.path.split("?", 1)[0]
+            try:
+                if route == "/metrics":
+                    self._send(200, PROMETHEUS_CONTENT_TYPE, metrics())
+                elif route == "/status":
+                    body = json.dumps(status(), indent=2, default=str).encode()
+                    self._send(200, "application/json", body)
+                elif route == "/healthz":
+                    self._send(200, "text/plain", b"ok\n")
+                else:
+                    self._send(404, "text/plain", b"not found: try /metrics or /status\n")
+            except Exception as e:
+                log.exception("status request failed")
+                self._send(500, "text/plain", f"error: {type(e).__name__}\n".encode())
+
+        def _send(self, code: int, ctype: str, body: bytes) -> None:
+            self.send_response(code)
+            self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            log.debug("status request: " + format, *args)
+
+    return Handler
+
+
+def unix_get(path: Path, route: str, timeout: float = 5.0) -> tuple[int, bytes]:
+    """Tiny HTTP/1.0 GET over a unix socket (used by the CLI and tests)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(timeout)
+        s.connect(str(path))
+        s.sendall(f"GET {route} HTTP/1.0\r\nHost: localhost\r\n\r\n".encode())
+        chunks = []
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            chunks.append(chunk)
+    raw = b"".join(chunks)
+    head, _, body = raw.partition(b"\r\n\r\n")
+    code = int(head.split(b" ", 2)[1])
+    return code, body
