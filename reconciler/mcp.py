@@ -179,6 +179,13 @@ class ControlPlaneClient:
     def close(self) -> None:
         self._http.close()
 
+    def connection_info(self) -> list[str]:
+        """httpcore's description of each pooled connection (diagnostics and the
+        outbox benchmark use it to show one kept-alive connection carried it all)."""
+        pool = getattr(getattr(self._http, "_transport", None), "_pool", None)
+        conns = getattr(pool, "connections", [])
+        return [str(c.info()) for c in conns]
+
     def __enter__(self) -> ControlPlaneClient:
         return self
 

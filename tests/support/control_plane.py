@@ -46,12 +46,14 @@ class ControlPlaneThread:
         agent_public_keys: list[str],
         signing_key: SigningKey | None = None,
         server_pem: Path | None = None,
+        port: int = 0,
     ) -> None:
         self.storage = Storage(db)
         self.signing_key = signing_key or SigningKey.generate()
         settings = Settings(self.storage, agent_public_keys, self.signing_key)
         self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", port))
         self.sock.listen(128)
         self.port: int = self.sock.getsockname()[1]
         config = uvicorn.Config(
