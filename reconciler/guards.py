@@ -57,7 +57,6 @@ class GuardContext:
     max_skew_ms: int
     clock_offset_ms: float | None  # None: unknown (no time resource / not observed yet)
     admitted_orders: frozenset[str] = frozenset()
-    order_id: str | None = None  # the order that drove this action, if any
     backoff_until: datetime | None = None  # per-action backoff, from the store
 
 
@@ -85,13 +84,13 @@ def _checks(action: Action, ctx: GuardContext) -> Iterable[Verdict]:
         return
     yield Verdict(guard="dry_run", allowed=True, reason="LiveRun")
 
-    if ctx.order_id is not None:
-        if ctx.order_id in ctx.admitted_orders:
+    if action.order_id is not None:
+        if action.order_id in ctx.admitted_orders:
             yield Verdict(guard="order_authenticity", allowed=True, reason="OrderAdmitted",
-                          message=f"order {ctx.order_id} passed admission")
+                          message=f"order {action.order_id} passed admission")
         else:
             yield Verdict(guard="order_authenticity", allowed=False, reason="OrderNotAdmitted",
-                          message=f"order {ctx.order_id} was never admitted",
+                          message=f"order {action.order_id} was never admitted",
                           outcome=Outcome.rejected)
             return
 

@@ -155,7 +155,7 @@ class Runtime:
                 now=self.clock(), dry_run=res.dry_run, window=self.window,
                 allow_outside_window=self.cfg.allow_disruptive_outside_window,
                 max_skew_ms=self.cfg.ntp_max_skew_ms, clock_offset_ms=self.clock_offset_ms,
-                admitted_orders=admitted, order_id=action.order_id,
+                admitted_orders=admitted,
                 backoff_until=(self.status_store.backoff_until(backoff_key)
                                if self.status_store and not res.dry_run else None),
             )

@@ -1,0 +1,51 @@
+# compliance-agent: everything starts from these targets on a fresh clone.
+#   make test   set up (.venv, Debian packages when root) and run all checks and tests
+#   make demo   set up and run the end-to-end demo (needs root for the systemd container)
+#   make bench  print the performance numbers (not part of the tests)
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+PKGS   := specs controllers reconciler
+
+.PHONY: test unit integration lint typecheck schemas schemas-check demo bench deps clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+deps:
+	@scripts/ensure-system-deps.sh
+
+test: $(STAMP) deps lint typecheck schemas-check
+	$(PY) -m pytest -q tests
+
+unit: $(STAMP)
+	$(PY) -m pytest -q tests/unit
+
+integration: $(STAMP) deps
+	$(PY) -m pytest -q -m integration tests/integration
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check $(PKGS) tests demo bench
+
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy --strict $(PKGS)
+
+schemas: $(STAMP)
+	$(PY) -m reconciler.schemas write schemas
+
+schemas-check: $(STAMP)
+	$(PY) -m reconciler.schemas check schemas
+
+demo: $(STAMP) deps
+	$(PY) -m demo.run_demo
+
+bench: $(STAMP) deps
+	$(PY) -m bench.run_all
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
