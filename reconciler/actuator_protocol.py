@@ -183,13 +183,12 @@ def baseline_units(baseline: Baseline) -> set[str]:
 
 
 def baseline_rebuild_targets(baseline: Baseline) -> set[str]:
+    """The systems a rebuild may switch to: the patching spec's `target` (and `targets`)."""
     spec = getattr(baseline, PATCHING_KIND, None)
     if spec is None:
         return set()
-    return {
-        s for s in _strings(spec.model_dump())
-        if s.startswith("/nix/store/") or "#" in s
-    }
+    found = {getattr(spec, "target", None), *getattr(spec, "targets", ())}
+    return {t for t in found if isinstance(t, str) and t}
 
 
 class ActuatorPolicy:

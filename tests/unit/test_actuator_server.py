@@ -288,6 +288,25 @@ def test_rebuild_target_must_be_named_by_the_baseline(env: Env) -> None:
     assert err.reason is Refusal.RebuildTargetNotInBaseline
 
 
+def test_rebuild_to_the_baseline_target_is_admitted_in_the_window(env: Env) -> None:
+    from reconciler.actuator_protocol import ActuatorPolicy
+    from reconciler.window import MaintenanceWindow
+    from specs.baseline import parse_baseline
+
+    target = "/nix/store/" + "a" * 32 + "-nixos-system-h1-24.11"
+    baseline = parse_baseline(
+        {"version": 1, "policy_version": "1", "patching": {"target": target}}
+    )
+    policy = ActuatorPolicy(
+        egress_table="compliance_egress", window=MaintenanceWindow.parse("02:00-04:00"),
+        allow_disruptive_outside_window=False, clock=lambda: IN_WINDOW,
+    )
+    assert policy.check(NixosRebuild(target=target), [baseline]) is None
+    other = NixosRebuild(target=target.replace("h1", "h2"))
+    verdict = policy.check(other, [baseline])
+    assert verdict is not None and verdict.reason is Refusal.RebuildTargetNotInBaseline
+
+
 def test_no_baseline_refuses_everything(env: Env) -> None:
     env.baseline.unlink()
     err = refused(env.server(), ActuatorClient(env.socket), StartUnit(unit="sshd.service"))
