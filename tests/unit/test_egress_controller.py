@@ -83,7 +83,24 @@ class FakeHost:
             doc = {"nftables": [{"metainfo": {}}, {"set": body}]}
             return Completed(argv=argv, exit_code=0, stdout=json.dumps(doc), stderr="",
                              duration=0.0)
+        if argv[0] == "nft" and len(argv) == 2:
+            return self._apply(argv)
         raise AssertionError(f"unexpected command {argv}")
+
+    def _apply(self, argv: list[str]) -> Completed:
+        """The two statements UpdateEgressSet renders, applied all-or-nothing."""
+        assert self.sets is not None
+        new = {k: list(v) for k, v in self.sets.items()}
+        for stmt in argv[1].split("; "):
+            words = stmt.split(" ", 5)
+            if words[:2] == ["flush", "set"]:
+                new[words[4]] = []
+            elif words[:2] == ["add", "element"]:
+                new[words[4]] += [e.strip() for e in words[5].strip("{} ").split(",")]
+            else:
+                raise AssertionError(f"unexpected nft statement {stmt!r}")
+        self.sets = new
+        return Completed(argv=argv, exit_code=0, stdout="", stderr="", duration=0.0)
 
     def read_text(self, path: str) -> str:
         raise FileNotFoundError(path)
