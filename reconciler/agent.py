@@ -188,7 +188,7 @@ class Agent:
         if res.status is not None:
             self.metrics.observe_status(res.status)
         if self.runtime.clock_offset_ms is not None:
-            self.metrics.ntp_offset.set(self.runtime.clock_offset_ms)
+            self.metrics.ntp_offset.set(self.runtime.clock_offset_ms / 1000.0)
 
     # -- status for operators --------------------------------------------------
     def status_snapshot(self) -> dict[str, Any]:
@@ -203,7 +203,8 @@ def status_document(
     statuses: list[ResourceStatus], last_pass: dict[str, Any] | None, now: datetime
 ) -> dict[str, Any]:
     return {
-        "summary": host_summary(statuses).value if statuses else HostSummary.InProgress.value,
+        "summary": (host_summary(statuses) if statuses else
+                    HostSummary.Current if last_pass else HostSummary.InProgress).value,
         "generated_at": now.isoformat(),
         "last_pass": last_pass,
         "resources": [s.model_dump(mode="json") for s in statuses],

@@ -62,7 +62,7 @@ class AgentMetrics:
         self.outbox_dead = Gauge(f"{NS}_outbox_dead_letters",
                                  "Bundles the control plane rejected permanently (kept).",
                                  registry=r)
-        self.ntp_offset = Gauge(f"{NS}_clock_offset_milliseconds",
+        self.ntp_offset = Gauge(f"{NS}_clock_offset_seconds",
                                 "Last observed clock offset from NTP.", registry=r)
         self.up = Gauge(f"{NS}_up", "1 while the daemon runs.", registry=r)
         self._collect_hooks: list[Callable[[], None]] = []
