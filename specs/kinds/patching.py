@@ -17,12 +17,12 @@ FLAKE_REF_RE = re.compile(r"^[A-Za-z0-9._~/:?=&%+@][A-Za-z0-9._~:/?#=&%+@,-]*$")
 
 
 def is_store_path(target: str) -> bool:
-    return STORE_PATH_RE.match(target) is not None
+    return STORE_PATH_RE.fullmatch(target) is not None
 
 
 def store_hash(path: str) -> str | None:
     """The 32-character hash part of a store path (the derivation output digest)."""
-    m = STORE_PATH_RE.match(path)
+    m = STORE_PATH_RE.fullmatch(path)
     return m.group(1) if m else None
 
 
@@ -61,6 +61,6 @@ class PatchingSpec(ResourceSpec):
                     f"{v[:80]!r} is not a top-level store path like "
                     "'/nix/store/<32-char hash>-nixos-system-host-24.05'"
                 )
-        elif not FLAKE_REF_RE.match(v):
+        elif not FLAKE_REF_RE.fullmatch(v):
             raise ValueError(f"{v[:80]!r} is not a flake reference like 'github:org/repo#host'")
         return v
