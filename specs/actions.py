@@ -68,7 +68,9 @@ class StartUnit(UnitAction):
     type: Literal["StartUnit"] = "StartUnit"
 
     def commands(self) -> list[list[str]]:
-        return [[SYSTEMCTL, "reset-failed", self.unit], [SYSTEMCTL, "start", self.unit]]
+        # no reset-failed here: on a unit that is merely inactive (possibly not even
+        # loaded yet) systemd 252 answers "Unit ... not loaded" with exit 1
+        return [[SYSTEMCTL, "start", self.unit]]
 
     @property
     def key(self) -> str:
