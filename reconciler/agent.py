@@ -232,7 +232,7 @@ def _actuator_for(cfg: AgentConfig, host: Host) -> Actuator:
     if cfg.actuator_socket is not None:
         from reconciler.actuator_client import ActuatorClient
 
-        return ActuatorClient(cfg.actuator_socket)  # type: ignore[no-any-return]
+        return ActuatorClient(cfg.actuator_socket)
     from reconciler.actuator import LocalActuator
 
     return LocalActuator(host, rebuild_health_timeout=cfg.rebuild_health_check_timeout)

@@ -74,9 +74,10 @@ def desired_conditions(
     drift_msg = "; ".join(_drift_line(d) for d in remaining)
     waiting = outcome is Outcome.deferred
     alert_only = all(d.remedy is Remedy.alert for d in remaining)
-    stalled_reason = (
-        "AlertOnly" if alert_only else ("ActionFailed" if outcome is Outcome.failed else first.reason)
-    )
+    if alert_only:
+        stalled_reason = "AlertOnly"
+    else:
+        stalled_reason = "ActionFailed" if outcome is Outcome.failed else first.reason
     return {
         ConditionType.Ready: (F, first.reason, drift_msg),
         ConditionType.Drifted: (T, first.reason, drift_msg),

@@ -4,6 +4,8 @@ the status unix socket."""
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import platform
 import tempfile
@@ -21,9 +23,10 @@ from prometheus_client import (
 
 from specs.status import ConditionStatus, ConditionType, ResourceStatus
 
-disable_created_metrics()  # `_created` series only add noise to a textfile
+disable_created_metrics()  # type: ignore[no-untyped-call]  # `_created` series are noise here
 
 NS = "compliance_agent"
+log = logging.getLogger("compliance_agent.metrics")
 
 
 class AgentMetrics:
@@ -81,17 +84,15 @@ class AgentMetrics:
 
     def remove_kind(self, kind: str) -> None:
         for g in (self.ready, self.drifted):
-            try:
+            with contextlib.suppress(KeyError):
                 g.remove(kind)
-            except KeyError:
-                pass
 
     def exposition(self) -> bytes:
         for hook in self._collect_hooks:
             try:
                 hook()
             except Exception:  # metrics must never take the agent down
-                pass
+                log.debug("metrics collect hook failed", exc_info=True)
         return generate_latest(self.registry)
 
     def write_textfile(self, path: Path) -> None:
@@ -107,10 +108,8 @@ class AgentMetrics:
             os.chmod(tmp, 0o644)  # node-exporter runs as another user
             os.replace(tmp, path)
         except BaseException:
-            try:
+            with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
-            except FileNotFoundError:
-                pass
             raise
 
 

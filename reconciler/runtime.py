@@ -17,7 +17,7 @@ import traceback
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any
 
 from pydantic import BaseModel
 
@@ -75,10 +75,8 @@ class ReconcileResult:
         return not self.remaining and self.error is None
 
 
-class ReconcileListener(Protocol):
-    """Gets every finished reconcile (evidence writer, metrics, ...)."""
-
-    def __call__(self, result: ReconcileResult) -> None: ...
+# Gets every finished reconcile (evidence writer, metrics, ...); must not raise.
+ReconcileListener = Callable[[ReconcileResult], None]
 
 
 class Runtime:
@@ -181,7 +179,8 @@ class Runtime:
                 refusal = verdicts[-1]
                 if refusal.reason == "DryRun":
                     held = next((v for v in verdicts if not v.allowed), refusal)
-                    detail = "dry run" if held is refusal else f"dry run; would be held: {held.message}"
+                    detail = ("dry run" if held is refusal
+                              else f"dry run; would be held: {held.message}")
                     result = dry_run_result(action, step_start=step, detail=detail)
                 else:
                     result = skipped_result(action, refusal.guard_result, refusal.message, step)

@@ -7,6 +7,7 @@ Access control is the socket file's mode (0660) and its directory's owner.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -54,7 +55,9 @@ class StatusServer:
             if stat.S_ISSOCK(st.st_mode):
                 os.unlink(self.path)  # stale socket from a previous run
             else:
-                raise FileExistsError(f"{self.path} exists and is not a socket; refusing to replace it")
+                raise FileExistsError(
+                    f"{self.path} exists and is not a socket; refusing to replace it"
+                )
         except FileNotFoundError:
             pass
         handler = _make_handler(self._metrics, self._status)
@@ -75,10 +78,8 @@ class StatusServer:
             self._server.shutdown()
             self._server.server_close()
             self._server = None
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(self.path)
-        except FileNotFoundError:
-            pass
 
 
 def _make_handler(
@@ -87,7 +88,7 @@ def _make_handler(
     class Handler(BaseHTTPRequestHandler):
         server_version = "compliance-agent"
 
-        def do_GET(self) -> None:  # noqa: N802 (http.server API)
+        def do_GET(self) -> None:
             route = self.path.split("?", 1)[0]
             try:
                 if route == "/metrics":

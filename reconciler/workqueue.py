@@ -32,7 +32,7 @@ class Backoff:
     def ceiling(self, failures: int) -> float:
         """Upper bound of the delay after `failures` consecutive failures (>= 1)."""
         exp = min(failures - 1, 62)
-        return min(self.cap, self.base * (2**exp))
+        return float(min(self.cap, self.base * (2.0**exp)))
 
 
 class WorkQueue:

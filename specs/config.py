@@ -274,7 +274,8 @@ def load_config(path: Path) -> AgentConfig:
     try:
         data = json.loads(raw)
     except json.JSONDecodeError as e:
-        raise ConfigError(path, [f"not valid JSON: {e.msg} at line {e.lineno} col {e.colno}"]) from None
+        problem = f"not valid JSON: {e.msg} at line {e.lineno} col {e.colno}"
+        raise ConfigError(path, [problem]) from None
     return parse_config(data, path)
 
 
