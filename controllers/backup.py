@@ -267,7 +267,8 @@ class BackupController(ControllerBase[BackupSpec]):
             # a timeout or missing tool says nothing about the repository: do not memoise
             return CheckResult(checked_at=now, ok=False, message=f"check did not complete: {e}")
         ok = done.exit_code == 0
-        message = "" if ok else f"exited {done.exit_code}: {_tail(done.stderr + done.stdout)}"
+        # the tools print progress on stdout and the findings on stderr
+        message = "" if ok else f"exited {done.exit_code}: {_tail(done.stderr or done.stdout)}"
         result = CheckResult(checked_at=now, ok=ok, message=message)
         self._checks[key] = result
         return result
