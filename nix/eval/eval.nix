@@ -1,0 +1,52 @@
+# Evaluate nix/module.nix (plus an optional configuration module) with the
+# stub lib and print, as JSON, what tests/integration/test_nix_module.py
+# checks: option declarations, failed assertions, the generated agent config,
+# the systemd units, the egress ruleset and the other NixOS settings.
+#
+#   nix-instantiate --eval --strict --json --readonly-mode nix/eval/eval.nix \
+#     --arg configuration 'import ./examples/direct-config.nix'
+{ configuration ? { }, hostName ? "testhost" }:
+let
+  b = builtins;
+  lib = import ./stub-lib.nix;
+  pkgs = import ./stub-pkgs.nix { inherit lib; };
+  eval = lib.evalModules {
+    modules = [
+      ../module.nix
+      ./nixos-base.nix
+      { networking.hostName = lib.mkDefault hostName; }
+      configuration
+    ];
+    specialArgs = { inherit pkgs; };
+  };
+  config = eval.config;
+  cfg = config.services.compliance-agent;
+  decls = eval.options.services.compliance-agent;
+  ours = attrs: lib.filterAttrs (n: _: lib.hasPrefix "compliance-agent" n) (if attrs == null then { } else attrs);
+  services = ours (config.systemd.services or { });
+  configText =
+    if services ? compliance-agent then (b.head services.compliance-agent.restartTriggers).text else null;
+in
+{
+  options = b.mapAttrs (name: opt: {
+    type = opt.type.name;
+    typeDescription = opt.type.description;
+    hasDefault = opt ? default;
+    default = opt.default or null;
+    hasDescription = (opt.description or "") != "";
+  }) decls;
+  values = lib.filterAttrs (n: _: n != "package") cfg;
+  failedAssertions = map (a: a.message) (b.filter (a: !a.assertion) config.assertions);
+  inherit configText;
+  systemd = {
+    inherit services;
+    sockets = ours (config.systemd.sockets or { });
+    timers = ours (config.systemd.timers or { });
+    tmpfiles = config.systemd.tmpfiles.rules or [ ];
+  };
+  users = config.users or null;
+  nftables = config.networking.nftables or null;
+  timesyncd = config.services.timesyncd.enable;
+  nodeExporterFlags = config.services.prometheus.exporters.node.extraFlags;
+  systemPackages = config.environment.systemPackages or [ ];
+}

@@ -1,0 +1,31 @@
+# Stub declarations of the NixOS options nix/module.nix reads, with NixOS's
+# defaults. Everything else it writes (systemd.*, users.*, networking.nftables,
+# sops.*, ...) is merged freeform by stub-lib.nix.
+{ lib, pkgs, ... }:
+let
+  inherit (lib) mkOption types;
+  flag = default: mkOption { type = types.bool; inherit default; };
+in
+{
+  options = {
+    assertions = mkOption { type = types.listOf types.anything; default = [ ]; };
+    warnings = mkOption { type = types.listOf types.str; default = [ ]; };
+    networking.hostName = mkOption { type = types.str; default = "nixos"; };
+    networking.nameservers = mkOption { type = types.listOf types.str; default = [ ]; };
+    services.chrony.enable = flag false;
+    services.ntp.enable = flag false;
+    services.openntpd.enable = flag false;
+    services.timesyncd.enable = flag true;
+    services.prometheus.exporters.node = {
+      enable = flag false;
+      enabledCollectors = mkOption { type = types.listOf types.str; default = [ ]; };
+      extraFlags = mkOption { type = types.listOf types.str; default = [ ]; };
+    };
+    systemd.package = mkOption { type = types.package; default = pkgs.systemd; };
+    nix.package = mkOption { type = types.package; default = pkgs.nix; };
+    system.build = mkOption {
+      type = types.attrsOf types.anything;
+      default = { nixos-rebuild = pkgs.mkDrv "nixos-rebuild"; };
+    };
+  };
+}

@@ -1,0 +1,589 @@
+# services.compliance-agent: keep this host at a signed compliance baseline, and prove it.
+#
+# Two processes, so that the network-facing part holds no privilege:
+#
+# * compliance-agent.service: the reconciler. Runs as the system user
+#   `compliance-agent` in a tight sandbox, only ever dials out (mTLS to the
+#   control plane), never listens on TCP/UDP; its status socket is a unix
+#   socket under /run/compliance-agent.
+# * compliance-agent-actuator.{socket,service}: root, socket-activated on
+#   /run/compliance-agent/actuator.sock (0660 root:compliance-agent). It runs
+#   only typed actions that the current baseline names, inside the
+#   maintenance window (reconciler/actuator_server.py).
+#
+# Options mirror specs.config.AgentConfig one to one: same camelCase names,
+# types and defaults (tests/integration/test_nix_module.py checks it). They
+# are written to a JSON file the agent parses with that model. Secrets are
+# only ever paths (e.g. from sops-nix): they are never read at evaluation
+# time and never copied into the Nix store.
+{ config, lib, pkgs, ... }:
+
+let
+  cfg = config.services.compliance-agent;
+  inherit (lib) mkOption mkEnableOption mkIf mkDefault types literalExpression;
+
+  user = "compliance-agent";
+  runtimeDir = "/run/compliance-agent";
+  windowRegex = "([01][0-9]|2[0-3]):([0-5][0-9])-([01][0-9]|2[0-3]):([0-5][0-9])";
+  syslogRegex = "(tcp|udp)://[^/:]+:[0-9]+";
+
+  # Every key of AgentConfig, in its declaration order: the JSON config has
+  # exactly these keys (null for unset nullables), `enable` included.
+  agentOptionNames = [
+    "enable" "siteId" "hostId" "baselinePath" "clientCertFile" "clientKeyFile"
+    "signingKeyFile" "caCertFile" "mcpPublicKeys" "mcpUrl" "allowedHosts"
+    "deploymentMode" "resellerId" "policyVersion" "pollInterval" "orderTtl"
+    "maintenanceWindow" "allowDisruptiveOutsideWindow" "evidenceRetention"
+    "pruneRetentionDays" "ntpMaxSkewMs" "rebuildHealthCheckTimeout" "rmmWebhookUrl"
+    "syslogTarget" "webhookSecretFile" "logLevel" "stateDirectory" "statusSocket"
+    "actuatorSocket" "metricsTextfile" "egressTable" "workers"
+    "evidenceSnapshotInterval"
+  ];
+  agentSettings = lib.genAttrs agentOptionNames (name: cfg.${name});
+  configFile = pkgs.writeText "compliance-agent.json" (builtins.toJSON agentSettings);
+
+  exe = "${cfg.package}/bin/compliance-agent";
+
+  # Secrets: absolute paths outside the store, checked by assertions below.
+  secretOptions = [ "clientCertFile" "clientKeyFile" "signingKeyFile" "webhookSecretFile" ];
+  badSecretPath = p: p != null && (!(lib.hasPrefix "/" p) || lib.hasPrefix "/nix/store/" p);
+
+  window = builtins.match windowRegex cfg.maintenanceWindow;
+  windowEmpty = window != null
+    && builtins.elemAt window 0 == builtins.elemAt window 2
+    && builtins.elemAt window 1 == builtins.elemAt window 3;
+  # scheme, host (bracketed IPv6 allowed), optional port and path
+  # ("[[]" and "[]]" match brackets: Nix's regex engine rejects "\\[" here)
+  mcpUrlParts = builtins.match "(https)://([[][0-9A-Fa-f:.]*[]]|[^/:?#]+)(:[0-9]+)?([/?#].*)?" cfg.mcpUrl;
+  mcpHost = if mcpUrlParts == null then null else builtins.elemAt mcpUrlParts 1;
+
+  nodeExporter = config.services.prometheus.exporters.node;
+
+  isV6 = a: lib.hasInfix ":" a;
+  dnsRuleFor = family: addrs:
+    lib.optionals (addrs != [ ]) (map (proto:
+      "\t\t${family} daddr { ${lib.concatStringsSep ", " addrs} } ${proto} dport 53 accept"
+    ) [ "udp" "tcp" ]);
+  dnsRules =
+    if cfg.dnsResolvers == [ ] then [ "\t\tudp dport 53 accept" "\t\ttcp dport 53 accept" ]
+    else dnsRuleFor "ip" (lib.filter (a: !isV6 a) cfg.dnsResolvers)
+      ++ dnsRuleFor "ip6" (lib.filter isV6 cfg.dnsResolvers);
+  egressRuleset = builtins.replaceStrings
+    [ "@egressTable@" "@dnsRules@" ]
+    [ cfg.egressTable (lib.concatStringsSep "\n" dnsRules) ]
+    (builtins.readFile ./egress.nft.in);
+
+  # The one sandbox of every unprivileged unit (agent, egress refresh, prune).
+  # `systemd-analyze security` scores the agent unit at or below 2.0; the
+  # module test prints the score. Not set, on purpose:
+  # * PrivateNetwork / IPAddressDeny: the agent must reach the control plane,
+  #   whose addresses come from DNS at run time; egress is confined by the
+  #   nftables allowlist instead (by name, refreshed hourly).
+  # * PrivateUsers: the agent stat()s files owned by other users (secrets'
+  #   owners, audited paths); in a user namespace they would all read as nobody.
+  unprivilegedHardening = {
+    User = user;
+    Group = user;
+    UMask = "0077";
+    ProtectSystem = "strict";
+    ProtectHome = true;
+    PrivateTmp = true;
+    PrivateDevices = true;
+    PrivateIPC = true;
+    DevicePolicy = "closed";
+    NoNewPrivileges = true;
+    CapabilityBoundingSet = "";
+    AmbientCapabilities = "";
+    RestrictAddressFamilies = [ "AF_UNIX" "AF_INET" "AF_INET6" ];
+    SystemCallFilter = [ "@system-service" "~@privileged" "~@resources" ];
+    SystemCallArchitectures = "native";
+    SystemCallErrorNumber = "EPERM";
+    ProtectKernelTunables = true;
+    ProtectKernelModules = true;
+    ProtectKernelLogs = true;
+    ProtectControlGroups = true;
+    ProtectClock = true;
+    ProtectHostname = true;
+    ProtectProc = "invisible";
+    RestrictNamespaces = true;
+    RestrictRealtime = true;
+    RestrictSUIDSGID = true;
+    LockPersonality = true;
+    MemoryDenyWriteExecute = true;
+    RemoveIPC = true;
+    StateDirectory = lib.removePrefix "/var/lib/" cfg.stateDirectory;
+    StateDirectoryMode = "0700";
+    # "-": a missing directory must not stop the agent (metrics are optional).
+    ReadWritePaths = lib.optional (cfg.metricsTextfile != null) "-${dirOf cfg.metricsTextfile}";
+  };
+in
+{
+  options.services.compliance-agent = {
+    enable = mkEnableOption "the compliance agent (declarative compliance reconciler)";
+
+    package = mkOption {
+      type = types.package;
+      default = pkgs.callPackage ./package.nix { };
+      defaultText = literalExpression "pkgs.callPackage ./nix/package.nix { }";
+      description = "The compliance-agent package (the flake's module sets its own build).";
+    };
+
+    siteId = mkOption {
+      type = types.nullOr types.nonEmptyStr;
+      default = null;
+      example = "clinic-0042";
+      description = "Site (clinic) identifier assigned by the control plane. Required.";
+    };
+
+    hostId = mkOption {
+      type = types.nonEmptyStr;
+      default = config.networking.hostName;
+      defaultText = literalExpression "config.networking.hostName";
+      description = "Host identifier; defaults to the machine's hostname.";
+    };
+
+    baselinePath = mkOption {
+      type = types.nullOr types.path;
+      default = null;
+      example = literalExpression "./baseline.json";
+      description = ''
+        Local baseline JSON file (from the NixOS config); the fallback when the
+        control plane has no newer signed baseline. Required. Not secret: a Nix
+        path is copied to the store.
+      '';
+    };
+
+    clientCertFile = mkOption {
+      type = types.nullOr types.str;
+      default = null;
+      example = "/run/secrets/compliance-agent/client.crt";
+      description = "mTLS client certificate (PEM) path, e.g. from sops-nix. A string, so it is never copied to the store.";
+    };
+
+    clientKeyFile = mkOption {
+      type = types.nullOr types.str;
+      default = null;
+      example = "/run/secrets/compliance-agent/client.key";
+      description = "mTLS client private key (PEM) path; owner compliance-agent, mode 0600/0400. Never in the store.";
+    };
+
+    signingKeyFile = mkOption {
+      type = types.nullOr types.str;
+      default = null;
+      example = "/run/secrets/compliance-agent/signing.key";
+      description = "Ed25519 private key that signs evidence; owner compliance-agent, mode 0600/0400. Never in the store.";
+    };
+
+    caCertFile = mkOption {
+      type = types.nullOr types.path;
+      default = null;
+      description = "CA certificate the control plane's server certificate must chain to (public; may be a Nix path). Required.";
+    };
+
+    mcpPublicKeys = mkOption {
+      type = types.listOf (types.strMatching "[0-9a-fA-F]{64}");
+      default = [ ];
+      description = ''
+        Hex-encoded 32-byte Ed25519 public keys trusted for orders and baselines
+        (more than one allows key rotation). At least one is required.
+      '';
+    };
+
+    mcpUrl = mkOption {
+      type = types.str;
+      default = "https://mcp.local";
+      description = "Control plane base URL (https); its host must be in allowedHosts.";
+    };
+
+    allowedHosts = mkOption {
+      type = types.listOf types.str;
+      default = [ "mcp.local" ];
+      description = "Host names the egress allowlist resolves; the only HTTPS destinations of this host.";
+    };
+
+    deploymentMode = mkOption {
+      type = types.enum [ "reseller" "direct" ];
+      default = "reseller";
+      description = "'reseller' (MSP: webhook + syslog integrations) or 'direct'.";
+    };
+
+    resellerId = mkOption {
+      type = types.nullOr types.str;
+      default = null;
+      description = "MSP identifier; required in reseller mode.";
+    };
+
+    policyVersion = mkOption {
+      type = types.str;
+      default = "1.0";
+      description = "Compliance policy version stamped in evidence.";
+    };
+
+    pollInterval = mkOption {
+      type = types.ints.positive;
+      default = 60;
+      description = "Seconds between reconcile passes (+-10% jitter).";
+    };
+
+    orderTtl = mkOption {
+      type = types.ints.positive;
+      default = 900;
+      description = "Maximum order lifetime in seconds, whatever the order asks for.";
+    };
+
+    maintenanceWindow = mkOption {
+      type = types.str;
+      default = "02:00-04:00";
+      example = "22:00-02:00";
+      description = "UTC window 'HH:MM-HH:MM' for disruptive actions; may cross midnight.";
+    };
+
+    allowDisruptiveOutsideWindow = mkOption {
+      type = types.bool;
+      default = false;
+      description = "Allow disruptive actions outside the maintenance window.";
+    };
+
+    evidenceRetention = mkOption {
+      type = types.ints.positive;
+      default = 200;
+      description = "Minimum number of newest evidence bundles kept by pruning.";
+    };
+
+    pruneRetentionDays = mkOption {
+      type = types.ints.unsigned;
+      default = 90;
+      description = "Evidence younger than this many days is never pruned.";
+    };
+
+    ntpMaxSkewMs = mkOption {
+      type = types.ints.positive;
+      default = 5000;
+      description = "Clock offset (ms) above which disruptive actions are skipped.";
+    };
+
+    rebuildHealthCheckTimeout = mkOption {
+      type = types.ints.positive;
+      default = 60;
+      description = "Seconds the system has to reach 'running' after a rebuild before it is rolled back.";
+    };
+
+    rmmWebhookUrl = mkOption {
+      type = types.nullOr types.str;
+      default = null;
+      description = "Reseller RMM webhook URL (reseller mode only); needs webhookSecretFile.";
+    };
+
+    syslogTarget = mkOption {
+      type = types.nullOr types.str;
+      default = null;
+      example = "tcp://siem.example.net:514";
+      description = "RFC 5424 syslog target 'tcp://host:port' or 'udp://host:port'.";
+    };
+
+    webhookSecretFile = mkOption {
+      type = types.nullOr types.str;
+      default = null;
+      description = "File holding the HMAC secret for the RMM webhook. Never in the store.";
+    };
+
+    logLevel = mkOption {
+      type = types.enum [ "DEBUG" "INFO" "WARNING" "ERROR" ];
+      default = "INFO";
+      description = "Log verbosity.";
+    };
+
+    stateDirectory = mkOption {
+      type = types.str;
+      default = "/var/lib/compliance-agent";
+      description = "State directory (SQLite store, evidence files); mode 0700. Must be under /var/lib/ (systemd StateDirectory).";
+    };
+
+    statusSocket = mkOption {
+      type = types.nullOr types.str;
+      default = "${runtimeDir}/status.sock";
+      description = "Unix socket serving /metrics and /status (mode 0660); null disables it. The agent never listens on TCP or UDP.";
+    };
+
+    actuatorSocket = mkOption {
+      type = types.nullOr types.str;
+      default = "${runtimeDir}/actuator.sock";
+      description = ''
+        Unix socket of the privileged actuator (compliance-agent-actuator.socket
+        listens here). Null runs actions in-process, which, the agent being
+        unprivileged, leaves it observe-only; the agent's own default is null
+        because outside this module it may run as root.
+      '';
+    };
+
+    metricsTextfile = mkOption {
+      type = types.nullOr types.str;
+      default =
+        if cfg.metricsNodeExporter then "${cfg.metricsTextfileDirectory}/compliance_agent.prom" else null;
+      defaultText = literalExpression ''
+        if metricsNodeExporter then "''${metricsTextfileDirectory}/compliance_agent.prom" else null'';
+      description = "Prometheus textfile written atomically after every pass; null disables it.";
+    };
+
+    egressTable = mkOption {
+      type = types.strMatching "[A-Za-z_][A-Za-z0-9_]*";
+      default = "compliance_egress";
+      description = "nftables 'inet' table holding the egress allowlist sets (allowed_v4, allowed_v6).";
+    };
+
+    workers = mkOption {
+      type = types.ints.between 1 16;
+      default = 2;
+      description = "Concurrent reconcile workers.";
+    };
+
+    evidenceSnapshotInterval = mkOption {
+      type = types.ints.positive;
+      default = 3600;
+      description = "Seconds between periodic evidence snapshots per resource.";
+    };
+
+    # --- module-only options (not in the agent's JSON) ---
+
+    enforceEgress = mkOption {
+      type = types.bool;
+      default = true;
+      description = ''
+        Install the nftables egress allowlist table: outbound traffic is dropped
+        except loopback, replies, DHCP/ND, DNS, NTP and HTTPS to the addresses of
+        allowedHosts. This applies to the whole host (list e.g. your binary cache
+        in allowedHosts). Fail closed: until the first refresh only DNS/NTP pass.
+      '';
+    };
+
+    dnsResolvers = mkOption {
+      type = types.listOf types.str;
+      default = config.networking.nameservers;
+      defaultText = literalExpression "config.networking.nameservers";
+      description = "Resolver addresses DNS may go to; empty allows DNS to any address.";
+    };
+
+    metricsNodeExporter = mkOption {
+      type = types.bool;
+      default = nodeExporter.enable && lib.elem "textfile" nodeExporter.enabledCollectors;
+      defaultText = literalExpression
+        ''config.services.prometheus.exporters.node.enable && elem "textfile" config.services.prometheus.exporters.node.enabledCollectors'';
+      description = ''
+        Wire the node exporter's textfile collector to metricsTextfileDirectory
+        (adds --collector.textfile.directory; turn off if you set that flag yourself).
+      '';
+    };
+
+    metricsTextfileDirectory = mkOption {
+      type = types.str;
+      default = "/var/lib/prometheus-node-exporter-text";
+      description = "Directory the node exporter's textfile collector reads (created 0755, owner compliance-agent).";
+    };
+
+    egressRefreshInterval = mkOption {
+      type = types.str;
+      default = "hourly";
+      description = "systemd OnCalendar= of the egress allowlist refresh.";
+    };
+
+    evidencePruneInterval = mkOption {
+      type = types.str;
+      default = "daily";
+      description = "systemd OnCalendar= of evidence pruning.";
+    };
+  };
+
+  config = mkIf cfg.enable {
+    assertions = [
+      {
+        assertion = cfg.siteId != null;
+        message = "services.compliance-agent.siteId is not set: set it to the site identifier the control plane assigned (e.g. \"clinic-0042\").";
+      }
+      {
+        assertion = cfg.hostId != "";
+        message = "services.compliance-agent.hostId is empty: set networking.hostName or hostId.";
+      }
+      {
+        assertion = cfg.baselinePath != null;
+        message = "services.compliance-agent.baselinePath is not set: point it at the local baseline JSON (e.g. ./baseline.json).";
+      }
+      {
+        assertion = cfg.caCertFile != null;
+        message = "services.compliance-agent.caCertFile is not set: give the CA certificate that signs the control plane's server certificate.";
+      }
+      {
+        assertion = window != null && !windowEmpty;
+        message = "services.compliance-agent.maintenanceWindow = \"${cfg.maintenanceWindow}\" is not a non-empty UTC window 'HH:MM-HH:MM' (e.g. \"02:00-04:00\"; may cross midnight, like \"22:00-02:00\").";
+      }
+      {
+        assertion = cfg.deploymentMode != "reseller" || (cfg.resellerId != null && cfg.resellerId != "");
+        message = "services.compliance-agent.resellerId is required when deploymentMode = \"reseller\": set resellerId, or deploymentMode = \"direct\".";
+      }
+      {
+        assertion = mcpHost != null;
+        message = "services.compliance-agent.mcpUrl = \"${cfg.mcpUrl}\" must be an https:// URL with a host name.";
+      }
+      {
+        assertion = mcpHost == null || lib.elem mcpHost cfg.allowedHosts;
+        message = "services.compliance-agent.mcpUrl host \"${toString mcpHost}\" is not in allowedHosts [${lib.concatStringsSep ", " cfg.allowedHosts}]: the egress allowlist would block the control plane; add it to allowedHosts.";
+      }
+      {
+        assertion = cfg.mcpPublicKeys != [ ];
+        message = "services.compliance-agent.mcpPublicKeys is empty: add at least one trusted control-plane Ed25519 public key (64 hex characters).";
+      }
+      {
+        assertion = cfg.rmmWebhookUrl == null || cfg.webhookSecretFile != null;
+        message = "services.compliance-agent.rmmWebhookUrl needs webhookSecretFile (the path of the HMAC secret, e.g. from sops-nix).";
+      }
+      {
+        assertion = cfg.syslogTarget == null || builtins.match syslogRegex cfg.syslogTarget != null;
+        message = "services.compliance-agent.syslogTarget = \"${toString cfg.syslogTarget}\" must look like \"tcp://host:514\" or \"udp://host:514\".";
+      }
+      {
+        assertion = lib.hasPrefix "/var/lib/" cfg.stateDirectory;
+        message = "services.compliance-agent.stateDirectory = \"${cfg.stateDirectory}\" must be under /var/lib/ (it is the unit's StateDirectory).";
+      }
+    ] ++ map (name: {
+      assertion = cfg.${name} != null || name == "webhookSecretFile";
+      message = "services.compliance-agent.${name} is not set: give the path of the file (e.g. config.sops.secrets.\"compliance-agent/...\".path).";
+    }) secretOptions
+    ++ map (name: {
+      assertion = !(badSecretPath cfg.${name});
+      message = "services.compliance-agent.${name} = \"${toString cfg.${name}}\" must be an absolute path outside /nix/store (the store is world-readable): use a runtime secret path such as one from sops-nix, as a string, not a Nix path.";
+    }) secretOptions;
+
+    users.users.${user} = {
+      isSystemUser = true;
+      group = user;
+      home = cfg.stateDirectory;
+      description = "compliance-agent reconciler";
+    };
+    users.groups.${user} = { };
+
+    # The runtime directory exists (owned by the agent) before the actuator
+    # socket binds inside it, whichever unit starts first.
+    systemd.tmpfiles.rules = [ "d ${runtimeDir} 0750 ${user} ${user} -" ]
+      ++ lib.optional cfg.metricsNodeExporter "d ${cfg.metricsTextfileDirectory} 0755 ${user} ${user} -";
+
+    systemd.services.compliance-agent = {
+      description = "Compliance agent: declarative compliance reconciler";
+      documentation = [ "https://github.com/compliance-agent/compliance-agent" ];
+      wantedBy = [ "multi-user.target" ];
+      wants = [ "network-online.target" "compliance-agent-actuator.socket" ];
+      after = [ "network-online.target" "nftables.service" "compliance-agent-actuator.socket" ];
+      restartTriggers = [ configFile ];
+      serviceConfig = unprivilegedHardening // {
+        Type = "notify";
+        NotifyAccess = "main";
+        ExecStart = "${exe} run --config ${configFile}";
+        # Pinged while the loop is healthy; a worker may wait minutes on a
+        # rebuild transaction through the actuator.
+        WatchdogSec = "15min";
+        Restart = "on-failure";
+        RestartSec = "10s";
+        RuntimeDirectory = "compliance-agent";
+        RuntimeDirectoryMode = "0750";
+        # The actuator socket lives here too: stopping the agent must not remove it.
+        RuntimeDirectoryPreserve = true;
+        SyslogIdentifier = "compliance-agent";
+      };
+    };
+
+    systemd.sockets.compliance-agent-actuator = mkIf (cfg.actuatorSocket != null) {
+      description = "Compliance agent privileged actuator socket";
+      wantedBy = [ "sockets.target" ];
+      listenStreams = [ cfg.actuatorSocket ];
+      socketConfig = {
+        SocketUser = "root";
+        SocketGroup = user;
+        SocketMode = "0660";
+        DirectoryMode = "0750";
+        Accept = false;
+        RemoveOnStop = true;
+      };
+    };
+
+    systemd.services.compliance-agent-actuator = mkIf (cfg.actuatorSocket != null) {
+      description = "Compliance agent privileged actuator (typed actions only)";
+      requires = [ "compliance-agent-actuator.socket" ];
+      after = [ "compliance-agent-actuator.socket" ];
+      restartTriggers = [ configFile ];
+      # Fixed argv only, no shell; these are what the typed actions run.
+      path = [ config.systemd.package pkgs.nftables config.nix.package config.system.build.nixos-rebuild ];
+      serviceConfig = {
+        Type = "simple";
+        ExecStart = "${exe} actuator --config ${configFile} --allow-user ${user} --idle-exit 600";
+        SyslogIdentifier = "compliance-agent-actuator";
+        UMask = "0077";
+        # Root, and switch-to-configuration runs activation scripts under this
+        # process (users, /etc, bootloader, setuid wrappers, nix builds in
+        # namespaces): filesystem, namespace, capability and syscall
+        # restrictions would break a rebuild. What remains is safe for it:
+        NoNewPrivileges = true;
+        PrivateTmp = true;
+        ProtectKernelLogs = true;
+        ProtectClock = true;
+        RestrictRealtime = true;
+        LockPersonality = true;
+        SystemCallArchitectures = "native";
+        RestrictAddressFamilies = [ "AF_UNIX" "AF_NETLINK" "AF_INET" "AF_INET6" ];
+      };
+    };
+
+    systemd.services.compliance-agent-egress-refresh = {
+      description = "Compliance agent: refresh the egress allowlist from DNS";
+      wants = [ "network-online.target" "compliance-agent-actuator.socket" ];
+      after = [ "network-online.target" "nftables.service" "compliance-agent-actuator.socket" ];
+      serviceConfig = unprivilegedHardening // {
+        Type = "oneshot";
+        ExecStart = "${exe} egress refresh --config ${configFile}";
+        SyslogIdentifier = "compliance-agent-egress";
+      };
+    };
+
+    systemd.timers.compliance-agent-egress-refresh = {
+      description = "Refresh the compliance-agent egress allowlist";
+      wantedBy = [ "timers.target" ];
+      timerConfig = {
+        OnBootSec = "30s";
+        OnCalendar = cfg.egressRefreshInterval;
+        RandomizedDelaySec = "5min";
+        Persistent = true;
+      };
+    };
+
+    systemd.services.compliance-agent-evidence-prune = {
+      description = "Compliance agent: prune old evidence (keeps the newest and the last success per check)";
+      serviceConfig = unprivilegedHardening // {
+        Type = "oneshot";
+        ExecStart = "${exe} evidence prune --config ${configFile}";
+        SyslogIdentifier = "compliance-agent-prune";
+      };
+    };
+
+    systemd.timers.compliance-agent-evidence-prune = {
+      description = "Prune compliance-agent evidence";
+      wantedBy = [ "timers.target" ];
+      timerConfig = {
+        OnCalendar = cfg.evidencePruneInterval;
+        RandomizedDelaySec = "1h";
+        Persistent = true;
+      };
+    };
+
+    networking.nftables = mkIf cfg.enforceEgress {
+      enable = true;
+      ruleset = egressRuleset;
+    };
+
+    # The clock guard needs a synchronized clock; keep any NTP daemon the host chose.
+    services.timesyncd.enable = mkIf
+      (!(config.services.chrony.enable || config.services.ntp.enable || config.services.openntpd.enable))
+      (mkDefault true);
+
+    services.prometheus.exporters.node.extraFlags = mkIf cfg.metricsNodeExporter
+      [ "--collector.textfile.directory=${cfg.metricsTextfileDirectory}" ];
+
+    environment.systemPackages = [ cfg.package ];
+  };
+}
