@@ -142,7 +142,10 @@ def cmd_config_options(args: argparse.Namespace) -> int:
 
 
 # -- parser --------------------------------------------------------------------
-def build_parser() -> argparse.ArgumentParser:
+CORE_COMMANDS = frozenset({"run", "reconcile", "status", "describe", "config"})
+
+
+def build_parser(with_plugins: bool = True) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="compliance-agent",
         description="Keep a NixOS host at its compliance baseline, and prove it.",
@@ -182,7 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
     opts = csub.add_parser("options", help="every option with its type, default and meaning")
     opts.set_defaults(func=cmd_config_options)
 
-    for name in PLUGIN_MODULES:
+    for name in PLUGIN_MODULES if with_plugins else ():
         try:
             module = importlib.import_module(name)
         except ModuleNotFoundError as e:
@@ -194,7 +197,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # The daemon and the status commands never import the plugins' dependencies
+    # (TLS, signing, HTTP server): start-up time and RSS are budgets.
+    core = bool(argv) and argv[0] in CORE_COMMANDS
+    parser = build_parser(with_plugins=not core)
     args = parser.parse_args(argv)
     try:
         return int(args.func(args))

@@ -1,0 +1,1 @@
+"""Benchmarks that print numbers (DESIGN.md section 8); not part of the tests."""
