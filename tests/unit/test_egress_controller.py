@@ -7,6 +7,7 @@ import json
 import threading
 from collections.abc import Sequence
 from pathlib import Path
+from typing import cast
 
 import pytest
 
@@ -16,13 +17,14 @@ from controllers.egress import (
     REASON_SET_MISSING,
     REASON_TABLE_MISSING,
     EgressController,
+    EgressObserved,
     EgressObserveError,
     intervals,
     parse_getent,
     parse_nft_set,
 )
 from specs.actions import UpdateEgressSet
-from specs.drift import Remedy
+from specs.drift import Drift, Remedy
 from specs.host import CommandNotFound, CommandTimeout, Completed, FileStat
 from specs.kinds.egress import EgressSpec
 
@@ -116,11 +118,15 @@ DNS = {
 }
 
 
-def reconcile(host: FakeHost, spec: EgressSpec = SPEC):
+def reconcile(
+    host: FakeHost, spec: EgressSpec = SPEC
+) -> tuple[EgressObserved, list[Drift], list[UpdateEgressSet]]:
     ctl = EgressController()
     obs = ctl.observe(host, spec)
     drifts = ctl.diff(spec, obs)
-    return obs, drifts, ctl.plan(spec, obs, drifts)
+    actions = ctl.plan(spec, obs, drifts)
+    assert all(isinstance(a, UpdateEgressSet) for a in actions)
+    return obs, drifts, cast(list[UpdateEgressSet], actions)
 
 
 # --- parsing of real output ----------------------------------------------------
@@ -216,7 +222,7 @@ def test_only_the_differing_family_is_planned() -> None:
     host = FakeHost(DNS, {"allowed_v4": ["192.0.2.10", "192.0.2.11", "192.0.2.12"],
                           "allowed_v6": []})
     _, _, actions = reconcile(host)
-    assert [a.set_name for a in actions] == ["allowed_v6"]  # type: ignore[union-attr]
+    assert [a.set_name for a in actions] == ["allowed_v6"]
 
 
 def test_failed_name_loses_its_old_addresses_fail_closed() -> None:
@@ -242,7 +248,7 @@ def test_all_names_failing_empties_both_sets() -> None:
     host = FakeHost({}, live)
     obs, drifts, actions = reconcile(host)
     assert sorted(obs.failed) == ["api.example.test", "cdn.example.test"]
-    assert [a.elements for a in actions] == [[], []]  # type: ignore[union-attr]
+    assert [a.elements for a in actions] == [[], []]
     assert actions[0].commands() == [["nft", "flush set inet compliance_egress allowed_v4"]]
     alerts = [d for d in drifts if d.remedy is Remedy.alert]
     assert {d.reason for d in alerts} == {REASON_RESOLUTION_FAILED} and len(alerts) == 2
@@ -255,7 +261,7 @@ def test_timeout_in_one_family_drops_that_family_and_alerts() -> None:
     api = next(n for n in obs.names if n.name == "api.example.test")
     assert api.v6.status == "timeout" and api.v4.addresses == ["192.0.2.10"]
     assert "v6: timeout" in (api.failure or "")
-    by_set = {a.set_name: a.elements for a in actions}  # type: ignore[union-attr]
+    by_set = {a.set_name: a.elements for a in actions}
     assert by_set == {"allowed_v4": ["192.0.2.10", "192.0.2.11", "192.0.2.12"], "allowed_v6": []}
     assert any(d.reason == REASON_RESOLUTION_FAILED for d in drifts)
 
@@ -270,7 +276,7 @@ def test_missing_getent_is_a_failed_resolution_not_a_crash() -> None:
     host = NoGetent(DNS, {"allowed_v4": ["192.0.2.10"], "allowed_v6": []})
     obs, _, actions = reconcile(host)
     assert len(obs.failed) == 2
-    assert [a.elements for a in actions] == [[]]  # type: ignore[union-attr]
+    assert [a.elements for a in actions] == [[]]
 
 
 def test_missing_table_is_alert_only_and_plans_nothing() -> None:
@@ -301,7 +307,7 @@ def test_no_hosts_means_empty_sets() -> None:
     host = FakeHost(DNS, {"allowed_v4": ["192.0.2.10"], "allowed_v6": []})
     _, drifts, actions = reconcile(host, EgressSpec())
     assert [d.reason for d in drifts] == [REASON_OUT_OF_DATE]
-    assert [a.elements for a in actions] == [[]]  # type: ignore[union-attr]
+    assert [a.elements for a in actions] == [[]]
     assert not any(c[0] == "getent" for c in host.calls)
 
 

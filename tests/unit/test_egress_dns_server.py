@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from dnslib import QTYPE, RCODE, DNSRecord
+from dnslib import QTYPE, RCODE, DNSRecord  # type: ignore[import-untyped]
 
 from tests.support.dns_server import DnsServer, write_state
 
