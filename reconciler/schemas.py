@@ -33,14 +33,64 @@ def _baseline_schema() -> dict[str, Any]:
     return schema
 
 
-SCHEMAS: dict[str, Callable[[], dict[str, Any]]] = {
+def _options_markdown() -> str:
+    """docs/options.md: the option reference, generated so docs and model agree."""
+    lines = [
+        "# Configuration options",
+        "",
+        "Generated from `specs.config.AgentConfig` by `make schemas`; do not edit by hand.",
+        "The NixOS module (`services.compliance-agent.<option>`) declares the same names,",
+        "types and defaults and writes them to the JSON file the agent reads.",
+        "",
+        "| option | type | default | description |",
+        "|---|---|---|---|",
+    ]
+    schema = _config_schema()
+    props, defs = schema["properties"], schema.get("$defs", {})
+    fields = {f.alias or n: f for n, f in AgentConfig.model_fields.items()}
+    for name, prop in props.items():
+        field = fields[name]
+        if field.is_required():
+            default = "required"
+        elif name == "hostId":
+            default = "the machine's hostname"
+        else:
+            value = field.get_default(call_default_factory=True)
+            default = f"`{json.dumps(value, default=str)}`"
+        desc = (prop.get("description") or "").replace("|", "\\|")
+        if "$ref" in prop:
+            prop = defs[prop["$ref"].rsplit("/", 1)[-1]]
+        lines.append(f"| `{name}` | {_type_of(prop)} | {default} | {desc} |")
+    return "\n".join(lines) + "\n"
+
+
+def _type_of(prop: dict[str, Any]) -> str:
+    if "anyOf" in prop:
+        return " or ".join(_type_of(p) for p in prop["anyOf"])
+    if "$ref" in prop:
+        return str(prop["$ref"]).rsplit("/", 1)[-1]
+    if "enum" in prop:
+        return " or ".join(f"`{json.dumps(v)}`" for v in prop["enum"])
+    t = prop.get("type", "any")
+    if t == "array":
+        return f"list of {_type_of(prop.get('items', {}))}"
+    if prop.get("format") == "path":
+        return "path"
+    return str(t)
+
+
+SCHEMAS: dict[str, Callable[[], dict[str, Any] | str]] = {
     "agent-config.schema.json": _config_schema,
     "baseline.schema.json": _baseline_schema,
+    "../docs/options.md": _options_markdown,
 }
 
 
-def render(build: Callable[[], dict[str, Any]]) -> str:
-    return json.dumps(build(), indent=2, sort_keys=True) + "\n"
+def render(build: Callable[[], dict[str, Any] | str]) -> str:
+    value = build()
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, indent=2, sort_keys=True) + "\n"
 
 
 def main(argv: list[str]) -> int:
@@ -50,7 +100,7 @@ def main(argv: list[str]) -> int:
     mode, out = argv[0], Path(argv[1])
     stale = []
     for name, build in SCHEMAS.items():
-        path = out / name
+        path = (out / name).resolve()
         text = render(build)
         if mode == "write":
             out.mkdir(parents=True, exist_ok=True)
