@@ -174,12 +174,20 @@ def verify_chain(
             else:
                 report.problems.append(Problem("Gap", "no bundle with this sequence", seq))
             continue
-        if row is not None and (
-            row.digest != e.digest or row.bundle_id != e.statement.predicate.bundle_id
-        ):
-            report.problems.append(
-                Problem("IndexMismatch", "file differs from the indexed bundle", seq, e.source)
-            )
+        if row is not None:
+            if row.digest != e.digest or row.bundle_id != e.statement.predicate.bundle_id:
+                report.problems.append(
+                    Problem("IndexMismatch", "file differs from the indexed bundle", seq, e.source)
+                )
+            elif e.source != row.file_name:
+                report.problems.append(
+                    Problem(
+                        "IndexMismatch",
+                        f"bundle is stored as {e.source}, the index says {row.file_name}",
+                        seq,
+                        e.source,
+                    )
+                )
         prev_claim = e.statement.predicate.prev_digest
         if seq == 1:
             if prev_claim is not None:

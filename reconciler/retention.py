@@ -88,10 +88,16 @@ def prune(writer: EvidenceWriter, now: datetime) -> PruneResult:
 
     result = PruneResult()
     policy = writer.retention
+    # Decided once, from the chain as it is now: the prune bundles this call
+    # appends must not push further bundles out of the protected newest N.
+    allowed: set[int] | None = None
     while True:
         with writer._lock, writer.store.begin() as conn:
             rows = all_rows(conn)
             victims = select_prunable(rows, now, policy.keep_last, policy.min_age_days)
+            if allowed is None:
+                allowed = {r.sequence for r in victims}
+            victims = [r for r in victims if r.sequence in allowed]
             if not victims:
                 break
             batch = victims[:MAX_PER_BUNDLE]
