@@ -339,3 +339,12 @@ def test_with_config_defaults() -> None:
     assert spec.hosts == ["mcp.example.test"] and spec.table == "site_egress"
     explicit = EgressSpec(hosts=["a.example.test"], table="mine")
     assert explicit.with_config_defaults(["mcp.example.test"], "site_egress") is explicit
+
+
+def test_example_baseline_parses() -> None:
+    from specs.baseline import load_baseline
+
+    root = Path(__file__).resolve().parents[2]
+    baseline = load_baseline(root / "examples" / "baselines" / "egress.json")
+    assert baseline.egress == EgressSpec()
+    assert "egress" in baseline.resources()
