@@ -80,11 +80,10 @@ def test_luks_headers_detected_plain_devices_alerted(
     by_dev = {d.target: d for d in observed.devices}
 
     assert by_dev[luks2].encrypted and by_dev[luks2].via == "luks-header"
-    assert by_dev[luks2].luks is not None
-    assert by_dev[luks2].luks.version == 2
-    assert by_dev[luks2].luks.cipher == "aes-xts-plain64"
+    info2, info1 = by_dev[luks2].luks, by_dev[luks1].luks
+    assert info2 is not None and info2.version == 2 and info2.cipher == "aes-xts-plain64"
     assert by_dev[luks1].encrypted
-    assert by_dev[luks1].luks is not None and by_dev[luks1].luks.version == 1
+    assert info1 is not None and info1.version == 1
     assert not by_dev[ext4].encrypted and by_dev[ext4].error is None
     assert not by_dev[empty].encrypted and by_dev[empty].error is None
 
