@@ -288,7 +288,7 @@ def test_concurrent_writers_keep_the_chain_gapless(store: Store, tmp_path: Path)
         try:
             for i in range(10):
                 w.record(check="services", outcome="success", post_state={"t": n, "i": i})
-        except BaseException as e:  # noqa: BLE001 - reported below
+        except BaseException as e:  # reported below
             errors.append(e)
 
     threads = [threading.Thread(target=work, args=(n,)) for n in range(4)]
