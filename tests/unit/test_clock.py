@@ -248,3 +248,11 @@ def test_http_date_rejects_garbage(header: str) -> None:
 def test_http_date_needs_aware_now() -> None:
     with pytest.raises(ValueError, match="timezone-aware"):
         offset_from_http_date("Thu, 26 Nov 2026 02:00:00 GMT", datetime(2026, 11, 26))
+
+
+def test_example_baseline_parses() -> None:
+    from specs.baseline import load_baseline
+
+    b = load_baseline(FIX.parents[2] / "examples" / "baselines" / "time.json")
+    assert b.time == TimeSpec(max_skew_ms=5000, require_synchronized=True)
+    assert "time" in b.resources()

@@ -200,3 +200,10 @@ def test_lsblk_missing_still_probes_the_device() -> None:
 def test_spec_rejects_relative_or_spaced_paths(bad: str) -> None:
     with pytest.raises(ValueError):
         EncryptionSpec(devices=[bad])
+
+
+def test_example_baseline_parses() -> None:
+    from specs.baseline import load_baseline
+
+    b = load_baseline(FIX.parents[2] / "examples" / "baselines" / "encryption.json")
+    assert b.encryption == EncryptionSpec(devices=["/", "/var/lib"], min_luks_version=2)

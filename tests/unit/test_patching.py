@@ -218,3 +218,12 @@ def test_spec_rejects_bad_targets(bad: str) -> None:
 def test_store_hash() -> None:
     assert store_hash(GEN41) == "0c9f3k2v7d8mzr6yq4l1g5a2b3c4d5f6"
     assert store_hash("github:o/r#h") is None
+
+
+def test_example_baseline_parses() -> None:
+    from specs.baseline import load_baseline
+
+    example = Path(__file__).resolve().parents[2] / "examples" / "baselines" / "patching.json"
+    b = load_baseline(example)
+    assert b.patching is not None and b.patching.target is not None
+    assert b.patching.max_generation_age_days == 45
