@@ -49,4 +49,5 @@ in
   timesyncd = config.services.timesyncd.enable;
   nodeExporterFlags = config.services.prometheus.exporters.node.extraFlags;
   systemPackages = config.environment.systemPackages or [ ];
+  sopsSecrets = config.sops.secrets or null;
 }

@@ -1,0 +1,47 @@
+# A clinic that runs compliance-agent directly (no MSP). Import this module
+# next to sops-nix's (e.g. `modules = [ sops-nix.nixosModules.sops
+# compliance-agent.nixosModules.default ./direct-config.nix ]`) and put the
+# four secrets in ./secrets/compliance-agent.yaml (sops-encrypted).
+#
+# Secrets are only paths: sops-nix decrypts them at activation into
+# /run/secrets (a tmpfs), owned by compliance-agent, mode 0400. Nothing
+# secret enters the Nix store.
+{ config, lib, ... }:
+let
+  secret = name: {
+    owner = "compliance-agent";
+    group = "compliance-agent";
+    mode = "0400";
+    path = "/run/secrets/compliance-agent/${name}";
+    restartUnits = [ "compliance-agent.service" ];
+  };
+  secretPath = name: config.sops.secrets."compliance-agent/${name}".path;
+in
+{
+  sops.defaultSopsFile = "/etc/nixos/secrets/compliance-agent.yaml";
+  sops.secrets = {
+    "compliance-agent/client.crt" = secret "client.crt";
+    "compliance-agent/client.key" = secret "client.key";
+    "compliance-agent/signing.key" = secret "signing.key";
+    "compliance-agent/mcp-ca.pem" = secret "mcp-ca.pem";
+  };
+
+  services.compliance-agent = {
+    enable = true;
+    deploymentMode = "direct";
+    siteId = "clinic-0042";
+    baselinePath = ./minimal-baseline.json;
+    mcpUrl = "https://mcp.example-health.net";
+    allowedHosts = [ "mcp.example-health.net" ];
+    mcpPublicKeys = [
+      # RFC 8032 test vector 1: replace with your control plane's key
+      # (rotate by listing the new key next to the old one)
+      "d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a"
+    ];
+    clientCertFile = secretPath "client.crt";
+    clientKeyFile = secretPath "client.key";
+    signingKeyFile = secretPath "signing.key";
+    caCertFile = secretPath "mcp-ca.pem";
+    maintenanceWindow = "02:00-04:00";
+  };
+}

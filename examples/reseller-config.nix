@@ -1,0 +1,53 @@
+# A clinic managed by an MSP ("reseller"): the agent also reports to the
+# reseller's RMM webhook (HMAC-signed) and to its syslog collector.
+# Import next to sops-nix's module; secrets come from
+# ./secrets/compliance-agent.yaml (sops-encrypted), decrypted at activation
+# into /run/secrets, owner compliance-agent, mode 0400; never in the store.
+{ config, lib, ... }:
+let
+  secret = name: {
+    owner = "compliance-agent";
+    group = "compliance-agent";
+    mode = "0400";
+    path = "/run/secrets/compliance-agent/${name}";
+    restartUnits = [ "compliance-agent.service" ];
+  };
+  secretPath = name: config.sops.secrets."compliance-agent/${name}".path;
+in
+{
+  sops.defaultSopsFile = "/etc/nixos/secrets/compliance-agent.yaml";
+  sops.secrets = {
+    "compliance-agent/client.crt" = secret "client.crt";
+    "compliance-agent/client.key" = secret "client.key";
+    "compliance-agent/signing.key" = secret "signing.key";
+    "compliance-agent/mcp-ca.pem" = secret "mcp-ca.pem";
+    "compliance-agent/webhook.hmac" = secret "webhook.hmac";
+  };
+
+  services.compliance-agent = {
+    enable = true;
+    deploymentMode = "reseller";
+    resellerId = "msp-northwind";
+    siteId = "clinic-0042";
+    baselinePath = ./minimal-baseline.json;
+    mcpUrl = "https://mcp.northwind-msp.com";
+    allowedHosts = [ "mcp.northwind-msp.com" "rmm.northwind-msp.com" ];
+    # RFC 8032 test vector 1: replace with the control plane's key.
+    # RFC 8032 test vector 1: replace with the control plane's key.
+    mcpPublicKeys = [ "d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a" ];
+    clientCertFile = secretPath "client.crt";
+    clientKeyFile = secretPath "client.key";
+    signingKeyFile = secretPath "signing.key";
+    caCertFile = secretPath "mcp-ca.pem";
+    rmmWebhookUrl = "https://rmm.northwind-msp.com/hooks/compliance";
+    webhookSecretFile = secretPath "webhook.hmac";
+    syslogTarget = "tcp://siem.northwind-msp.com:6514";
+    maintenanceWindow = "22:00-02:00";
+  };
+
+  # Let Prometheus scrape the agent's textfile metrics via the node exporter.
+  services.prometheus.exporters.node = {
+    enable = true;
+    enabledCollectors = [ "textfile" ];
+  };
+}
