@@ -47,7 +47,7 @@ MODULE_DEFAULTS = {
     "actuatorSocket": "/run/compliance-agent/actuator.sock",  # the module runs the actuator
 }
 # Options AgentConfig requires: the module declares them null/empty + an assertion.
-REQUIRED = {
+REQUIRED: dict[str, Any] = {
     "siteId": None, "baselinePath": None, "clientCertFile": None, "clientKeyFile": None,
     "signingKeyFile": None, "caCertFile": None, "mcpPublicKeys": [],
 }
