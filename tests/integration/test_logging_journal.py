@@ -1,0 +1,147 @@
+"""Logging controller against the REAL journal of a systemd 252 container.
+
+The forwarder stand-in really forwards: it follows the journal for the canary
+identifier and appends what it reads to a spool file, like a forwarder's disk
+buffer would hold it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from controllers.logs import LoggingController
+from reconciler.actuator import LocalActuator
+from specs.actions import RestartUnit
+from specs.kinds.logging import LoggingSpec
+from tests.harness.sdbox import SystemdContainer
+
+SPOOL = "/var/spool/fwd/out.log"
+FORWARDER_UNIT = f"""[Unit]
+Description=log forwarder stand-in (compliance-agent test)
+
+[Service]
+ExecStartPre=/bin/mkdir -p /var/spool/fwd
+ExecStart=/bin/sh -c 'exec journalctl --follow --lines=0 --output=cat -t compliance-agent-canary >> {SPOOL}'
+
+[Install]
+WantedBy=multi-user.target
+"""
+JOURNALD = "systemd-journald.service"
+
+
+def spec(**kw: object) -> LoggingSpec:
+    base: dict[str, object] = {
+        "forwarders": [{"unit": "fwd-standin.service", "spool_path": "/var/spool/fwd"}],
+        "canary_deadline_seconds": 5,
+    }
+    base.update(kw)
+    return LoggingSpec.model_validate(base)
+
+
+@pytest.fixture
+def box(systemd_container: SystemdContainer) -> Iterator[SystemdContainer]:
+    systemd_container.install_unit("fwd-standin.service", FORWARDER_UNIT)
+    systemd_container.check(["systemctl", "enable", "--now", "fwd-standin.service"])
+    try:
+        yield systemd_container
+    finally:
+        # never leave journald frozen, even if an assertion failed mid-test
+        with contextlib.suppress(Exception):
+            systemd_container.run(["systemctl", "kill", "-s", "CONT", JOURNALD])
+
+
+def wait_active(box: SystemdContainer, unit: str, deadline_s: float = 10.0) -> str:
+    deadline = time.monotonic() + deadline_s
+    state = ""
+    while time.monotonic() < deadline:
+        state = box.run(["systemctl", "is-active", unit]).stdout.strip()
+        if state == "active":
+            break
+    return state
+
+
+def test_canary_round_trip_through_journal_and_forwarder(box: SystemdContainer) -> None:
+    ctl = LoggingController()
+    obs = ctl.observe(box, spec())
+    assert obs.canary is not None
+    assert obs.canary.written and obs.canary.in_journal, obs.canary
+    assert obs.canary.in_spool == {"fwd-standin.service": True}, obs.canary
+    # it really is in the real journal, written by systemd-cat
+    back = box.run(["journalctl", "-o", "cat", "-t", "compliance-agent-canary"]).stdout
+    assert obs.canary.marker in back.splitlines()
+    assert obs.canary.marker in box.read_text(SPOOL)
+    drifts = ctl.diff(spec(), obs)
+    assert drifts == []
+    assert ctl.plan(spec(), obs, drifts) == []  # above all: no journald restart
+
+
+def test_stopped_forwarder_is_started_again(box: SystemdContainer) -> None:
+    box.check(["systemctl", "stop", "fwd-standin.service"])
+    ctl = LoggingController()
+    obs = ctl.observe(box, spec(canary_deadline_seconds=1))
+    drifts = ctl.diff(spec(), obs)
+    assert [d.reason for d in drifts] == ["UnitInactive"]
+    actions = ctl.plan(spec(), obs, drifts)
+    assert [(a.type, a.unit, a.disruptive) for a in actions] == [  # type: ignore[union-attr]
+        ("StartUnit", "fwd-standin.service", False)
+    ]
+    assert LocalActuator(box).execute(actions[0]).ok
+    assert wait_active(box, "fwd-standin.service") == "active"
+    after = ctl.observe(box, spec())
+    assert ctl.diff(spec(), after) == [], after.canary
+
+
+def test_forwarder_running_but_not_forwarding_is_restarted(box: SystemdContainer) -> None:
+    # A wedged forwarder: the process runs, nothing reaches the spool.
+    box.check(["systemctl", "kill", "-s", "STOP", "fwd-standin.service"])
+    try:
+        ctl = LoggingController()
+        obs = ctl.observe(box, spec(canary_deadline_seconds=1))
+        drifts = ctl.diff(spec(), obs)
+        assert [d.reason for d in drifts] == ["ForwarderCanaryLost"]
+        assert ctl.plan(spec(), obs, drifts) == [
+            RestartUnit(unit="fwd-standin.service", reason="ForwarderCanaryLost")
+        ]
+    finally:
+        box.run(["systemctl", "kill", "-s", "CONT", "fwd-standin.service"])
+
+
+def test_frozen_journald_loses_the_canary_and_only_then_gets_a_disruptive_restart(
+    box: SystemdContainer,
+) -> None:
+    # Stopping journald would not break logging: its sockets start it again on
+    # the next write. A SIGSTOPped journald is what really loses records: the
+    # sockets still accept (so systemd-cat succeeds) but nothing is stored.
+    box.check(["systemctl", "kill", "-s", "STOP", JOURNALD])
+    ctl = LoggingController()
+    s = spec(forwarders=[], canary_deadline_seconds=2)
+    obs = ctl.observe(box, s)
+    assert obs.canary is not None and obs.canary.written and not obs.canary.in_journal
+    drifts = ctl.diff(s, obs)
+    assert [d.reason for d in drifts] == ["CanaryLost"]
+    actions = ctl.plan(s, obs, drifts)
+    assert actions == [RestartUnit(unit=JOURNALD, disruptive=True, reason="CanaryLost")]
+    # what the runtime does inside the maintenance window
+    result = LocalActuator(box).execute(actions[0])
+    assert result.ok, result.error
+    assert wait_active(box, JOURNALD) == "active"
+    after = ctl.observe(box, s)
+    assert after.canary is not None and after.canary.ok, after.canary
+    assert ctl.diff(s, after) == []
+
+
+def test_stopped_journald_is_revived_by_its_socket_so_no_restart(box: SystemdContainer) -> None:
+    box.check(["systemctl", "stop", JOURNALD])
+    ctl = LoggingController()
+    s = spec(forwarders=[])
+    obs = ctl.observe(box, s)
+    assert obs.canary is not None and obs.canary.ok, obs.canary
+    drifts = ctl.diff(s, obs)
+    assert all(d.reason != "CanaryLost" for d in drifts)
+    assert all(
+        not (isinstance(a, RestartUnit) and a.unit == JOURNALD) for a in ctl.plan(s, obs, drifts)
+    )
