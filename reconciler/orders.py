@@ -24,11 +24,12 @@ order changes nothing (the caller records rejection evidence from the verdict).
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import ValidationError
 from sqlalchemy import text
@@ -45,6 +46,9 @@ from specs.orders import (
 )
 from specs.resource import Trigger
 
+if TYPE_CHECKING:
+    from reconciler.evidence import EvidenceWriter
+
 log = logging.getLogger(__name__)
 
 Clock = Callable[[], datetime]
@@ -52,6 +56,15 @@ VerdictOutcome = Literal["rejected", "expired"]
 
 # Expired nonces are deleted at most this often: a DELETE per admission is wasted work.
 NONCE_PRUNE_INTERVAL = timedelta(seconds=60)
+
+
+# Built once: constructing text() per call costs more than the query.
+_SEEN_NONCE = text("SELECT 1 FROM order_nonces WHERE nonce = :n")
+_INSERT_NONCE = text(
+    "INSERT INTO order_nonces (nonce, order_id, admitted_at, expires_at)"
+    " VALUES (:n, :o, :a, :e) ON CONFLICT (nonce) DO NOTHING"
+)
+_PRUNE_NONCES = text("DELETE FROM order_nonces WHERE expires_at < :now")
 
 
 def utc_now() -> datetime:
@@ -88,9 +101,7 @@ class NonceStore:
         if self.store is None:
             return False
         with self.store.begin() as conn:
-            row = conn.execute(
-                text("SELECT 1 FROM order_nonces WHERE nonce = :n"), {"n": nonce}
-            ).first()
+            row = conn.execute(_SEEN_NONCE, {"n": nonce}).first()
         return row is not None
 
     def record(self, nonce: str, order_id: str, now: datetime, keep_until: datetime) -> bool:
@@ -98,23 +109,36 @@ class NonceStore:
 
         In read-only mode nothing is written and the answer is `not seen()`.
         """
+        return self.record_many([(nonce, order_id, keep_until)], now)[0]
+
+    def record_many(
+        self, entries: Sequence[tuple[str, str, datetime]], now: datetime
+    ) -> list[bool]:
+        """`record` for (nonce, order_id, keep_until) entries in ONE transaction.
+
+        A nonce repeated within `entries` counts as a replay from its second use.
+        """
         if self.readonly or self.store is None:
-            return not self.seen(nonce)
+            fresh: set[str] = set()
+            out = []
+            for nonce, _, _ in entries:
+                out.append(nonce not in fresh and not self.seen(nonce))
+                fresh.add(nonce)
+            return out
         with self.store.begin() as conn:
-            inserted = conn.execute(
-                text(
-                    "INSERT INTO order_nonces (nonce, order_id, admitted_at, expires_at)"
-                    " VALUES (:n, :o, :a, :e) ON CONFLICT (nonce) DO NOTHING"
-                ),
-                {"n": nonce, "o": order_id, "a": now.timestamp(), "e": keep_until.timestamp()},
-            ).rowcount
-            if self._last_prune is None or now - self._last_prune >= NONCE_PRUNE_INTERVAL:
-                conn.execute(
-                    text("DELETE FROM order_nonces WHERE expires_at < :now"),
-                    {"now": now.timestamp()},
+            out = [
+                bool(
+                    conn.execute(
+                        _INSERT_NONCE,
+                        {"n": n, "o": o, "a": now.timestamp(), "e": keep.timestamp()},
+                    ).rowcount
                 )
+                for n, o, keep in entries
+            ]
+            if self._last_prune is None or now - self._last_prune >= NONCE_PRUNE_INTERVAL:
+                conn.execute(_PRUNE_NONCES, {"now": now.timestamp()})
                 self._last_prune = now
-        return bool(inserted)
+        return out
 
 
 class OrderAdmission:
@@ -147,13 +171,51 @@ class OrderAdmission:
         self.max_bytes = max_bytes
 
     def admit(self, envelope_bytes: bytes, now: datetime | None = None) -> Verdict:
-        try:
-            return self._admit(envelope_bytes, now or self.clock())
-        except Exception as e:  # a hostile envelope must never take the loop down
-            log.warning("order admission failed unexpectedly: %s", type(e).__name__)
-            return Verdict(False, "Malformed", outcome="rejected", message=type(e).__name__)
+        """Admit or refuse one order envelope (see module doc). Never raises."""
+        return self.admit_many([envelope_bytes], now)[0]
 
-    def _admit(self, envelope_bytes: bytes, now: datetime) -> Verdict:
+    def admit_many(self, envelopes: Sequence[bytes], now: datetime | None = None) -> list[Verdict]:
+        """`admit` for a batch (e.g. one control-plane poll), verdicts in input order.
+
+        Every check runs per envelope; the nonces of all admissible orders are
+        then recorded in one transaction, so a batch costs one commit.
+        """
+        when = now or self.clock()
+        verdicts: list[Verdict | None] = []
+        pending: list[tuple[int, Order, datetime]] = []
+        for i, env in enumerate(envelopes):
+            try:
+                checked = self._check(env, when)
+            except Exception as e:  # a hostile envelope must never take the loop down
+                log.warning("order admission failed unexpectedly: %s", type(e).__name__)
+                checked = _reject("Malformed", type(e).__name__)
+            if isinstance(checked, Verdict):
+                verdicts.append(checked)
+            else:
+                verdicts.append(None)
+                pending.append((i, *checked))
+        if pending:
+            # Keep each nonce past the last instant its order could pass the
+            # Expired check even with the clock stepped back by the allowed skew.
+            entries = [(o.nonce, o.order_id, exp + self.max_skew) for _, o, exp in pending]
+            try:
+                fresh = self.nonces.record_many(entries, when)
+            except Exception as e:
+                log.warning("recording order nonces failed: %s", type(e).__name__)
+                fresh = [False] * len(pending)
+                for i, o, _ in pending:
+                    verdicts[i] = _reject("Malformed", "nonce store unavailable", o.order_id)
+            for (i, o, _), ok in zip(pending, fresh, strict=True):
+                if verdicts[i] is None:
+                    verdicts[i] = (
+                        Verdict(True, "Admitted", order=o, order_id=o.order_id)
+                        if ok
+                        else _reject("Replayed", "nonce already admitted", o.order_id)
+                    )
+        return [v for v in verdicts if v is not None]
+
+    def _check(self, envelope_bytes: bytes, now: datetime) -> Verdict | tuple[Order, datetime]:
+        """Every check but recording the nonce: a refusal, or (order, expires_at)."""
         if not isinstance(envelope_bytes, bytes | bytearray | memoryview):
             return _reject("Malformed", "order envelope must be bytes")
         try:
@@ -206,11 +268,7 @@ class OrderAdmission:
             action=action,
             params=params,
         )
-        # Keep the nonce past the last instant the order could pass the Expired
-        # check even with the clock stepped back by the allowed skew.
-        if not self.nonces.record(p.nonce, oid, now, expires + self.max_skew):
-            return _reject("Replayed", "nonce already admitted", oid)
-        return Verdict(True, "Admitted", order=order, order_id=oid)
+        return order, expires
 
 
 def _reject(reason: str, message: str, order_id: str | None = None) -> Verdict:
@@ -245,4 +303,27 @@ def order_to_trigger(order: Order) -> tuple[str | None, Trigger]:
         action=order.action.value,
         params=order.params.model_dump(mode="json"),
         requested_at=order.issued_at,
+    )
+
+
+def record_refusal(writer: EvidenceWriter, verdict: Verdict, envelope: bytes) -> str | None:
+    """Evidence for a refused order (check "order", outcome rejected/expired).
+
+    Returns the bundle_id, or None for an admitted verdict (the runtime
+    records the outcome of what the order triggered instead). The envelope is
+    identified by its SHA-256, not copied: it is attacker-controlled input.
+    """
+    if verdict.admitted:
+        return None
+    return writer.record(
+        check="order",
+        outcome=verdict.outcome or "rejected",
+        post_state={
+            "admitted": False,
+            "reason": verdict.reason,
+            "envelope_sha256": hashlib.sha256(bytes(envelope)).hexdigest(),
+            "envelope_bytes": len(envelope),
+        },
+        order_id=verdict.order_id,
+        error=f"{verdict.reason}: {verdict.message}"[:500],
     )

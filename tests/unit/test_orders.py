@@ -277,3 +277,59 @@ def test_rfc3339_parsing() -> None:
 
 def test_payload_type_constant() -> None:
     assert ORDER_PAYLOAD_TYPE == "application/vnd.compliance-agent.order+json"
+
+
+def test_admit_many_mixed_batch(store: Store) -> None:
+    adm = admission(store)
+    dup = sign_order(order_payload())
+    batch = [
+        sign_order(order_payload(order_id="a")),
+        dup,
+        b"junk",
+        dup,  # same nonce twice in one batch: the second is a replay
+        sign_order(order_payload(site_id="elsewhere")),
+    ]
+    got = [(v.admitted, v.reason) for v in adm.admit_many(batch)]
+    assert got == [
+        (True, "Admitted"),
+        (True, "Admitted"),
+        (False, "Malformed"),
+        (False, "Replayed"),
+        (False, "WrongSite"),
+    ]
+    assert adm.admit(dup).reason == "Replayed"
+    assert adm.admit_many([]) == []
+
+
+def test_nonce_store_failure_is_a_refusal_not_an_exception(store: Store) -> None:
+    class Broken(NonceStore):
+        def record_many(self, entries, now):  # type: ignore[no-untyped-def]
+            raise OSError("disk full")
+
+    v = admission(store, nonce_store=Broken(store)).admit(sign_order(order_payload()))
+    assert (v.admitted, v.reason, v.order_id) == (False, "Malformed", "ord-1")
+
+
+def test_record_refusal_writes_order_evidence(store: Store, tmp_path: Path) -> None:
+    from reconciler.evidence import EvidenceIdentity, EvidenceWriter
+    from reconciler.evidence_store import decode_statement, list_bundles
+    from reconciler.orders import record_refusal
+    from tests.unit.test_trust_support import AGENT_SIGNER
+
+    w = EvidenceWriter(store, AGENT_SIGNER, tmp_path / "ev", EvidenceIdentity(SITE, HOST))
+    adm = admission(store)
+    env = sign_order(order_payload(ttl_seconds=5))
+    expired = adm.admit(env, now=later(100))
+    bid = record_refusal(w, expired, env)
+    [row] = list_bundles(store)
+    assert (row.bundle_id, row.check, row.outcome, row.order_id) == (
+        bid,
+        "order",
+        "expired",
+        "ord-1",
+    )
+    p = decode_statement((tmp_path / "ev" / row.file_name).read_bytes())["predicate"]
+    assert p["post_state"]["reason"] == "Expired" and p["error"].startswith("Expired")
+    assert p["hipaa_controls"] == ["164.312(d)"]
+    ok = adm.admit(sign_order(order_payload()))
+    assert record_refusal(w, ok, b"") is None
