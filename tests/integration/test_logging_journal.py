@@ -25,7 +25,7 @@ Description=log forwarder stand-in (compliance-agent test)
 
 [Service]
 ExecStartPre=/bin/mkdir -p /var/spool/fwd
-ExecStart=/bin/sh -c 'exec journalctl --follow --lines=0 --output=cat -t compliance-agent-canary >> {SPOOL}'
+ExecStart=/bin/sh -c 'exec journalctl -f -n 0 -o cat -t compliance-agent-canary >> {SPOOL}'
 
 [Install]
 WantedBy=multi-user.target
