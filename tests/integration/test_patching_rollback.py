@@ -158,3 +158,42 @@ def test_flake_rebuild_and_rollback(nixos: tuple[SystemdContainer, dict[str, str
     assert missing.outcome is Outcome.failed
     assert "not changed" in (missing.error or "")
     assert link(box, "/run/current-system") == paths["good"]
+
+
+def test_runtime_records_reverted_outcome(
+    nixos: tuple[SystemdContainer, dict[str, str]],
+) -> None:
+    """The whole reconcile: observe -> WrongSystem -> guards -> transaction -> reverted."""
+    from reconciler.runtime import Runtime
+    from specs.config import AgentConfig
+
+    box, paths = nixos
+    cfg = AgentConfig.model_validate({
+        "siteId": "clinic-1", "hostId": "reception", "baselinePath": "/nonexistent/b.json",
+        "clientCertFile": "/nonexistent/c", "clientKeyFile": "/nonexistent/k",
+        "signingKeyFile": "/nonexistent/s", "caCertFile": "/nonexistent/ca",
+        "mcpPublicKeys": ["00" * 32], "deploymentMode": "direct",
+        "maintenanceWindow": "02:00-04:00", "rebuildHealthCheckTimeout": 30,
+    })
+    in_window = datetime(2026, 11, 26, 2, 30, tzinfo=UTC)
+    ctrl = PatchingController(clock=lambda: in_window)
+    runtime = Runtime(cfg, box, LocalActuator(box, rebuild_health_timeout=30),
+                      {"patching": ctrl}, None, clock=lambda: in_window)
+    spec = PatchingSpec(target=paths["bad"], require_reboot_alert=False)
+    res = runtime.reconcile("patching", spec)
+    assert [d.reason for d in res.drifts] == ["WrongSystem"]
+    assert res.outcome is Outcome.reverted, res.error
+    [executed] = res.results
+    assert executed.rollback_generation == 1
+    reasons = [v.reason for v in res.verdicts[0]]
+    assert "InsideWindow" in reasons and all(v.allowed for v in res.verdicts[0])
+    # observed again after acting: still the old system, so the drift remains
+    assert [d.reason for d in res.remaining] == ["WrongSystem"]
+    assert link(box, "/run/current-system") == paths["old"]
+    assert state(box) == "running"
+    # outside the window the same drift is only deferred: nothing runs
+    outside = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
+    late = Runtime(cfg, box, LocalActuator(box), {"patching": ctrl}, None, clock=lambda: outside)
+    res2 = late.reconcile("patching", spec)
+    assert res2.outcome is Outcome.deferred
+    assert link(box, "/nix/var/nix/profiles/system") == "system-1-link"
