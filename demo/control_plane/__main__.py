@@ -1,4 +1,7 @@
-"""DEV ONLY: `python -m demo.control_plane {serve,keygen,make-certs,order,baseline,outage,summary}`."""
+"""DEV ONLY: `python -m demo.control_plane {serve,keygen,make-certs,order,baseline,outage,summary}`.
+
+Every subcommand but `serve` and `keygen`/`make-certs` works on the SQLite file directly.
+"""
 
 from __future__ import annotations
 
@@ -52,6 +55,13 @@ def serve_on_socket(sock: socket.socket, args: argparse.Namespace) -> None:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     print(BANNER, file=sys.stderr, flush=True)
+    args.agent_key = list(args.agent_key) + [
+        Path(f).read_text().split()[0] for f in args.agent_key_file
+    ]
+    if not args.agent_key:
+        print("serve: give --agent-key HEX or --agent-key-file FILE (the agent's evidence key)",
+              file=sys.stderr)
+        return 2
     sock = socket.socket(socket.AF_INET6 if ":" in args.host else socket.AF_INET)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((args.host, args.port))
@@ -72,7 +82,10 @@ def cmd_keygen(args: argparse.Namespace) -> int:
     fd = os.open(args.out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as f:
         f.write(bytes(key).hex() + "\n")
-    print(bytes(key.verify_key).hex())
+    public = bytes(key.verify_key).hex()
+    if args.public_out:
+        Path(args.public_out).write_text(public + "\n")
+    print(public)
     return 0
 
 
@@ -146,8 +159,10 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--cert", required=True, help="server certificate chain + key PEM or cert")
     s.add_argument("--key", help="server private key PEM (if not inside --cert)")
     s.add_argument("--ca", required=True, help="CA that client certificates must chain to")
-    s.add_argument("--agent-key", action="append", required=True,
+    s.add_argument("--agent-key", action="append", default=[],
                    help="agent Ed25519 public key (hex) trusted for evidence; repeatable")
+    s.add_argument("--agent-key-file", action="append", default=[],
+                   help="file holding an agent public key (hex), e.g. what keygen printed")
     s.add_argument("--signing-key", required=True, help="control plane seed file (hex)")
     s.add_argument("--evidence-payload-type", default="application/vnd.in-toto+json")
     s.add_argument("--log-level", default="warning")
@@ -155,6 +170,7 @@ def parser() -> argparse.ArgumentParser:
 
     k = sub.add_parser("keygen", help="write an Ed25519 seed file (0600), print the public key")
     k.add_argument("--out", required=True)
+    k.add_argument("--public-out", help="also write the public key (hex) to this file")
     k.set_defaults(func=cmd_keygen)
 
     c = sub.add_parser("make-certs", help="make a demo CA, server and client certificates")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import hashlib
 import json
 import secrets
@@ -211,10 +212,9 @@ def create_app(settings: Settings) -> FastAPI:
                 results.append(None)
             except _Rejected as e:
                 bid = None
-                try:  # name the bundle if its payload says which it is
+                # name the bundle if its payload says which it is
+                with contextlib.suppress(ValueError, KeyError, TypeError, binascii.Error):
                     bid = json.loads(base64.b64decode(env["payload"]))["predicate"]["bundle_id"]
-                except (ValueError, KeyError, TypeError, binascii.Error):
-                    pass
                 results.append({"bundle_id": bid, "status": e.status,
                                 "error": f"{e.reason}: {e.message}"})
         st.bump("received", len(envs))

@@ -18,7 +18,6 @@ import time
 from pathlib import Path
 
 import pytest
-from nacl.signing import SigningKey
 from sqlalchemy import text
 
 from demo.control_plane.app import build_summary
@@ -53,7 +52,7 @@ def test_sigkill_at_random_points_loses_and_duplicates_nothing(tmp_path: Path) -
             ready.unlink(missing_ok=True)
             proc = subprocess.Popen(argv, cwd=REPO_ROOT, env=env, stdout=log, stderr=log)
             try:
-                wait_for(lambda: ready.exists() or proc.poll() is not None, 30,
+                wait_for(lambda p=proc: ready.exists() or p.poll() is not None, 30,  # type: ignore[misc]
                          "the driver to start")
                 assert proc.poll() is None, f"driver died on its own (run {i}); see driver.log"
                 if i % 10 == 3:

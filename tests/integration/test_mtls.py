@@ -70,9 +70,10 @@ def test_wrong_host_name_is_refused(tmp_path: Path, tls: TlsFiles) -> None:
 def test_server_refuses_client_without_certificate(tmp_path: Path, tls: TlsFiles) -> None:
     with ControlPlaneThread(tls, tmp_path / "cp.db", ["00" * 32]) as cp:
         ctx = ssl.create_default_context(cafile=str(tls.ca_cert))  # no client cert loaded
-        with httpx.Client(verify=ctx, trust_env=False) as plain:
-            with pytest.raises(httpx.TransportError):
-                plain.get(cp.url() + "/api/v1/sites/s/hosts/h/orders")
+        with httpx.Client(verify=ctx, trust_env=False) as plain, pytest.raises(
+            httpx.TransportError
+        ):
+            plain.get(cp.url() + "/api/v1/sites/s/hosts/h/orders")
         # With the certificate, the same request works.
         cfg, _ = agent(tmp_path, tls, cp.url())
         with ControlPlaneClient(cfg) as client:
