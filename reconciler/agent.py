@@ -82,6 +82,11 @@ class DesiredState:
                       extra={"reason": "BaselineInvalid", "detail": str(e)})
             baseline = self.last_good
         specs = baseline.resources()
+        egress = specs.get("egress")
+        if egress is not None:
+            # an empty host list means "the config's allowedHosts" (one source of truth)
+            specs["egress"] = egress.with_config_defaults(  # type: ignore[attr-defined]
+                self.cfg.allowed_hosts, self.cfg.egress_table)
         triggers = self.trigger_source()
         for kind, spec in list(specs.items()):
             extra = triggers.get(kind) or triggers.get("*")

@@ -41,9 +41,12 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     cfg = _load_cfg(args.config)
     setup_logging(cfg.log_level.value)
-    from reconciler.service import build_daemon
+    from reconciler.service import StartupError, build_daemon
 
-    daemon = build_daemon(cfg)
+    try:
+        daemon = build_daemon(cfg)
+    except StartupError as e:
+        return _fail(f"cannot start: {e}")
     daemon.install_signal_handlers()
     return daemon.run()
 
@@ -61,7 +64,7 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
     from reconciler.plan_view import render_pass
     from reconciler.service import build_agent
 
-    agent = build_agent(cfg)
+    agent = build_agent(cfg, dry_run=args.dry_run)
     try:
         report = agent.run_pass(dry_run=args.dry_run)
     finally:
@@ -213,8 +216,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:
         return 0
     except Exception as e:  # last resort: a clear one-line error, not a traceback
+        from reconciler.service import StartupError
         from reconciler.store import StoreError
 
+        if isinstance(e, StartupError):
+            return _fail(f"cannot start: {e}")
         if isinstance(e, StoreError | OSError):
             return _fail(str(e))
         raise

@@ -70,6 +70,8 @@ class Daemon:
         self.background = background or []  # extra periodic jobs (MCP poll, delivery)
         self.status_server: StatusServer | None = None
         self.passes_completed = 0
+        self.on_stop: list[Callable[[], None]] = []  # run after the loop ends, in order
+        self.on_pass_done: list[Callable[[], None]] = []  # e.g. deliver the new evidence
 
     # -- lifecycle -------------------------------------------------------------
     def install_signal_handlers(self) -> None:
@@ -114,6 +116,11 @@ class Daemon:
                 self.status_server.stop()
             self.agent.metrics.up.set(0)
             self.agent.write_metrics()
+            for hook in self.on_stop:
+                try:
+                    hook()
+                except Exception:
+                    log.exception("shutdown hook failed")
             self.agent.close()
             log.info("stopped")
         return 0
@@ -175,6 +182,8 @@ class Daemon:
         self.agent.finish_pass(report, p.t0, p.c0, dry_run=False)
         self.passes_completed += 1
         self.notifier.status(report.one_line())
+        for hook in self.on_pass_done:
+            hook()
 
     # -- workers -------------------------------------------------------------------
     def _worker(self) -> None:

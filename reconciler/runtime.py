@@ -13,6 +13,7 @@ What the result means for the caller (the workqueue):
 from __future__ import annotations
 
 import logging
+import math
 import traceback
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
@@ -36,6 +37,7 @@ from specs.status import ActionRecord, Condition, ConditionType, Outcome, Resour
 log = logging.getLogger("compliance_agent.runtime")
 
 DEFAULT_BACKOFF = (10.0, 900.0)
+HTTP_DATE_TOLERANCE_MS = 1500.0  # HTTP Date has 1 s resolution, plus the round trip
 
 
 @dataclass
@@ -99,7 +101,19 @@ class Runtime:
         self.clock = clock
         self.listeners = listeners or []
         self.window = MaintenanceWindow.parse(cfg.maintenance_window)
-        self.clock_offset_ms: float | None = None
+        self.clock_offset_ms: float | None = None  # from the time controller (NTP)
+        self.http_offset_ms: float | None = None  # from the control plane's Date header
+
+    def effective_clock_offset(self) -> float | None:
+        """The offset the clock guard judges: NTP's, unless the control plane's
+        HTTP Date (1 s resolution, so widened by a tolerance) says it is worse."""
+        candidates = []
+        if self.clock_offset_ms is not None:
+            candidates.append(self.clock_offset_ms)
+        http = self.http_offset_ms
+        if http is not None and abs(http) > HTTP_DATE_TOLERANCE_MS:
+            candidates.append(http - math.copysign(HTTP_DATE_TOLERANCE_MS, http))
+        return max(candidates, key=abs) if candidates else None
 
     def reconcile(self, kind: str, spec: ResourceSpec, dry_run: bool = False) -> ReconcileResult:
         started = self.clock()
@@ -152,7 +166,8 @@ class Runtime:
             ctx = guards.GuardContext(
                 now=self.clock(), dry_run=res.dry_run, window=self.window,
                 allow_outside_window=self.cfg.allow_disruptive_outside_window,
-                max_skew_ms=self.cfg.ntp_max_skew_ms, clock_offset_ms=self.clock_offset_ms,
+                max_skew_ms=self.cfg.ntp_max_skew_ms,
+                clock_offset_ms=self.effective_clock_offset(),
                 admitted_orders=admitted,
                 backoff_until=(self.status_store.backoff_until(backoff_key)
                                if self.status_store and not res.dry_run else None),

@@ -1,25 +1,176 @@
 """Wiring for the real service: which parts exist depends on the config.
 
 Kept apart from agent.py so the runtime stays testable with injected parts,
-and so optional parts (control plane, evidence, integrations) are imported
-only when configured.
+and so optional parts are imported only when used.
+
+Start-up refuses what must never be silently degraded: a signing key that is
+unreadable or readable by others (evidence could not be trusted). A control
+plane that cannot be set up (missing client certificate, say) is reported and
+the agent runs offline: it keeps reconciling and queueing evidence.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
 
 from reconciler.agent import Agent
 from reconciler.daemon import Daemon
 from specs.config import AgentConfig
+from specs.host import Host
+
+if TYPE_CHECKING:
+    from reconciler.actuator import Actuator
+    from reconciler.cp_loop import ControlPlaneLoop
+    from reconciler.evidence import EvidenceWriter
+    from reconciler.evidence_recorder import EvidenceRecorder
+    from reconciler.outbox import Outbox
+    from reconciler.triggers import TriggerStore
 
 log = logging.getLogger("compliance_agent.service")
 
 
-def build_agent(cfg: AgentConfig) -> Agent:
-    return Agent(cfg)
+class StartupError(Exception):
+    """The agent must not start; the message says what to fix."""
+
+
+@dataclass
+class Service:
+    agent: Agent
+    writer: EvidenceWriter
+    outbox: Outbox
+    recorder: EvidenceRecorder
+    triggers: TriggerStore
+    control_plane: ControlPlaneLoop | None = None
+    wake: Callable[[], None] = lambda: None
+    closers: list[Callable[[], None]] = field(default_factory=list)
+
+    def close(self) -> None:
+        for close in reversed(self.closers):
+            try:
+                close()
+            except Exception:
+                log.exception("error while closing")
+
+
+def build_service(
+    cfg: AgentConfig,
+    *,
+    host: Host | None = None,
+    actuator: Actuator | None = None,
+    clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    with_control_plane: bool = True,
+    controllers: dict[str, Any] | None = None,
+) -> Service:
+    """The full agent: runtime + evidence + outbox + triggers (+ control plane)."""
+    from reconciler.baseline_source import BaselineSource
+    from reconciler.evidence import EvidenceIdentity, EvidenceWriter, RetentionPolicy
+    from reconciler.evidence_recorder import EvidenceRecorder
+    from reconciler.integrations import IntegrationHook, build_integrations
+    from reconciler.keys import KeyFileError, load_signing_key
+    from reconciler.outbox import Outbox
+    from reconciler.triggers import TriggerStore
+
+    try:
+        signer = load_signing_key(cfg.signing_key_file)
+    except KeyFileError as e:
+        raise StartupError(f"signingKeyFile: {e}") from None
+
+    agent = Agent(cfg, host=host, actuator=actuator, clock=clock, controllers=controllers)
+    outbox = Outbox(agent.store)
+    hook = IntegrationHook(build_integrations(cfg))
+    writer = EvidenceWriter(
+        agent.store, signer, cfg.evidence_directory, EvidenceIdentity.from_config(cfg),
+        clock=clock, on_stored=[outbox.on_stored, hook],
+        retention=RetentionPolicy.from_config(cfg),
+    )
+    recorder = EvidenceRecorder(writer, cfg.evidence_snapshot_interval,
+                                agent.runtime.effective_clock_offset)
+    agent.listeners.append(recorder)
+    triggers = TriggerStore(agent.store)
+    agent.desired.trigger_source = lambda: triggers.active(clock())
+    agent.metrics.add_collect_hook(lambda: _outbox_metrics(agent, outbox))
+    # Passes read the local file and the stored signed baseline; only the
+    # control-plane thread talks to the network.
+    local_source = BaselineSource(cfg, None, agent.store, cfg.mcp_public_keys, clock=clock)
+    agent.desired.baseline_loader = local_source.current
+
+    svc = Service(agent=agent, writer=writer, outbox=outbox, recorder=recorder,
+                  triggers=triggers, closers=[agent.close, writer.close, hook.close])
+    if with_control_plane:
+        svc.control_plane = _control_plane(cfg, svc, clock)
+    return svc
+
+
+def _control_plane(
+    cfg: AgentConfig, svc: Service, clock: Callable[[], datetime]
+) -> ControlPlaneLoop | None:
+    from reconciler.baseline_source import BaselineSource
+    from reconciler.cp_loop import ControlPlaneLoop
+    from reconciler.delivery import Deliverer
+    from reconciler.mcp import ControlPlaneClient, ControlPlaneError
+    from reconciler.orders import NonceStore, OrderAdmission
+
+    agent = svc.agent
+    try:
+        client = ControlPlaneClient(cfg)
+    except ControlPlaneError as e:
+        log.error("control plane disabled: running offline, evidence is queued",
+                  extra={"reason": "ControlPlaneUnavailable", "detail": str(e)})
+        return None
+    admission = OrderAdmission(
+        cfg.mcp_public_keys, cfg.site_id, cfg.host_id, cfg.order_ttl,
+        max_skew_seconds=max(60.0, cfg.ntp_max_skew_ms / 1000.0),
+        nonce_store=NonceStore(agent.store), clock=clock,
+    )
+
+    def on_admitted(kind: str | None, action: str) -> None:
+        if action == "collect_evidence":
+            svc.recorder.request_snapshot(None if kind is None else [kind])
+        svc.wake()  # level-triggered: the next pass sees the trigger
+
+    loop = ControlPlaneLoop(
+        client=client, admission=admission, triggers=svc.triggers, writer=svc.writer,
+        outbox=svc.outbox, deliverer=Deliverer(svc.outbox, client, clock=clock),
+        baseline_source=BaselineSource(cfg, client, agent.store, cfg.mcp_public_keys,
+                                       clock=clock),
+        store=agent.store, poll_interval=float(cfg.poll_interval),
+        on_admitted=on_admitted, clock=clock,
+    )
+
+    def feed_http_offset(_res: object) -> None:
+        agent.runtime.http_offset_ms = loop.stats.http_offset_ms
+
+    agent.listeners.insert(0, feed_http_offset)
+    return loop
+
+
+def _outbox_metrics(agent: Agent, outbox: Outbox) -> None:
+    stats = outbox.stats()
+    agent.metrics.outbox_depth.set(stats.depth)
+    agent.metrics.outbox_oldest.set(stats.oldest_age_seconds or 0)
+    agent.metrics.outbox_dead.set(stats.dead)
+
+
+def build_agent(cfg: AgentConfig, dry_run: bool = False) -> Agent:
+    """`reconcile --once`: the full pipeline with evidence, no network.
+    A dry run writes nothing, so it needs no signing key."""
+    if dry_run:
+        return Agent(cfg)
+    return build_service(cfg, with_control_plane=False).agent
 
 
 def build_daemon(cfg: AgentConfig) -> Daemon:
-    agent = build_agent(cfg)
-    return Daemon(agent)
+    svc = build_service(cfg)
+    daemon = Daemon(svc.agent)
+    svc.wake = daemon.request_pass
+    cp = svc.control_plane
+    if cp is not None:
+        cp.start()
+        daemon.on_stop.append(cp.stop)
+        daemon.on_pass_done.append(cp.kick)
+    daemon.on_stop.append(svc.close)
+    return daemon

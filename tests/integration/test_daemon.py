@@ -51,12 +51,15 @@ def recv_all(s: socket.socket) -> list[str]:
 
 
 def start_daemon(tmp_path: Path, notify: Path, extra_env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    from reconciler.keys import generate_key_file
+
     (tmp_path / "baseline.json").write_text(json.dumps({"version": 1, "policy_version": "1.0"}))
+    generate_key_file(tmp_path / "signing.key")
     cfg = {
         "siteId": "clinic-1", "hostId": "host-1", "resellerId": "msp-1",
         "baselinePath": str(tmp_path / "baseline.json"),
         "clientCertFile": "/nonexistent/c", "clientKeyFile": "/nonexistent/k",
-        "signingKeyFile": "/nonexistent/s", "caCertFile": "/nonexistent/ca",
+        "signingKeyFile": str(tmp_path / "signing.key"), "caCertFile": "/nonexistent/ca",
         "mcpPublicKeys": [TRUSTED_KEY],
         "stateDirectory": str(tmp_path / "state"),
         "statusSocket": str(tmp_path / "run" / "status.sock"),

@@ -68,10 +68,12 @@ def test_never_two_workers_on_one_key_under_contention() -> None:
     for t in threads:
         t.start()
     deadline = time.monotonic() + 5
-    for i in range(3000):
+    produce_until = time.monotonic() + 0.3  # keep re-adding while workers hold keys
+    i = 0
+    while time.monotonic() < produce_until:
         q.add(f"k{i % 3}")
-        if time.monotonic() > deadline:
-            break
+        i += 1
+        time.sleep(0.0001)
     # let the queue drain, bounded
     while q.depth() and time.monotonic() < deadline:
         time.sleep(0.01)
