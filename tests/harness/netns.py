@@ -13,7 +13,7 @@ import secrets
 from collections.abc import Sequence
 
 from reconciler.host import LocalHost, command_env, run_capped
-from specs.host import Completed, FileStat, HostError
+from specs.host import CommandNotFound, Completed, FileStat, HostError
 
 _counter = itertools.count()
 
@@ -56,7 +56,13 @@ class NetNamespace:
         if not self._created:
             raise NetNamespaceError(f"network namespace {self.name} does not exist")
         wrapped = ["ip", "netns", "exec", self.name, *argv]
-        return run_capped(wrapped, timeout, env=command_env(), report_argv=argv)
+        done = run_capped(wrapped, timeout, env=command_env(), report_argv=argv)
+        # `ip netns exec` reports a missing binary itself; same error as LocalHost
+        if done.exit_code != 0 and done.stderr.startswith(
+            f'exec of "{argv[0]}" failed: No such file'
+        ):
+            raise CommandNotFound(list(argv))
+        return done
 
     def read_text(self, path: str) -> str:
         return self._local.read_text(path)

@@ -26,8 +26,13 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from reconciler.host import command_env, run_capped, stat_result_to_filestat
-from specs.host import Completed, FileStat, HostError
+from reconciler.host import (
+    command_env,
+    read_text_capped,
+    run_capped,
+    stat_result_to_filestat,
+)
+from specs.host import CommandNotFound, Completed, FileStat, HostError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SUITE = "bookworm"
@@ -301,10 +306,11 @@ class SystemdContainer:
 
     def run(self, argv: Sequence[str], timeout: float = 30.0) -> Completed:
         done = self._nsenter(argv, timeout)
-        # nsenter reports a missing inner binary as exit 127 on stderr
-        if done.exit_code == 127 and "No such file or directory" in done.stderr:
-            from specs.host import CommandNotFound
-
+        # nsenter reports a missing inner binary itself (exit 127); make it
+        # the same error LocalHost raises
+        if done.exit_code == 127 and done.stderr.startswith(
+            f"nsenter: failed to execute {argv[0]}: No such file"
+        ):
             raise CommandNotFound(list(argv))
         return done
 
@@ -346,8 +352,6 @@ class SystemdContainer:
         return root.joinpath(*resolved)
 
     def read_text(self, path: str) -> str:
-        from reconciler.host import read_text_capped
-
         return read_text_capped(self.host_path(path))
 
     def stat(self, path: str) -> FileStat:
@@ -388,6 +392,34 @@ class SystemdContainer:
 
 
 ContainerHost = SystemdContainer
+
+
+def reap_stale(deadline_s: float = STOP_TIMEOUT) -> list[str]:
+    """Remove containers left by test processes that died (e.g. SIGKILLed pytest).
+
+    A container's cgroup is named sdbox-<creator pid>-...; if that pid is gone,
+    nothing will ever stop it: kill what is inside and remove the cgroups.
+    """
+    reaped: list[str] = []
+    deadline = time.monotonic() + deadline_s
+    for hierarchy in CGROUP_HIERARCHIES:
+        top = CGROUP_ROOT / hierarchy
+        for cg in top.glob("sdbox-*") if top.is_dir() else ():
+            try:
+                creator = int(cg.name.split("-")[1])
+            except (IndexError, ValueError):
+                continue
+            if creator == os.getpid() or _pid_alive(creator):
+                continue
+            for procs in cg.rglob("cgroup.procs"):
+                for pid in procs.read_text().split():
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(int(pid), signal.SIGKILL)
+            box = SystemdContainer.__new__(SystemdContainer)
+            box.cgroups = [cg]
+            box._remove_cgroups(deadline)
+            reaped.append(str(cg))
+    return reaped
 
 
 @contextlib.contextmanager

@@ -15,7 +15,7 @@ import pytest
 
 from tests.harness.netns import NetNamespace
 from tests.harness.require import require_root, require_tool
-from tests.harness.sdbox import SystemdContainer, ensure_rootfs
+from tests.harness.sdbox import SystemdContainer, ensure_rootfs, reap_stale
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -41,6 +41,7 @@ def _require_container_tools() -> None:
 def systemd_rootfs() -> Path:
     """The cached debootstrap rootfs (built once, ~30-60 s, then reused)."""
     _require_container_tools()
+    reap_stale()  # containers of an earlier, killed test run
     return ensure_rootfs()
 
 

@@ -10,12 +10,13 @@ import pytest
 
 from specs.host import CommandNotFound, CommandTimeout
 from tests.harness.netns import NetNamespace
-from tests.harness.sdbox import Bind, SystemdContainer
+from tests.harness.require import require_root, require_tool
+from tests.harness.sdbox import Bind, SystemdContainer, _pid_alive, reap_stale
 
 
 def _wait_gone(pids: list[int], deadline: float) -> list[int]:
     while True:
-        alive = [p for p in pids if Path(f"/proc/{p}").exists()]
+        alive = [p for p in pids if _pid_alive(p)]  # a zombie has exited
         if not alive or time.monotonic() > deadline:
             return alive
         time.sleep(0.02)
@@ -131,9 +132,37 @@ def test_nft_works_in_netns(netns: NetNamespace, tmp_path: Path) -> None:
     assert "UP" in loopback or "LOWER_UP" in loopback
 
 
+def test_netns_missing_binary_is_command_not_found(netns: NetNamespace) -> None:
+    with pytest.raises(CommandNotFound):
+        netns.run(["no-such-binary-xyz"])
+    assert netns.run(["false"]).exit_code == 1  # an ordinary failure stays a Completed
+
+
 def test_netns_teardown_removes_it() -> None:
+    require_root()
+    require_tool("ip")
     ns = NetNamespace()
     ns.start()
     assert ns.exists()
     ns.stop()
     assert not ns.exists()
+
+
+def test_reap_stale_removes_containers_of_dead_test_runs(
+    systemd_rootfs: Path, tmp_path: Path
+) -> None:
+    box = SystemdContainer(tmp_path / "box", rootfs=systemd_rootfs)
+    # pretend a test process that no longer exists created it
+    dead = 2**22 + 12345  # above the default pid_max: never a live pid
+    box.name = f"sdbox-{dead}-0-abcdef"
+    box.cgroups = [cg.parent / box.name for cg in box.cgroups]
+    box.start()
+    pids = box.processes()
+    assert pids
+    try:
+        reaped = reap_stale()
+        assert sorted(reaped) == sorted(str(c) for c in box.cgroups)
+        assert _wait_gone(pids, time.monotonic() + 10) == []
+        assert not any(c.exists() for c in box.cgroups)
+    finally:
+        box.stop()
