@@ -175,3 +175,11 @@ def test_spec_validation() -> None:
         AvEdrSpec(signature_dbs=["daily.cvd"])
     with pytest.raises(ValueError, match="systemd unit"):
         AvEdrSpec(updater_unit="--now")
+
+
+def test_example_baseline_parses() -> None:
+    from specs.baseline import load_baseline
+    from tests.conftest import REPO_ROOT
+
+    baseline = load_baseline(REPO_ROOT / "examples" / "baselines" / "av_edr.json")
+    assert list(baseline.resources()) == ["av_edr"]

@@ -389,3 +389,11 @@ def test_diff_is_pure_on_recorded_observation() -> None:
 def test_backoff_comes_from_spec() -> None:
     s = BackupSpec(jobs=[job()], retry_backoff_base=60, retry_backoff_cap=600)
     assert BackupController().backoff(s) == (60, 600)
+
+
+def test_example_baseline_parses() -> None:
+    from specs.baseline import load_baseline
+    from tests.conftest import REPO_ROOT
+
+    baseline = load_baseline(REPO_ROOT / "examples" / "baselines" / "backup.json")
+    assert list(baseline.resources()) == ["backup"]

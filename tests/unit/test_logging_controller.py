@@ -257,3 +257,11 @@ def test_recorded_journal_line_is_what_we_match() -> None:
     rec = json.loads((FIX / "journalctl-canary.json").read_text())
     assert rec["SYSLOG_IDENTIFIER"] == "compliance-agent-canary"
     assert rec["MESSAGE"] == MARKER and rec["_TRANSPORT"] == "stdout"
+
+
+def test_example_baseline_parses() -> None:
+    from specs.baseline import load_baseline
+    from tests.conftest import REPO_ROOT
+
+    baseline = load_baseline(REPO_ROOT / "examples" / "baselines" / "logging.json")
+    assert list(baseline.resources()) == ["logging"]
