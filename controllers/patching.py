@@ -39,6 +39,9 @@ FIND_GENERATIONS = [
 NIXOS_VERSION = ["nixos-version", "--json"]
 TIMEOUT = 10.0
 REBUILD_ORDER_ACTIONS = frozenset({"rebuild"})  # specs.orders.OrderAction.rebuild
+# Every rebuild attempt is a disruptive switch (and maybe a rollback): a target
+# that was reverted is retried at most hourly inside the window, backing off to daily.
+REBUILD_BACKOFF = (3600.0, 86400.0)
 _GEN_NAME_RE = re.compile(r"^system-(\d+)-link$")
 _PINNED_REV_RE = re.compile(r"(?:[?&]rev=|^github:[^/]+/[^/?#]+/)([0-9a-f]{40})(?:[&#?]|$)")
 
@@ -121,6 +124,10 @@ class PatchingController(ControllerBase[PatchingSpec]):
 
     def __init__(self, clock: Clock | None = None) -> None:
         self.clock: Clock = clock or (lambda: datetime.now(UTC))
+
+    def backoff(self, spec: PatchingSpec) -> tuple[float, float]:
+        """(base, cap) seconds between attempts of the same rebuild (runtime per-action backoff)."""
+        return REBUILD_BACKOFF
 
     def observe(self, host: Host, spec: PatchingSpec) -> PatchingObserved:
         problems: list[str] = []

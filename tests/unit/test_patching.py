@@ -227,3 +227,8 @@ def test_example_baseline_parses() -> None:
     b = load_baseline(example)
     assert b.patching is not None and b.patching.target is not None
     assert b.patching.max_generation_age_days == 45
+
+
+def test_rebuild_backoff_is_hours_not_seconds() -> None:
+    base, cap = PatchingController().backoff(PatchingSpec())
+    assert base >= 3600 and cap >= base
