@@ -59,7 +59,7 @@ NONCE_PRUNE_INTERVAL = timedelta(seconds=60)
 
 
 # Built once: constructing text() per call costs more than the query.
-_SEEN_NONCE = text("SELECT 1 FROM order_nonces WHERE nonce = :n")
+_SEEN_NONCE_SQL = "SELECT 1 FROM order_nonces WHERE nonce = ?"
 _INSERT_NONCE = text(
     "INSERT INTO order_nonces (nonce, order_id, admitted_at, expires_at)"
     " VALUES (:n, :o, :a, :e) ON CONFLICT (nonce) DO NOTHING"
@@ -100,9 +100,20 @@ class NonceStore:
     def seen(self, nonce: str) -> bool:
         if self.store is None:
             return False
-        with self.store.begin() as conn:
-            row = conn.execute(_SEEN_NONCE, {"n": nonce}).first()
-        return row is not None
+        # A plain autocommit read on the DB-API connection: a SQLAlchemy
+        # transaction here would take the write lock (BEGIN IMMEDIATE) and
+        # cost a commit per order. The store's connections run with
+        # isolation_level=None, so this SELECT holds no lock afterwards.
+        raw = self.store.engine.raw_connection()
+        try:
+            cur = raw.cursor()
+            try:
+                cur.execute(_SEEN_NONCE_SQL, (nonce,))
+                return cur.fetchone() is not None
+            finally:
+                cur.close()
+        finally:
+            raw.close()
 
     def record(self, nonce: str, order_id: str, now: datetime, keep_until: datetime) -> bool:
         """Atomically record `nonce`; False if it was already there (a replay).

@@ -136,7 +136,7 @@ def parse_rfc3339_utc(v: str) -> datetime:
     head, frac = v[:19], v[19:]
     frac = frac.rstrip("Zz").removesuffix("+00:00").removesuffix("-00:00")
     micro = int((frac[1:] + "000000")[:6]) if frac.startswith(".") else 0
-    base = datetime.strptime(head.replace("t", "T"), "%Y-%m-%dT%H:%M:%S")
+    base = datetime.fromisoformat(head.replace("t", "T"))  # C parser; strptime is 10x slower
     return base.replace(microsecond=micro, tzinfo=UTC)
 
 
