@@ -256,3 +256,29 @@ def test_example_baseline_parses() -> None:
     b = load_baseline(FIX.parents[2] / "examples" / "baselines" / "time.json")
     assert b.time == TimeSpec(max_skew_ms=5000, require_synchronized=True)
     assert "time" in b.resources()
+
+
+@given(st.text(max_size=300))
+def test_tool_parsers_fail_only_with_clock_parse_error(text: str) -> None:
+    for parse in (parse_timesync_status, parse_chrony_tracking_csv):
+        with contextlib.suppress(ClockParseError):
+            parse(text)
+
+
+@given(st.integers(min_value=-(10**12), max_value=10**12))
+def test_timespan_round_trip_like_systemd(usec: int) -> None:
+    # systemd's format_timespan: largest units first, seconds with a fraction.
+    sign = "-" if usec < 0 else "+"
+    rest = abs(usec)
+    parts = []
+    for unit, size in (("d", 86_400_000_000), ("h", 3_600_000_000), ("min", 60_000_000)):
+        if rest >= size:
+            parts.append(f"{rest // size}{unit}")
+            rest %= size
+    if rest >= 1_000_000:
+        parts.append(f"{rest / 1_000_000:.6f}".rstrip("0").rstrip(".") + "s")
+    elif rest >= 1000:
+        parts.append(f"{rest / 1000:.3f}".rstrip("0").rstrip(".") + "ms")
+    elif rest or not parts:
+        parts.append(f"{rest}us")
+    assert parse_timespan_ms(sign + " ".join(parts)) == pytest.approx(usec / 1000, abs=1e-6)

@@ -6,6 +6,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from controllers.encryption import (
     EncryptionController,
@@ -207,3 +209,9 @@ def test_example_baseline_parses() -> None:
 
     b = load_baseline(FIX.parents[2] / "examples" / "baselines" / "encryption.json")
     assert b.encryption == EncryptionSpec(devices=["/", "/var/lib"], min_luks_version=2)
+
+
+@given(st.text(max_size=400))
+def test_luks_dump_parser_total(text: str) -> None:
+    info = parse_luks_dump(text)
+    assert info.version is None or info.version >= 0

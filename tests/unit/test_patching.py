@@ -7,6 +7,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from controllers.patching import (
     FIND_GENERATIONS,
@@ -232,3 +234,9 @@ def test_example_baseline_parses() -> None:
 def test_rebuild_backoff_is_hours_not_seconds() -> None:
     base, cap = PatchingController().backoff(PatchingSpec())
     assert base >= 3600 and cap >= base
+
+
+@given(st.text(max_size=400))
+def test_generation_parser_total(text: str) -> None:
+    for g in parse_generations(text):
+        assert g.number >= 0 and g.system
