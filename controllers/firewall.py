@@ -10,8 +10,9 @@ observe, through the Host only:
 2. the live ruleset: ``nft -j list ruleset``, normalized
    (controllers.nft_normalize) and hashed -> ``live_digest``.
 3. the expected ruleset: the file loaded into a throwaway network namespace
-   by ``python -m reconciler.nft_sandbox`` and listed the same way, so both
-   sides are the kernel's own rendering (no second nft parser to get wrong).
+   by the stdlib-only helper ``reconciler/nft_sandbox.py`` and listed the
+   same way, so both sides are the kernel's own rendering (no second nft
+   parser to get wrong).
    Memoised per (file hash, unmanaged lists): the file is immutable under
    its hash, so this costs one sandbox run per baseline, not per pass.
 
@@ -27,6 +28,7 @@ from __future__ import annotations
 import hashlib
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict
@@ -69,6 +71,16 @@ class FirewallObserved(BaseModel):
 
 
 def default_sandbox_argv() -> list[str]:
+    """Run reconciler/nft_sandbox.py as a script with this interpreter, isolated (-I).
+
+    By file path rather than `-m`: a wrapped install (e.g. a Nix Python
+    application) puts our packages on sys.path inside the agent process only,
+    so a child `python -m reconciler...` might not find them. The helper is
+    stdlib-only, so it needs no sys.path at all.
+    """
+    script = Path(__file__).resolve().parent.parent / "reconciler" / "nft_sandbox.py"
+    if script.is_file():
+        return [sys.executable, "-I", str(script)]
     return [sys.executable, "-m", "reconciler.nft_sandbox"]
 
 

@@ -16,7 +16,9 @@ only then starts nft: it can never touch the live firewall.
 
 The file is read once, its SHA-256 checked against --sha256, and the same
 bytes are piped to `nft -f /dev/stdin`, so a file swapped in between cannot
-be what gets measured. Exit codes: 0 listed; 2 hash mismatch or unreadable;
+be what gets measured. The firewall controller runs this file as a script
+with ``python -I``, so it must import nothing but the standard library.
+Exit codes: 0 listed; 2 hash mismatch or unreadable;
 3 nft rejected the file (stderr says why); 4 no sandbox available.
 """
 

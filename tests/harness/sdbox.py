@@ -13,12 +13,9 @@ find and remove everything. Commands reach the container with
 from __future__ import annotations
 
 import contextlib
-import fcntl
-import hashlib
 import itertools
 import os
 import secrets
-import shutil
 import signal
 import subprocess
 import time
@@ -33,14 +30,20 @@ from reconciler.host import (
     stat_result_to_filestat,
 )
 from specs.host import CommandNotFound, Completed, FileStat, HostError
+from tests.harness.rootfs import (  # re-exported: tests import them from here
+    REPO_ROOT,
+    ROOTFS_PACKAGES,
+    SUITE,
+    RootfsError,
+    ensure_rootfs,
+    rootfs_key,
+)
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-SUITE = "bookworm"
-MIRROR = "http://deb.debian.org/debian"
-# Everything any integration test needs inside the container, in one place:
-# changing it changes the cache key and rebuilds the rootfs once.
-ROOTFS_PACKAGES: tuple[str, ...] = ("systemd", "dbus", "nftables", "procps", "iproute2")
-BUILD_TIMEOUT = 900.0  # seconds; a cold build takes ~30-60 s on a good mirror
+__all__ = [
+    "REPO_ROOT", "ROOTFS_PACKAGES", "SUITE", "Bind", "ContainerError", "ContainerHost",
+    "RootfsError", "SystemdContainer", "ensure_rootfs", "reap_stale", "rootfs_key",
+]
+
 BOOT_TIMEOUT = 60.0
 STOP_TIMEOUT = 15.0
 CGROUP_HIERARCHIES = ("systemd", "unified")
@@ -51,56 +54,7 @@ _counter = itertools.count()
 
 
 class ContainerError(HostError):
-    """The container could not be built, booted or reached."""
-
-
-def rootfs_key(suite: str = SUITE, packages: Sequence[str] = ROOTFS_PACKAGES) -> str:
-    return hashlib.sha256(f"{suite}\n{','.join(sorted(packages))}".encode()).hexdigest()[:16]
-
-
-def ensure_rootfs(
-    cache_dir: Path | None = None,
-    suite: str = SUITE,
-    packages: Sequence[str] = ROOTFS_PACKAGES,
-) -> Path:
-    """Return a built rootfs directory, building it once (flock) if missing."""
-    base = (cache_dir or REPO_ROOT / ".cache" / "rootfs") / rootfs_key(suite, packages)
-    rootfs = base / "rootfs"
-    done = base / "complete"
-    if done.exists():
-        return rootfs
-    base.mkdir(parents=True, exist_ok=True)
-    with open(base / "lock", "w") as lock:
-        # Concurrent test processes wait here; the first one builds.
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if done.exists():
-            return rootfs
-        staging = base / f"staging-{os.getpid()}"
-        shutil.rmtree(staging, ignore_errors=True)
-        if rootfs.exists():
-            shutil.rmtree(rootfs)  # a half-built tree from an interrupted run
-        argv = [
-            "debootstrap",
-            "--variant=minbase",
-            f"--include={','.join(packages)}",
-            suite,
-            str(staging),
-            MIRROR,
-        ]
-        try:
-            result = run_capped(argv, BUILD_TIMEOUT)
-        except HostError as e:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise ContainerError(f"building the test rootfs failed: {e}") from e
-        if result.exit_code != 0:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise ContainerError(
-                f"debootstrap exited {result.exit_code} building {rootfs}; "
-                f"check network access to {MIRROR}.\n{result.stdout[-3000:]}{result.stderr[-3000:]}"
-            )
-        staging.rename(rootfs)
-        done.write_text(" ".join(argv) + "\n")
-    return rootfs
+    """The container could not be booted or reached."""
 
 
 @dataclass(frozen=True)
