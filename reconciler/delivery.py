@@ -5,7 +5,11 @@ daemon loop. It never raises for network or server trouble; it only records
 outcomes in the outbox:
 
 * receipt (201 new, 200 repeat)     -> `delivered`, receipt kept
-* permanent refusal (other 4xx)      -> `dead` (kept, visible, re-queueable)
+* permanent refusal of a bundle (other 4xx, e.g. 400/409/413/422)
+                                     -> `dead` (kept, visible, re-queueable)
+* refusal of the request itself (401/403/404/405/407/421) or a garbled
+  answer                             -> stays `queued` with backoff, logged as
+                                        an error (see SYSTEMIC_STATUSES)
 * transient (5xx/408/429/transport)  -> stays `queued`, next attempt after an
   exponential backoff with full jitter, capped.
 
@@ -27,6 +31,11 @@ from reconciler.mcp import ControlPlaneClient, ItemResult, PermanentError, Trans
 from reconciler.outbox import Clock, Outbox, OutboxItem, Retry, utc_now
 
 log = logging.getLogger(__name__)
+
+# 4xx answers about the request itself, not the bundle in it: who we are (401,
+# 403, 407), where we send (404, 405, 421). Dead-lettering every bundle for a
+# revoked certificate or a wrong URL would only make work; they stay queued.
+SYSTEMIC_STATUSES = frozenset({401, 403, 404, 405, 407, 421})
 
 
 @dataclass(frozen=True)
@@ -103,9 +112,15 @@ class Deliverer:
             self.outbox.settle(retry=[self._retry(i, str(e)) for i in items])
             return DeliveryResult(retried=len(items)), True
         except PermanentError as e:
-            if e.status is None:
-                # A garbled answer is the server's fault, not the bundles': retry later.
-                log.warning("evidence delivery deferred (%d bundles): %s", len(items), e)
+            if e.status is None or e.status in SYSTEMIC_STATUSES:
+                # The server refused *us* (identity, URL) or answered garbage: no
+                # bundle is at fault, so none is dead-lettered; retry with backoff.
+                log.error(
+                    "evidence delivery refused for every bundle (%s); check mcpUrl and the"
+                    " client certificate; %d bundles stay queued",
+                    e,
+                    len(items),
+                )
                 self.outbox.settle(retry=[self._retry(i, str(e)) for i in items])
                 return DeliveryResult(retried=len(items)), True
             # The batch as a whole was refused (e.g. one malformed envelope):
@@ -151,8 +166,12 @@ class Deliverer:
                 stop = True
                 break
             except PermanentError as e:
-                # No status means a garbled answer: retry (502), do not dead-letter.
-                results.append(ItemResult(item.bundle_id, e.status or 502, error=str(e)))
+                if e.status is None or e.status in SYSTEMIC_STATUSES:
+                    for rest in items[n:]:  # not this bundle's fault: retry all of them
+                        results.append(ItemResult(rest.bundle_id, 503, error=str(e)))
+                    stop = True
+                    break
+                results.append(ItemResult(item.bundle_id, e.status, error=str(e)))
                 continue
             results.append(
                 ItemResult(
