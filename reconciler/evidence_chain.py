@@ -31,7 +31,13 @@ from pydantic import ValidationError
 from reconciler.evidence_store import IndexRow, all_rows
 from reconciler.store import Store
 from reconciler.trust import TrustedKeys, TrustError, loads_strict, verify_envelope
-from specs.evidence import EVIDENCE_PAYLOAD_TYPE, PRUNE_CHECK, EvidenceStatement
+from specs.evidence import (
+    EVIDENCE_PAYLOAD_TYPE,
+    PREDICATE_TYPE,
+    PRUNE_CHECK,
+    STATEMENT_TYPE,
+    EvidenceStatement,
+)
 from specs.resource import canonical_json
 
 
@@ -88,6 +94,11 @@ def _check_one(source: str, data: bytes, keys: TrustedKeys, report: ChainReport)
     except ValidationError as e:
         report.problems.append(
             Problem("Malformed", f"not an evidence statement: {e}", None, source)
+        )
+        return None
+    if st.type_ != STATEMENT_TYPE or st.predicateType != PREDICATE_TYPE:
+        report.problems.append(
+            Problem("Malformed", "not an in-toto v1 compliance-agent statement", None, source)
         )
         return None
     p = st.predicate

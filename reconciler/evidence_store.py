@@ -16,7 +16,7 @@ import json
 import os
 import re
 from collections.abc import Callable
-from dataclasses import asdict, astuple, dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, cast
 
@@ -109,7 +109,8 @@ _HEAD = text("SELECT sequence, digest FROM evidence_bundles ORDER BY sequence DE
 
 
 def insert_rows(conn: Connection, rows: list[IndexRow]) -> None:
-    conn.execute(_INSERT, [dict(zip(_FIELDS, astuple(r), strict=True)) for r in rows])
+    # Not dataclasses.astuple: it deep-copies every field.
+    conn.execute(_INSERT, [{f: getattr(r, f) for f in _FIELDS} for r in rows])
 
 
 def all_rows(conn: Connection) -> list[IndexRow]:

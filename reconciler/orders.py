@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import sqlite3
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -110,6 +111,12 @@ class NonceStore:
             try:
                 cur.execute(_SEEN_NONCE_SQL, (nonce,))
                 return cur.fetchone() is not None
+            except sqlite3.OperationalError as e:
+                # A read-only look at a database the daemon has not migrated
+                # yet: no nonce was ever recorded there.
+                if self.readonly and "no such table" in str(e):
+                    return False
+                raise
             finally:
                 cur.close()
         finally:

@@ -4,7 +4,9 @@ A bundle is pruned only if ALL hold:
 
 * it is not among the newest `keep_last` bundles (by sequence);
 * it is older than `min_age_days` (index `created_at`);
-* it is not the newest `outcome=success` bundle of its check.
+* it is not the newest `outcome=success` bundle of its check;
+* it is not itself an `evidence_prune` bundle: those are kept for good so
+  that exported files alone (no index) always explain every pruned gap.
 
 Pruning deletes the file but keeps the index row as a tombstone (`pruned_at`,
 `pruned_by`), and appends one evidence bundle with check `evidence_prune`
@@ -80,6 +82,7 @@ def select_prunable(
         if r.sequence not in protected_tail
         and r.created_at < cutoff  # fixed-width RFC 3339 UTC strings compare like times
         and newest_success.get(r.check) != r.sequence
+        and r.check != PRUNE_CHECK
     ]
 
 

@@ -200,3 +200,9 @@ def test_crash_after_prune_commit_leaves_files_cleaned_at_start(
     w2, _ = make_writer(store, tmp_path, keep=1, days=0)
     assert len(w2.orphans_removed) == 2
     assert verify_store(store, tmp_path / "ev", KEYS).ok
+
+
+def test_prune_bundles_are_never_pruned() -> None:
+    rows = [row(1, PRUNE_CHECK, "success"), row(2, PRUNE_CHECK, "success"), row(3), row(4)]
+    got = select_prunable(rows, T0, keep_last=1, min_age_days=0)
+    assert [r.sequence for r in got] == [3]
