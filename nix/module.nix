@@ -111,6 +111,9 @@ let
     LockPersonality = true;
     MemoryDenyWriteExecute = true;
     RemoveIPC = true;
+    PrivateMounts = true;
+    # The logging controller reads its canary back from the system journal.
+    SupplementaryGroups = [ "systemd-journal" ];
     StateDirectory = lib.removePrefix "/var/lib/" cfg.stateDirectory;
     StateDirectoryMode = "0700";
     # "-": a missing directory must not stop the agent (metrics are optional).
@@ -514,18 +517,26 @@ in
         Type = "simple";
         ExecStart = "${exe} actuator --config ${configFile} --allow-user ${user} --idle-exit 600";
         SyslogIdentifier = "compliance-agent-actuator";
-        UMask = "0077";
-        # Root, and switch-to-configuration runs activation scripts under this
-        # process (users, /etc, bootloader, setuid wrappers, nix builds in
-        # namespaces): filesystem, namespace, capability and syscall
-        # restrictions would break a rebuild. What remains is safe for it:
+        # Root, and switch-to-configuration runs NixOS activation under this
+        # process: it writes /etc, /home, /boot, creates setuid wrappers,
+        # mounts, and nix builds in namespaces. So no mount namespace
+        # (PrivateTmp, ProtectSystem, ProtectKernelLogs: activation's mounts
+        # would not reach the host), no device ACL (ProtectClock implies one;
+        # bootloader installs write disks), the usual umask, and only
+        # seccomp/capability restrictions that activation never needs:
+        UMask = "0022";
         NoNewPrivileges = true;
-        PrivateTmp = true;
-        ProtectKernelLogs = true;
-        ProtectClock = true;
-        RestrictRealtime = true;
         LockPersonality = true;
+        RestrictRealtime = true;
         SystemCallArchitectures = "native";
+        SystemCallFilter = [
+          "~@clock" "~@cpu-emulation" "~@debug" "~@obsolete" "~@raw-io" "~@reboot" "~@swap"
+        ];
+        SystemCallErrorNumber = "EPERM";
+        CapabilityBoundingSet = [
+          "~CAP_SYS_PTRACE" "~CAP_SYS_TIME" "~CAP_WAKE_ALARM" "~CAP_SYSLOG"
+          "~CAP_MAC_ADMIN" "~CAP_MAC_OVERRIDE" "~CAP_SYS_BOOT"
+        ];
         RestrictAddressFamilies = [ "AF_UNIX" "AF_NETLINK" "AF_INET" "AF_INET6" ];
       };
     };
