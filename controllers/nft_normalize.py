@@ -64,6 +64,15 @@ def _strip_state(node: Any) -> Any:
     return node
 
 
+def _flags(raw: Any) -> set[str]:
+    """Set flags as a set; nft writes one flag as a string, several as a list."""
+    if isinstance(raw, str):
+        return {raw}
+    if isinstance(raw, list):
+        return {f for f in raw if isinstance(f, str)}
+    return set()
+
+
 def parse_listing(text: str) -> list[dict[str, Any]]:
     """The object list of `nft -j list ruleset` output ("" = empty ruleset)."""
     if not text.strip():
@@ -115,7 +124,7 @@ def normalize(
                 {k: v for k, v in clean.items() if k not in ("family", "table", "chain")}
             )
         elif kind in SET_KINDS:
-            flags = set(body.get("flags", []) or [])
+            flags = _flags(body.get("flags"))
             ident = f"{family} {table} {body.get('name', '')}"
             if flags & DYNAMIC_SET_FLAGS or ident in skip_elems:
                 clean.pop("elem", None)

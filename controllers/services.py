@@ -104,7 +104,8 @@ def parse_show(text: str) -> list[dict[str, str]]:
     """Split `systemctl show` output into one dict per unit block."""
     blocks: list[dict[str, str]] = []
     current: dict[str, str] = {}
-    for line in text.splitlines():
+    # split on "\n" only: str.splitlines() would also split a value at \x85 or U+2028
+    for line in text.split("\n"):
         if not line.strip():
             if current:
                 blocks.append(current)

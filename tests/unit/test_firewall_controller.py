@@ -7,6 +7,7 @@ into a throwaway network namespace, then one change per case.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import json
@@ -16,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from controllers.firewall import FirewallController, FirewallObserved, FirewallObserveError
 from controllers.nft_normalize import (
@@ -253,3 +256,62 @@ def test_spec_validates_unmanaged_names() -> None:
 def test_observed_model_round_trips() -> None:
     obs = controller().observe(FakeHost(listing("baseline")), spec())
     assert FirewallObserved.model_validate(obs.model_dump(mode="json")) == obs
+
+
+# -- properties ----------------------------------------------------------------
+
+_FIXTURES = sorted(p.stem.removeprefix("list_") for p in FIX.glob("list_*.json"))
+
+
+@given(st.sampled_from(_FIXTURES), st.randoms())
+@settings(max_examples=60)
+def test_digest_ignores_any_order_of_non_rule_items_and_elements(
+    case: str, rnd: random.Random
+) -> None:
+    items = json.loads(listing(case))["nftables"]
+    shuffled = copy.deepcopy(items)
+    for item in shuffled:
+        body = next(iter(item.values()))
+        if isinstance(body, dict) and isinstance(body.get("elem"), list):
+            rnd.shuffle(body["elem"])
+    others = [i for i in shuffled if "rule" not in i]
+    rules = [i for i in shuffled if "rule" in i]
+    rnd.shuffle(others)
+    # interleave rules back in their relative order (rule order is semantic)
+    merged: list[Any] = []
+    for item in others:
+        while rules and rnd.random() < 0.5:
+            merged.append(rules.pop(0))
+        merged.append(item)
+    merged.extend(rules)
+    assert digest(normalize(merged)) == digest(normalize(items))
+
+
+@given(st.randoms())
+@settings(max_examples=30)
+def test_swapping_two_different_rules_of_a_chain_is_drift(rnd: random.Random) -> None:
+    items = json.loads(listing("baseline"))["nftables"]
+    idx = [i for i, it in enumerate(items)
+           if "rule" in it and it["rule"]["chain"] == "input"]
+    a, b = rnd.sample(idx, 2)
+    swapped = list(items)
+    swapped[a], swapped[b] = swapped[b], swapped[a]
+    assert digest(normalize(swapped)) != digest(normalize(items))
+
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(
+        st.sampled_from(["nftables", "table", "chain", "rule", "set", "map", "counter",
+                         "family", "name", "table", "elem", "flags", "expr", "set", "handle",
+                         "packets", "bytes", "x"]), inner, max_size=4),
+    max_leaves=20,
+)
+
+
+@given(st.one_of(st.text(max_size=200), _json.map(json.dumps),
+                 st.lists(_json, max_size=5).map(lambda v: json.dumps({"nftables": v}))))
+@settings(max_examples=300)
+def test_parse_and_normalize_only_raise_the_format_error(text: str) -> None:
+    with contextlib.suppress(RulesetFormatError):
+        digest(normalize(parse_listing(text)))

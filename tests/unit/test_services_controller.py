@@ -6,10 +6,13 @@ Fixtures: tests/fixtures/systemctl/show_*.txt, re-recorded with
 
 from __future__ import annotations
 
+import random
 from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from controllers.services import (
     SHOW_PROPERTIES,
@@ -249,3 +252,39 @@ def test_backoff_comes_from_the_spec() -> None:
 def test_parse_show_handles_values_with_equals_and_missing_trailing_newline() -> None:
     blocks = parse_show("Id=a.service\nDescription=x=y\n\nId=b.service")
     assert blocks == [{"Id": "a.service", "Description": "x=y"}, {"Id": "b.service"}]
+
+
+# -- properties ----------------------------------------------------------------
+
+_value = st.text(st.characters(exclude_categories=["Cs"], exclude_characters="\n"), max_size=30)
+_unit = st.from_regex(r"[a-z][a-z0-9-]{0,10}\.service", fullmatch=True)
+
+
+@given(st.text(max_size=300))
+@settings(max_examples=200)
+def test_parse_show_never_crashes_on_arbitrary_text(text: str) -> None:
+    try:
+        blocks = parse_show(text)
+    except ServicesObserveError:
+        return
+    assert all(isinstance(b, dict) for b in blocks)
+
+
+@given(st.lists(_unit, min_size=1, max_size=6, unique=True), st.randoms(), st.data())
+@settings(max_examples=100)
+def test_any_block_and_property_order_gives_the_same_states(
+    units: list[str], rnd: random.Random, data: st.DataObject
+) -> None:
+    blocks = []
+    for u in units:
+        props = {k: data.draw(_value) for k in SHOW_PROPERTIES}
+        props["Id"], props["Names"] = u, u
+        blocks.append(props)
+    def render(bs: list[dict[str, str]]) -> str:
+        return "\n\n".join("\n".join(f"{k}={v}" for k, v in b.items()) for b in bs) + "\n"
+    ordered = unit_states(units, render(blocks))
+    shuffled_blocks = [dict(rnd.sample(list(b.items()), len(b))) for b in blocks]
+    rnd.shuffle(shuffled_blocks)
+    assert unit_states(units, render(shuffled_blocks)) == ordered
+    for u, b in zip(units, blocks, strict=True):
+        assert ordered[u].active_state == b["ActiveState"]
