@@ -39,6 +39,7 @@ from specs.actions import Action, RunBackup
 from specs.drift import Drift, Remedy
 from specs.host import Host, HostError
 from specs.kinds.backup import RUN_BACKUP_ORDER, BackupJob, BackupSpec, BackupTool
+from specs.resource import Trigger
 
 FAILED_CHECK_RETRY = timedelta(hours=1)
 # unit states in which the job is already running: starting it again is pointless
@@ -336,7 +337,11 @@ class BackupController(ControllerBase[BackupSpec]):
             obs = observed.jobs.get(job.name)
             if not reasons or (obs is not None and obs.unit_state in RUNNING_STATES):
                 continue  # nothing to do, or the job is running right now
-            action = RunBackup(unit=job.unit_name, reason=reasons[0])
+            # an order-driven start carries the order id, for the authenticity guard
+            # and the evidence; several pending orders are served by one start
+            orders = pending_orders(spec, job, obs) if obs is not None else []
+            order_id = orders[0].order_id if orders else None
+            action = RunBackup(unit=job.unit_name, reason=reasons[0], order_id=order_id)
             if all(a.key != action.key for a in actions):
                 actions.append(action)
         return actions
@@ -357,6 +362,17 @@ class BackupController(ControllerBase[BackupSpec]):
         if len(jobs) == 1:  # the common case: flat fields, as evidence consumers expect
             out.update({k: jobs[0][k] for k in ("snapshot_id", "snapshot_time", "repository")})
         return out
+
+
+def pending_orders(spec: BackupSpec, job: BackupJob, obs: JobObserved) -> list[Trigger]:
+    """`run_backup` triggers for `job` not yet satisfied by a snapshot newer than the order."""
+    if obs.error is not None:
+        return []  # cannot tell; RepositoryUnavailable is reported instead
+    return [
+        t for t in spec.triggers
+        if t.action == RUN_BACKUP_ORDER and t.params.get("job", job.name) == job.name
+        and (obs.latest is None or obs.latest.time <= t.requested_at)
+    ]  # fmt: skip
 
 
 def _restore_ok(job: BackupJob | None, obs: JobObserved) -> bool | None:
@@ -391,16 +407,13 @@ def _job_drifts(spec: BackupSpec, job: BackupJob, obs: JobObserved, now: datetim
             actual=f"{obs.latest.short_id} at {obs.latest.time.isoformat()} ({age_h:.1f}h old)",
             message=f"{where}: newest snapshot is {age_h:.1f}h old; starting {job.unit_name}",
         ))  # fmt: skip
-    for trig in spec.triggers:
-        if trig.action != RUN_BACKUP_ORDER or trig.params.get("job", job.name) != job.name:
-            continue
-        if obs.latest is None or obs.latest.time <= trig.requested_at:
-            drifts.append(Drift(
-                field=f"{prefix}.trigger", reason="BackupRequested",
-                expected=f"a snapshot newer than {trig.requested_at.isoformat()}",
-                actual=obs.latest.time.isoformat() if obs.latest else "none",
-                message=f"order {trig.order_id} requested a backup of {where}",
-            ))  # fmt: skip
+    for trig in pending_orders(spec, job, obs):
+        drifts.append(Drift(
+            field=f"{prefix}.trigger", reason="BackupRequested",
+            expected=f"a snapshot newer than {trig.requested_at.isoformat()}",
+            actual=obs.latest.time.isoformat() if obs.latest else "none",
+            message=f"order {trig.order_id} requested a backup of {where}",
+        ))  # fmt: skip
     if obs.check is not None and not obs.check.ok:
         drifts.append(Drift(
             field=f"{prefix}.check", reason="RepositoryCheckFailed", expected="check passes",

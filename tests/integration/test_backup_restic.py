@@ -156,8 +156,11 @@ def test_run_backup_order_is_satisfied_by_a_newer_snapshot(repo: Repo) -> None:
         triggers=[Trigger(order_id="o-7", action="run_backup", params={"job": "ehr"},
                           requested_at=requested)]
     )  # fmt: skip
-    drifts = ctl.diff(spec, ctl.observe(repo.host, spec))
+    obs = ctl.observe(repo.host, spec)
+    drifts = ctl.diff(spec, obs)
     assert [d.reason for d in drifts] == ["BackupRequested"]
+    (action,) = ctl.plan(spec, obs, drifts)
+    assert action.order_id == "o-7" and action.unit == "restic-backups-ehr.service"  # type: ignore[union-attr]
     repo.backup()  # what the job's unit does when RunBackup starts it
     assert ctl.diff(spec, ctl.observe(repo.host, spec)) == []
 

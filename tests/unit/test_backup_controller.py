@@ -337,7 +337,7 @@ def test_run_backup_order_is_level_triggered() -> None:
     drifts = ctl.diff(pending, obs)
     assert [d.reason for d in drifts] == ["BackupRequested"]
     assert ctl.plan(pending, obs, drifts) == [
-        RunBackup(unit="restic-backups-ehr.service", reason="BackupRequested")
+        RunBackup(unit="restic-backups-ehr.service", reason="BackupRequested", order_id="o-1")
     ]
     # a snapshot newer than the request satisfies it, whatever happened in between
     satisfied = spec(triggers=[trig(T0 - timedelta(minutes=5))])
@@ -365,7 +365,8 @@ def test_stale_and_requested_give_one_action_per_unit() -> None:
     obs = ctl.observe(restic_host(), s)
     drifts = ctl.diff(s, obs)
     assert {d.reason for d in drifts} == {"BackupStale", "BackupRequested"}
-    assert len(ctl.plan(s, obs, drifts)) == 1
+    (action,) = ctl.plan(s, obs, drifts)
+    assert action.order_id == "o-1"  # the order is named even when staleness came first
 
 
 def test_diff_is_pure_on_recorded_observation() -> None:
