@@ -34,6 +34,7 @@ import pwd
 import socket
 import sqlite3
 import struct
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -361,7 +362,7 @@ def run(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="compliance-agent")
     register(parser.add_subparsers(required=True))
-    args = parser.parse_args(["actuator", *(argv if argv is not None else [])])
+    args = parser.parse_args(["actuator", *(sys.argv[1:] if argv is None else argv)])
     return int(args.func(args))
 
 
