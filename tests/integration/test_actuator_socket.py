@@ -28,7 +28,7 @@ import pytest
 
 from reconciler.actuator_client import ActuatorClient, ActuatorRefused
 from reconciler.actuator_protocol import Refusal
-from specs.actions import ApplyNftRuleset, RestartUnit, StartUnit, UpdateEgressSet
+from specs.actions import Action, ApplyNftRuleset, RestartUnit, StartUnit, UpdateEgressSet
 from tests.harness.netns import NetNamespace
 from tests.harness.require import require_root, require_tool
 
@@ -221,7 +221,7 @@ def test_wrong_peer_is_refused_and_nothing_changes(ns: NetNamespace, workdir: Pa
 def test_policy_refusals_reach_the_client_with_reasons(ns: NetNamespace, workdir: Path) -> None:
     with running(ns, workdir, "nobody") as act:
         client = ActuatorClient(act.socket, timeout=30)
-        cases = [
+        cases: list[tuple[Action, Refusal]] = [
             (StartUnit(unit="sshd.service"), Refusal.UnitNotInBaseline),
             (RestartUnit(unit="dummy-workload.service", disruptive=True),
              Refusal.OutsideMaintenanceWindow),
