@@ -203,10 +203,15 @@ class ServicesController(ControllerBase[ServicesSpec]):
     ) -> list[Action]:
         actions: list[Action] = []
         seen: set[tuple[str, str]] = set()
+        by_field = {
+            f"units.{u.name}.{aspect}": u.name
+            for u in spec.units
+            for aspect in ("loaded", "enabled", "active")
+        }
         for d in drifts:
-            if d.remedy is not Remedy.remediate:
+            unit = by_field.get(d.field)  # drifts of other kinds/units are not ours
+            if d.remedy is not Remedy.remediate or unit is None:
                 continue
-            unit = d.field.split(".", 1)[1].rsplit(".", 1)[0]  # "units.<name>.<aspect>"
             action: Action | None = None
             if d.reason == "UnitDisabled":
                 action = EnableUnit(unit=unit, reason=d.reason)
