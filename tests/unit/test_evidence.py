@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 from securesystemslib.dsse import Envelope
-from securesystemslib.signer import SSlibKey
+from securesystemslib.signer import SSlibKey  # type: ignore[attr-defined]
 from sqlalchemy import Connection, text
 
 from reconciler.evidence import EvidenceIdentity, EvidenceRequest, EvidenceWriter
@@ -59,7 +59,8 @@ def statement_of(path: Path) -> dict[str, Any]:
     payload = verify_envelope(
         path.read_bytes(), EVIDENCE_PAYLOAD_TYPE, [AGENT_SIGNER.public_key_hex]
     )
-    return json.loads(payload)
+    statement: dict[str, Any] = json.loads(payload)
+    return statement
 
 
 def test_statement_has_every_field(store: Store, tmp_path: Path) -> None:

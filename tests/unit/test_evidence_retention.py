@@ -171,8 +171,8 @@ def test_deleting_a_file_without_prune_is_not_explained(store: Store, tmp_path: 
 
 
 def test_large_backlog_is_split_across_prune_bundles(
-    store: Store, tmp_path: Path, monkeypatch
-) -> None:  # type: ignore[no-untyped-def]
+    store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import reconciler.retention as retention
 
     monkeypatch.setattr(retention, "MAX_PER_BUNDLE", 4)

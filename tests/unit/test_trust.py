@@ -8,7 +8,7 @@ import json
 
 import pytest
 from securesystemslib.dsse import Envelope
-from securesystemslib.signer import CryptoSigner, SSlibKey
+from securesystemslib.signer import CryptoSigner, SSlibKey  # type: ignore[attr-defined]
 
 from reconciler.trust import (
     BadSignature,
