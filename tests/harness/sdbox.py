@@ -126,8 +126,6 @@ class SystemdContainer:
     def start(self, timeout: float = BOOT_TIMEOUT) -> None:
         rootfs = self.rootfs or ensure_rootfs()
         self.units_dir.mkdir(parents=True, exist_ok=True)
-        for d in self.cgroups:
-            d.mkdir()
         argv = [
             "systemd-nspawn", "-q", "-D", str(rootfs), "--boot", "--register=no",
             "--keep-unit", "--console=passive", "-M", self.name, "--volatile=overlay",
@@ -136,22 +134,21 @@ class SystemdContainer:
         ]  # fmt: skip
         if self.private_network:
             argv.append("--private-network")
-        log = open(self.workdir / f"{self.name}.log", "wb")  # noqa: SIM115 - nspawn keeps it
         try:
-            self._nspawn = subprocess.Popen(
-                argv,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                preexec_fn=lambda: _join_cgroups(self.cgroups),
-            )
-        finally:
-            log.close()
-        try:
+            for d in self.cgroups:
+                d.mkdir()
+            with open(self.workdir / f"{self.name}.log", "wb") as log:
+                self._nspawn = subprocess.Popen(
+                    argv,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                    preexec_fn=lambda: _join_cgroups(self.cgroups),
+                )
             self._wait_booted(time.monotonic() + timeout)
         except BaseException:
-            self.stop()
+            self.stop()  # whatever part was set up: processes, cgroups
             raise
 
     def _wait_booted(self, deadline: float) -> None:

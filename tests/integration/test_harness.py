@@ -11,7 +11,7 @@ import pytest
 from specs.host import CommandNotFound, CommandTimeout
 from tests.harness.netns import NetNamespace
 from tests.harness.require import require_root, require_tool
-from tests.harness.sdbox import Bind, SystemdContainer, _pid_alive, reap_stale
+from tests.harness.sdbox import Bind, ContainerError, SystemdContainer, _pid_alive, reap_stale
 
 
 def _wait_gone(pids: list[int], deadline: float) -> list[int]:
@@ -166,3 +166,14 @@ def test_reap_stale_removes_containers_of_dead_test_runs(
         assert not any(c.exists() for c in box.cgroups)
     finally:
         box.stop()
+
+
+def test_failed_boot_raises_with_the_log_and_cleans_up(
+    systemd_rootfs: Path, tmp_path: Path
+) -> None:
+    not_an_os = tmp_path / "empty-root"
+    not_an_os.mkdir()
+    box = SystemdContainer(tmp_path / "box", rootfs=not_an_os)
+    with pytest.raises(ContainerError, match="systemd-nspawn exited"):
+        box.start(timeout=20)
+    assert not any(cg.exists() for cg in box.cgroups)
