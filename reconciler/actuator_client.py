@@ -13,11 +13,17 @@ a small hierarchy:
   in the last case, and the next level-triggered pass observes the truth.
 * `ActuatorProtocolError`: the reply was not a valid reply (a bug or a
   version mismatch).
+
+`PrivilegedReadHost` is the `specs.host.Host` to hand the controllers in the
+privilege-separated deployment: the few reads that need root (listing
+nftables, the baseline-ruleset sandbox) go through the actuator, everything
+else runs locally as the agent's own user.
 """
 
 from __future__ import annotations
 
 import socket
+from collections.abc import Sequence
 from pathlib import Path
 
 from pydantic import ValidationError
@@ -25,14 +31,17 @@ from pydantic import ValidationError
 from reconciler.actuator import ActionResult
 from reconciler.actuator_protocol import (
     MAX_REPLY_BYTES,
+    NFT_SANDBOX_MODULE,
     ActuatorReply,
     ActuatorRequest,
     FrameError,
+    ObserveRequest,
     Refusal,
     recv_frame,
     send_json,
 )
 from specs.actions import Action
+from specs.host import Completed, FileStat, Host, HostError
 
 # A rebuild (switch + health check + maybe rollback) can take minutes; the
 # actuator bounds every command itself, so this is only a backstop.
@@ -80,7 +89,17 @@ class ActuatorClient:
             raise ActuatorRefused(reason, reply.message)
         raise ActuatorProtocolError(f"actuator error ({reason}): {reply.message}")
 
-    def _roundtrip(self, request: ActuatorRequest) -> ActuatorReply:
+    def observe(self, argv: Sequence[str], timeout: float = 30.0) -> Completed:
+        """Run one allowlisted read-only command as root; ActuatorRefused if not allowlisted."""
+        reply = self._roundtrip(ObserveRequest(observe=list(argv), timeout=timeout))
+        if reply.status == "ok" and reply.completed is not None:
+            return reply.completed
+        reason = reply.reason or Refusal.InternalError
+        if reply.status == "refused":
+            raise ActuatorRefused(reason, reply.message)
+        raise ActuatorProtocolError(f"actuator error ({reason}): {reply.message}")
+
+    def _roundtrip(self, request: ActuatorRequest | ObserveRequest) -> ActuatorReply:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.settimeout(self.timeout)
         try:
@@ -108,3 +127,39 @@ class ActuatorClient:
             return ActuatorReply.model_validate_json(body)
         except ValidationError as e:
             raise ActuatorProtocolError(f"invalid reply from actuator: {e}") from None
+
+
+def needs_privilege(argv: Sequence[str]) -> bool:
+    """Reads the unprivileged agent cannot do itself (nft needs CAP_NET_ADMIN)."""
+    args = list(argv)
+    return args[:3] == ["nft", "-j", "list"] or args[1:3] == ["-m", NFT_SANDBOX_MODULE]
+
+
+class PrivilegedReadHost:
+    """A Host that sends privileged reads to the actuator and runs the rest locally.
+
+    A refused read comes back as exit code 126 with the reason on stderr (the
+    controllers already report failed commands as observation problems); an
+    unreachable actuator is a HostError, like a command that cannot run.
+    """
+
+    def __init__(self, local: Host, client: ActuatorClient) -> None:
+        self.local = local
+        self.client = client
+
+    def run(self, argv: Sequence[str], timeout: float = 30.0) -> Completed:
+        if not needs_privilege(argv):
+            return self.local.run(argv, timeout)
+        try:
+            return self.client.observe(argv, min(timeout, 120.0))
+        except ActuatorRefused as e:
+            return Completed(argv=list(argv), exit_code=126, stdout="", stderr=str(e),
+                             duration=0.0)
+        except ActuatorError as e:
+            raise HostError(str(e)) from None
+
+    def read_text(self, path: str) -> str:
+        return self.local.read_text(path)
+
+    def stat(self, path: str) -> FileStat:
+        return self.local.stat(path)

@@ -6,11 +6,15 @@ than newline-delimited JSON) lets the server refuse an oversized request
 before reading it, and makes a truncated message detectable.
 
 Request: `{"action": {...typed action...}, "step_start": 1}` (an
-`ActionEnvelope` plus the evidence step number to start counting from).
+`ActionEnvelope` plus the evidence step number to start counting from), or a
+privileged read `{"observe": [argv...], "timeout": 30}`: the unprivileged
+agent cannot list nftables (CAP_NET_ADMIN), so the few read-only commands
+its controllers need are served here, from a fixed allowlist.
 
 Reply: `{"status": "ok" | "refused" | "error", "reason": CamelCase | null,
 "message": str, "result": ActionResult | null}`. `refused` means the
-actuator's own policy said no and nothing ran; `error` means the request
+actuator's own policy said no and nothing ran; an observe reply carries
+`completed` (the command's exit code and output) instead of `result`; `error` means the request
 could not be handled at all; `ok` carries the ActionResult (which may itself
 report a failed command).
 
@@ -59,6 +63,7 @@ from specs.actions import (
     UpdateEgressSet,
 )
 from specs.baseline import Baseline
+from specs.host import Completed
 
 HEADER = struct.Struct(">I")
 MAX_REQUEST_BYTES = 256 * 1024  # an egress set of a few thousand prefixes fits easily
@@ -82,6 +87,7 @@ class Refusal(StrEnum):
     EgressTableMismatch = "EgressTableMismatch"
     RebuildTargetNotInBaseline = "RebuildTargetNotInBaseline"
     OutsideMaintenanceWindow = "OutsideMaintenanceWindow"
+    ObservationNotAllowed = "ObservationNotAllowed"
     InternalError = "InternalError"
 
 
@@ -91,6 +97,13 @@ class ActuatorRequest(ActionEnvelope):
     step_start: int = Field(1, ge=1)
 
 
+class ObserveRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    observe: list[str] = Field(min_length=1, max_length=16)
+    timeout: float = Field(30.0, gt=0, le=120)
+
+
 class ActuatorReply(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -98,6 +111,7 @@ class ActuatorReply(BaseModel):
     reason: Refusal | None = None
     message: str = ""
     result: ActionResult | None = None
+    completed: Completed | None = None
 
 
 class FrameError(Exception):
@@ -153,6 +167,7 @@ UNIT_KINDS = ("services", "av_edr", "logging", "backup")
 # The baseline kind that names the systems a rebuild may switch to.
 PATCHING_KIND = "patching"
 EGRESS_SETS = {"allowed_v4": 4, "allowed_v6": 6}
+NFT_SANDBOX_MODULE = "reconciler.nft_sandbox"
 
 
 @dataclass(frozen=True)
@@ -221,6 +236,27 @@ class ActuatorPolicy:
                 )
         return None
 
+    def check_observe(
+        self, argv: list[str], baselines: list[Baseline], python: str
+    ) -> tuple[list[str] | None, Verdict | None]:
+        """The argv to run for a privileged read (the actuator's own), or why not."""
+        t = self.egress_table
+        fixed = [["nft", "-j", "list", "ruleset"], ["nft", "-j", "list", "table", "inet", t]]
+        fixed += [["nft", "-j", "list", "set", "inet", t, name] for name in EGRESS_SETS]
+        if argv in fixed:
+            return argv, None
+        if len(argv) == 6 and argv[1:4] == ["-m", NFT_SANDBOX_MODULE, "--sha256"]:
+            for b in baselines:
+                fw = b.firewall
+                if fw and argv[4] == fw.ruleset_sha256 and argv[5] == fw.ruleset_path:
+                    # never the client's interpreter: argv[0] is replaced by ours
+                    return [python, "-m", NFT_SANDBOX_MODULE, "--sha256", argv[4], argv[5]], None
+        return None, Verdict(
+            Refusal.ObservationNotAllowed,
+            f"{' '.join(argv)[:200]!r} is not one of the privileged reads the actuator serves "
+            "(nft -j list ruleset/table/set of the egress table, the baseline ruleset sandbox)",
+        )
+
     def _target_allowed(self, action: Action, baselines: list[Baseline]) -> Verdict | None:
         if isinstance(action, StartUnit | RestartUnit | EnableUnit | RunBackup):
             allowed = set().union(*(baseline_units(b) for b in baselines))
@@ -281,12 +317,19 @@ class ActuatorPolicy:
 
 
 
-def parse_request(body: bytes) -> tuple[ActuatorRequest | None, Verdict | None]:
+def parse_request(
+    body: bytes,
+) -> tuple[ActuatorRequest | ObserveRequest | None, Verdict | None]:
     """Typed request, or why not: unknown action types are told apart from bad params."""
     try:
         data = json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         return None, Verdict(Refusal.MalformedRequest, f"request is not JSON: {e}")
+    if isinstance(data, dict) and "observe" in data:
+        try:
+            return ObserveRequest.model_validate(data), None
+        except ValidationError as e:
+            return None, Verdict(Refusal.InvalidParams, f"invalid observe request: {_problems(e)}")
     if not isinstance(data, dict) or not isinstance(data.get("action"), dict):
         return None, Verdict(
             Refusal.MalformedRequest, 'request must be {"action": {"type": ..., ...}}'
@@ -300,10 +343,11 @@ def parse_request(body: bytes) -> tuple[ActuatorRequest | None, Verdict | None]:
     try:
         return ActuatorRequest.model_validate(data), None
     except ValidationError as e:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in e.errors()
-        )
-        return None, Verdict(Refusal.InvalidParams, f"invalid {kind} request: {problems}")
+        return None, Verdict(Refusal.InvalidParams, f"invalid {kind} request: {_problems(e)}")
+
+
+def _problems(e: ValidationError) -> str:
+    return "; ".join(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in e.errors())
 
 
 def element_version(element: str) -> int | None:

@@ -48,6 +48,7 @@ from reconciler.actuator_protocol import (
     ActuatorPolicy,
     ActuatorReply,
     FrameError,
+    ObserveRequest,
     Refusal,
     Verdict,
     parse_request,
@@ -63,6 +64,7 @@ from specs.baseline import (
     parse_baseline,
 )
 from specs.config import AgentConfig
+from specs.host import Host, HostError
 
 log = logging.getLogger("compliance_agent.actuator")
 
@@ -146,11 +148,13 @@ class RequestHandler:
         policy: ActuatorPolicy,
         baselines: Callable[[], list[Baseline]],
         actuator: Actuator,
+        observer: Host,
         allowed_uids: frozenset[int],
     ) -> None:
         self.policy = policy
         self.baselines = baselines
         self.actuator = actuator
+        self.observer = observer  # runs the allowlisted privileged reads
         self.allowed_uids = allowed_uids
 
     def handle(
@@ -179,25 +183,41 @@ class RequestHandler:
         request, verdict = parse_request(body)
         if verdict is not None or request is None:
             return _refused(verdict or Verdict(Refusal.MalformedRequest, "no request")), "-"
-        action = request.action
         baselines = self.baselines()
+        what = (
+            "observe:" + " ".join(request.observe)[:120]
+            if isinstance(request, ObserveRequest) else request.action.key
+        )
         if not baselines:
             return _refused(
                 Verdict(
                     Refusal.BaselineUnavailable,
                     "no valid baseline (check baselinePath); nothing is allowed without one",
                 )
-            ), action.key
-        verdict = self.policy.check(action, baselines)
-        if verdict is not None:
-            return _refused(verdict), action.key
+            ), what
         try:
-            result = self.actuator.execute(action, request.step_start)
+            if isinstance(request, ObserveRequest):
+                return self._observe(request, baselines), what
+            verdict = self.policy.check(request.action, baselines)
+            if verdict is not None:
+                return _refused(verdict), what
+            result = self.actuator.execute(request.action, request.step_start)
         except Exception as e:  # a bug must not kill root's gate; the agent sees an error
-            log.exception("executing %s failed", action.key)
-            reply = ActuatorReply(status="error", reason=Refusal.InternalError, message=str(e))
-            return reply, action.key
-        return ActuatorReply(status="ok", result=result), action.key
+            log.exception("handling %s failed", what)
+            return ActuatorReply(status="error", reason=Refusal.InternalError, message=str(e)), what
+        return ActuatorReply(status="ok", result=result), what
+
+    def _observe(self, request: ObserveRequest, baselines: list[Baseline]) -> ActuatorReply:
+        argv, verdict = self.policy.check_observe(request.observe, baselines, sys.executable)
+        if verdict is not None or argv is None:
+            return _refused(verdict or Verdict(Refusal.ObservationNotAllowed, "not allowed"))
+        try:
+            done = self.observer.run(argv, timeout=request.timeout)
+        except HostError as e:  # timeout or missing tool: the agent sees it as a host error
+            return ActuatorReply(status="error", reason=Refusal.InternalError, message=str(e))
+        # Report the argv the agent asked for, so its parsers and evidence stay unchanged.
+        shown = done.model_copy(update={"argv": request.observe})
+        return ActuatorReply(status="ok", completed=shown)
 
 
 def _refused(verdict: Verdict) -> ActuatorReply:
@@ -286,6 +306,7 @@ def build_server(
     listener: socket.socket,
     *,
     allow_user: str | None = DEFAULT_AGENT_USER,
+    host: Host | None = None,
     actuator: Actuator | None = None,
     clock: Callable[[], datetime] = lambda: datetime.now(UTC),
 ) -> ActuatorServer:
@@ -296,14 +317,16 @@ def build_server(
         clock=clock,
     )
     source = BaselineSource(config.baseline_path, config.database_path, config.mcp_public_keys)
-    if actuator is None:
+    if host is None:
         from reconciler.host import LocalHost
 
+        host = LocalHost()
+    if actuator is None:
         actuator = LocalActuator(
-            LocalHost(), rebuild_health_timeout=float(config.rebuild_health_check_timeout)
+            host, rebuild_health_timeout=float(config.rebuild_health_check_timeout)
         )
     handler = RequestHandler(
-        policy=policy, baselines=source.load, actuator=actuator,
+        policy=policy, baselines=source.load, actuator=actuator, observer=host,
         allowed_uids=allowed_uids_for(allow_user),
     )
     return ActuatorServer(listener, handler)

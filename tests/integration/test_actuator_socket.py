@@ -282,3 +282,53 @@ def test_socket_activation_hands_over_fd_3(ns: NetNamespace, workdir: Path) -> N
         act.stop()
     assert out["ok"] and out["result"]["ok"], out
     assert "2001:db8::" in json.dumps(_set_elements(ns, "allowed_v6"))
+
+
+def test_unprivileged_uid_reads_nft_only_through_the_actuator(
+    ns: NetNamespace, workdir: Path
+) -> None:
+    ns.check(["nft", "add", "element", "inet", "compliance_egress", "allowed_v4",
+              "{ 203.0.113.7 }"])
+    argv = ["nft", "-j", "list", "set", "inet", "compliance_egress", "allowed_v4"]
+
+    def direct() -> dict[str, Any]:  # uid 65534 on its own: nft needs CAP_NET_ADMIN
+        read_fd, write_fd = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            try:
+                os.setgroups([])
+                os.setgid(NOBODY)
+                os.setuid(NOBODY)
+                # (read-only, and in this process's own netns: it only shows nft's refusal)
+                done = subprocess.run(["nft", "-j", "list", "ruleset"],
+                                      capture_output=True, timeout=30)
+                os.write(write_fd, json.dumps({"rc": done.returncode}).encode())
+            finally:
+                os._exit(0)
+        os.close(write_fd)
+        with os.fdopen(read_fd, "rb") as r:
+            data = r.read()
+        os.waitpid(pid, 0)
+        return json.loads(data)  # type: ignore[no-any-return]
+
+    assert direct()["rc"] != 0
+
+    from reconciler.actuator_client import PrivilegedReadHost
+    from reconciler.host import LocalHost
+
+    with running(ns, workdir, "nobody") as act:
+        host = PrivilegedReadHost(LocalHost(), ActuatorClient(act.socket, timeout=30))
+
+        def call() -> Any:
+            class Wrapped:  # as_uid wants a pydantic result
+                def __init__(self, done: Any) -> None:
+                    self.done = done
+
+                def model_dump(self, mode: str) -> Any:
+                    return self.done.model_dump(mode=mode)
+
+            return Wrapped(host.run(argv))
+
+        out = as_uid(NOBODY, call)
+    assert out["ok"], out
+    assert out["result"]["exit_code"] == 0 and "203.0.113.7" in out["result"]["stdout"]

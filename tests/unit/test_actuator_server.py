@@ -112,6 +112,7 @@ class Env:
         server = build_server(
             self.config(**over),
             bind_path_socket(self.socket),
+            host=self.host,
             actuator=LocalActuator(self.host),
             clock=lambda: self.now,
         )
@@ -360,3 +361,78 @@ def test_client_reports_a_missing_socket_as_unavailable(tmp_path: Path) -> None:
 def test_listen_fds_meant_for_another_process_are_ignored() -> None:
     assert listen_fd_socket({"LISTEN_PID": str(os.getpid() + 1), "LISTEN_FDS": "1"}) is None
     assert listen_fd_socket({}) is None
+
+
+# --- privileged reads ----------------------------------------------------------------------
+
+
+def test_allowlisted_privileged_read_runs_and_keeps_the_requested_argv(env: Env) -> None:
+    argv = ["nft", "-j", "list", "set", "inet", "compliance_egress", "allowed_v4"]
+    done = serve(env.server(), lambda: ActuatorClient(env.socket).observe(argv))
+    assert done.exit_code == 0 and done.argv == argv
+    assert env.host.ran == [argv]
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["cat", "/etc/shadow"],
+        ["nft", "-j", "list", "set", "inet", "other_table", "allowed_v4"],
+        ["nft", "flush", "ruleset"],
+        ["nft", "-j", "list", "ruleset", "extra"],
+    ],
+)
+def test_other_reads_are_refused(env: Env, argv: list[str]) -> None:
+    def call() -> ActuatorRefused:
+        with pytest.raises(ActuatorRefused) as info:
+            ActuatorClient(env.socket).observe(argv)
+        return info.value
+
+    err = serve(env.server(), call)
+    assert err.reason is Refusal.ObservationNotAllowed
+    assert env.host.ran == []
+
+
+def test_ruleset_sandbox_runs_with_the_actuators_interpreter(env: Env) -> None:
+    import sys
+
+    argv = ["/tmp/evil-python", "-m", "reconciler.nft_sandbox", "--sha256", env.sha,
+            str(env.ruleset)]
+    done = serve(env.server(), lambda: ActuatorClient(env.socket).observe(argv))
+    assert done.argv == argv
+    assert env.host.ran == [[sys.executable, *argv[1:]]]
+
+    wrong = [*argv[:4], "0" * 64, argv[5]]
+
+    def call() -> ActuatorRefused:
+        with pytest.raises(ActuatorRefused) as info:
+            ActuatorClient(env.socket).observe(wrong)
+        return info.value
+
+    assert serve(env.server(), call).reason is Refusal.ObservationNotAllowed
+
+
+def test_privileged_read_host_routes_only_privileged_reads(env: Env) -> None:
+    from reconciler.actuator_client import PrivilegedReadHost
+
+    local = RecordingHost()
+    host = PrivilegedReadHost(local, ActuatorClient(env.socket))
+    local_done = host.run(["systemctl", "show", "sshd.service"])
+    assert local_done.exit_code == 0 and local.ran == [["systemctl", "show", "sshd.service"]]
+
+    argv = ["nft", "-j", "list", "ruleset"]
+    done = serve(env.server(), lambda: host.run(argv))
+    assert done.exit_code == 0 and env.host.ran == [argv] and local.ran[-1] != argv
+
+    refused_argv = ["nft", "-j", "list", "table", "ip", "nat"]
+    refused_done = serve(env.server(), lambda: host.run(refused_argv))
+    assert refused_done.exit_code == 126 and "ObservationNotAllowed" in refused_done.stderr
+
+
+def test_privileged_read_host_reports_a_missing_actuator_as_host_error(tmp_path: Path) -> None:
+    from reconciler.actuator_client import PrivilegedReadHost
+    from specs.host import HostError
+
+    host = PrivilegedReadHost(RecordingHost(), ActuatorClient(tmp_path / "absent.sock"))
+    with pytest.raises(HostError):
+        host.run(["nft", "-j", "list", "ruleset"])
