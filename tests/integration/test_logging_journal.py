@@ -10,13 +10,18 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 
 from controllers.logs import LoggingController
 from reconciler.actuator import LocalActuator
+from reconciler.runtime import Runtime
 from specs.actions import RestartUnit
+from specs.config import parse_config
 from specs.kinds.logging import LoggingSpec
+from specs.status import Outcome
 from tests.harness.sdbox import SystemdContainer
 
 SPOOL = "/var/spool/fwd/out.log"
@@ -145,3 +150,39 @@ def test_stopped_journald_is_revived_by_its_socket_so_no_restart(box: SystemdCon
     assert all(
         not (isinstance(a, RestartUnit) and a.unit == JOURNALD) for a in ctl.plan(s, obs, drifts)
     )
+
+
+def test_guardrail_8_through_the_runtime_window_guard(
+    box: SystemdContainer, tmp_path: Path
+) -> None:
+    """The real Runtime + guards: outside the window the journald restart is
+    deferred (journald stays frozen), inside it runs and the canary passes."""
+    cfg = parse_config({
+        "siteId": "clinic-1", "hostId": "host-1", "baselinePath": str(tmp_path / "b.json"),
+        "clientCertFile": str(tmp_path / "c.pem"), "clientKeyFile": str(tmp_path / "c.key"),
+        "signingKeyFile": str(tmp_path / "s.key"), "caCertFile": str(tmp_path / "ca.pem"),
+        "mcpPublicKeys": ["ab" * 32], "resellerId": "msp-1",
+        "stateDirectory": str(tmp_path / "state"), "statusSocket": None,
+        "maintenanceWindow": "02:00-04:00",
+    })  # fmt: skip
+    s = spec(forwarders=[], canary_deadline_seconds=2)
+    box.check(["systemctl", "kill", "-s", "STOP", JOURNALD])
+
+    def runtime(at: datetime) -> Runtime:
+        return Runtime(cfg, box, LocalActuator(box), {"logging": LoggingController()}, None,
+                       clock=lambda: at)  # fmt: skip
+
+    business_hours = runtime(datetime(2026, 11, 26, 12, 0, tzinfo=UTC))
+    res = business_hours.reconcile("logging", s)
+    assert res.outcome is Outcome.deferred, (res.outcome, res.error)
+    assert [a.unit for a in res.planned] == [JOURNALD]  # type: ignore[union-attr]
+    assert res.verdicts[0][-1].reason == "OutsideMaintenanceWindow"
+    pid = box.run(["systemctl", "show", "-p", "MainPID", "--value", JOURNALD]).stdout.strip()
+    proc_state = box.read_text(f"/proc/{pid}/stat").rsplit(") ", 1)[1][0]
+    assert proc_state == "T", "journald was touched outside the window (it is no longer stopped)"
+
+    in_window = runtime(datetime(2026, 11, 26, 3, 0, tzinfo=UTC))
+    res = in_window.reconcile("logging", s)
+    assert res.outcome is Outcome.success, (res.outcome, res.error, res.remaining)
+    assert [r.result for r in res.action_records] == ["ok", "ok"]
+    assert res.remaining == []
