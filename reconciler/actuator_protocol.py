@@ -237,9 +237,13 @@ class ActuatorPolicy:
         return None
 
     def check_observe(
-        self, argv: list[str], baselines: list[Baseline], python: str
+        self, argv: list[str], baselines: list[Baseline], sandbox: list[str]
     ) -> tuple[list[str] | None, Verdict | None]:
-        """The argv to run for a privileged read (the actuator's own), or why not."""
+        """The argv to run for a privileged read, or why not.
+
+        `sandbox` is how the actuator itself starts the ruleset sandbox; the
+        client's interpreter (argv[0]) is never run.
+        """
         t = self.egress_table
         fixed = [["nft", "-j", "list", "ruleset"], ["nft", "-j", "list", "table", "inet", t]]
         fixed += [["nft", "-j", "list", "set", "inet", t, name] for name in EGRESS_SETS]
@@ -249,8 +253,7 @@ class ActuatorPolicy:
             for b in baselines:
                 fw = b.firewall
                 if fw and argv[4] == fw.ruleset_sha256 and argv[5] == fw.ruleset_path:
-                    # never the client's interpreter: argv[0] is replaced by ours
-                    return [python, "-m", NFT_SANDBOX_MODULE, "--sha256", argv[4], argv[5]], None
+                    return [*sandbox, "--sha256", argv[4], argv[5]], None
         return None, Verdict(
             Refusal.ObservationNotAllowed,
             f"{' '.join(argv)[:200]!r} is not one of the privileged reads the actuator serves "

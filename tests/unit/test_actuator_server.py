@@ -400,7 +400,10 @@ def test_ruleset_sandbox_runs_with_the_actuators_interpreter(env: Env) -> None:
             str(env.ruleset)]
     done = serve(env.server(), lambda: ActuatorClient(env.socket).observe(argv))
     assert done.argv == argv
-    assert env.host.ran == [[sys.executable, *argv[1:]]]
+    from reconciler import nft_sandbox
+
+    sandbox = str(Path(nft_sandbox.__file__).resolve())
+    assert env.host.ran == [[sys.executable, sandbox, "--sha256", env.sha, str(env.ruleset)]]
 
     wrong = [*argv[:4], "0" * 64, argv[5]]
 
