@@ -154,6 +154,12 @@ def decode_statement(envelope: bytes) -> dict[str, Any]:
     return statement
 
 
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
 class EvidenceDir:
     """Durable file writes into one directory (kept open for fsync of entries)."""
 
@@ -167,10 +173,28 @@ class EvidenceDir:
             os.close(self._dir_fd)
 
     def write(self, name: str, data: bytes, sync: bool = True) -> None:
-        """tmp + fsync + rename + fsync(dir): after return the file survives a crash.
+        """Write a new file `name` holding `data`.
 
-        With sync=False the caller must call `sync_filesystem` before relying on it.
+        sync=True: tmp + fsync + rename + fsync(dir); on return the file is
+        durable and was never visible half-written.
+        sync=False (batches): created directly under its final name with
+        O_EXCL and not flushed; the caller must `sync_filesystem()` before
+        committing the index rows. Skipping the temp name saves a directory
+        operation per file, and a torn file is harmless: until its row
+        commits it is an orphan, never read as part of the chain.
         """
+        if not sync:
+            fd = os.open(
+                name,
+                os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
+                FILE_MODE,
+                dir_fd=self._dir_fd,
+            )
+            try:
+                _write_all(fd, data)
+            finally:
+                os.close(fd)
+            return
         tmp = f".{name}.tmp"
         fd = os.open(
             tmp,
@@ -179,16 +203,12 @@ class EvidenceDir:
             dir_fd=self._dir_fd,
         )
         try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            if sync:
-                os.fsync(fd)
+            _write_all(fd, data)
+            os.fsync(fd)
         finally:
             os.close(fd)
         os.rename(tmp, name, src_dir_fd=self._dir_fd, dst_dir_fd=self._dir_fd)
-        if sync:
-            os.fsync(self._dir_fd)
+        os.fsync(self._dir_fd)
 
     def sync_filesystem(self) -> None:
         """Make every write and rename in this directory durable with one syncfs(2).
