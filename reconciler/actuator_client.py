@@ -30,6 +30,7 @@ from pydantic import ValidationError
 
 from reconciler.actuator import ActionResult
 from reconciler.actuator_protocol import (
+    DEVICE_READS,
     MAX_REPLY_BYTES,
     NFT_SANDBOX_MODULE,
     ActuatorReply,
@@ -130,9 +131,14 @@ class ActuatorClient:
 
 
 def needs_privilege(argv: Sequence[str]) -> bool:
-    """Reads the unprivileged agent cannot do itself (nft needs CAP_NET_ADMIN)."""
+    """Reads the unprivileged agent cannot do itself: nft needs CAP_NET_ADMIN, and
+    block devices are out of reach (PrivateDevices, root-only nodes)."""
     args = list(argv)
-    return args[:3] == ["nft", "-j", "list"] or args[1:3] == ["-m", NFT_SANDBOX_MODULE]
+    return (
+        args[:3] == ["nft", "-j", "list"]
+        or args[1:3] == ["-m", NFT_SANDBOX_MODULE]
+        or args[:-1] in DEVICE_READS
+    )
 
 
 class PrivilegedReadHost:

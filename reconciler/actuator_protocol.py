@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import re
 import socket
 import struct
 from collections.abc import Callable, Iterator
@@ -168,6 +169,11 @@ UNIT_KINDS = ("services", "av_edr", "logging", "backup")
 PATCHING_KIND = "patching"
 EGRESS_SETS = {"allowed_v4": 4, "allowed_v6": 6}
 NFT_SANDBOX_MODULE = "reconciler.nft_sandbox"
+# Block devices whose LUKS header may be read (the agent has no /dev: PrivateDevices).
+DEVICE_RE = re.compile(r"^/dev/(?!.*\.\.)[A-Za-z0-9._/:-]+$")
+DEVICE_READS = (
+    ["blkid", "-p", "-o", "export"], ["cryptsetup", "isLuks"], ["cryptsetup", "luksDump"]
+)
 
 
 @dataclass(frozen=True)
@@ -249,6 +255,8 @@ class ActuatorPolicy:
         fixed += [["nft", "-j", "list", "set", "inet", t, name] for name in EGRESS_SETS]
         if argv in fixed:
             return argv, None
+        if argv[:-1] in DEVICE_READS and DEVICE_RE.match(argv[-1]):
+            return argv, None  # header metadata only; luksDump prints no key material
         if len(argv) == 6 and argv[1:4] == ["-m", NFT_SANDBOX_MODULE, "--sha256"]:
             for b in baselines:
                 fw = b.firewall
@@ -257,7 +265,8 @@ class ActuatorPolicy:
         return None, Verdict(
             Refusal.ObservationNotAllowed,
             f"{' '.join(argv)[:200]!r} is not one of the privileged reads the actuator serves "
-            "(nft -j list ruleset/table/set of the egress table, the baseline ruleset sandbox)",
+            "(nft -j list ruleset/table/set of the egress table, the baseline ruleset sandbox, "
+            "blkid -p / cryptsetup isLuks|luksDump of a /dev path)",
         )
 
     def _target_allowed(self, action: Action, baselines: list[Baseline]) -> Verdict | None:

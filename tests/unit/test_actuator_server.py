@@ -366,8 +366,18 @@ def test_listen_fds_meant_for_another_process_are_ignored() -> None:
 # --- privileged reads ----------------------------------------------------------------------
 
 
-def test_allowlisted_privileged_read_runs_and_keeps_the_requested_argv(env: Env) -> None:
-    argv = ["nft", "-j", "list", "set", "inet", "compliance_egress", "allowed_v4"]
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["nft", "-j", "list", "set", "inet", "compliance_egress", "allowed_v4"],
+        ["nft", "-j", "list", "ruleset"],
+        ["cryptsetup", "luksDump", "/dev/nvme0n1p2"],
+        ["blkid", "-p", "-o", "export", "/dev/mapper/vg-root"],
+    ],
+)
+def test_allowlisted_privileged_read_runs_and_keeps_the_requested_argv(
+    env: Env, argv: list[str]
+) -> None:
     done = serve(env.server(), lambda: ActuatorClient(env.socket).observe(argv))
     assert done.exit_code == 0 and done.argv == argv
     assert env.host.ran == [argv]
@@ -380,6 +390,10 @@ def test_allowlisted_privileged_read_runs_and_keeps_the_requested_argv(env: Env)
         ["nft", "-j", "list", "set", "inet", "other_table", "allowed_v4"],
         ["nft", "flush", "ruleset"],
         ["nft", "-j", "list", "ruleset", "extra"],
+        ["cryptsetup", "luksDump", "/dev/../etc/shadow"],
+        ["cryptsetup", "luksDump", "/etc/shadow"],
+        ["cryptsetup", "luksHeaderBackup", "/dev/sda2"],
+        ["blkid", "-p", "-o", "export", "-c", "/dev/sda"],
     ],
 )
 def test_other_reads_are_refused(env: Env, argv: list[str]) -> None:
