@@ -112,36 +112,52 @@ def parse_time(text: str) -> datetime:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
+class _ResticSnapshot(BaseModel):  # one entry of `restic snapshots --json`
+    id: str
+    time: str
+    short_id: str = ""
+    hostname: str = ""
+    paths: list[str] | None = None
+
+
+class _BorgArchive(BaseModel):  # one entry of `borg list --json`'s "archives"
+    id: str
+    name: str
+    start: str
+
+
+class _BorgList(BaseModel):
+    archives: list[_BorgArchive] = []
+
+
 def parse_restic_snapshots(stdout: str) -> Snapshot | None:
-    """Newest snapshot of `restic snapshots --json [--latest N]` (flat or grouped output)."""
+    """Newest snapshot of `restic snapshots --json [--latest N]` (flat or grouped output).
+
+    Raises ValueError (pydantic's ValidationError is one) on anything unexpected.
+    """
     data = json.loads(stdout or "[]")
     if not isinstance(data, list):
         raise ValueError("restic snapshots --json did not print a JSON list")
-    items: list[dict[str, Any]] = []
+    items: list[Any] = []
     for entry in data:
         # `--group-by` output wraps lists: [{"group_key": ..., "snapshots": [...]}]
-        items.extend(entry.get("snapshots", [entry]))
-    snaps = [
-        Snapshot(
-            id=s["id"],
-            short_id=s.get("short_id", s["id"][:8]),
-            time=parse_time(s["time"]),
-            hostname=s.get("hostname", ""),
-            paths=s.get("paths") or [],
-        )
-        for s in items
-    ]
+        grouped = isinstance(entry, dict) and isinstance(entry.get("snapshots"), list)
+        items.extend(entry["snapshots"] if grouped else [entry])
+    snaps = []
+    for item in items:
+        s = _ResticSnapshot.model_validate(item)
+        snaps.append(Snapshot(id=s.id, short_id=s.short_id or s.id[:8], time=parse_time(s.time),
+                              hostname=s.hostname, paths=s.paths or []))  # fmt: skip
     return max(snaps, key=lambda s: s.time, default=None)
 
 
 def parse_borg_list(stdout: str) -> Snapshot | None:
-    """Newest archive of `borg list --json --last 1 REPO`."""
-    data = json.loads(stdout)
-    archives = data.get("archives") or []
+    """Newest archive of `borg list --json --last 1 REPO`; ValueError if unreadable."""
+    listing = _BorgList.model_validate_json(stdout)
     snaps = [
-        Snapshot(id=a["id"], short_id=a["id"][:8], time=parse_time(a["start"]), name=a["name"])
-        for a in archives
-    ]  # fmt: skip
+        Snapshot(id=a.id, short_id=a.id[:8], time=parse_time(a.start), name=a.name)
+        for a in listing.archives
+    ]
     return max(snaps, key=lambda s: s.time, default=None)
 
 
@@ -229,9 +245,9 @@ class BackupController(ControllerBase[BackupSpec]):
         try:
             parse = parse_restic_snapshots if job.tool is BackupTool.restic else parse_borg_list
             latest = parse(done.stdout)
-        except (ValueError, KeyError, TypeError) as e:
-            return JobObserved(**base, unit_state=unit_state,
-                               error=f"unreadable {job.tool.value} output: {e}")  # fmt: skip
+        except ValueError as e:
+            error = f"unreadable {job.tool.value} output: {_tail(str(e))}"
+            return JobObserved(**base, unit_state=unit_state, error=error)
         check = self._check(host, job, now) if job.check_interval else None
         restore = None
         if job.restore_test and latest is not None:

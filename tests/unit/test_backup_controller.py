@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import json
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from controllers.backup import (
     BackupController,
@@ -398,3 +402,51 @@ def test_example_baseline_parses() -> None:
 
     baseline = load_baseline(REPO_ROOT / "examples" / "baselines" / "backup.json")
     assert list(baseline.resources()) == ["backup"]
+
+
+# -- fuzz: whatever the tool prints, parsing fails only with ValueError --------------
+
+_json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=30),
+    lambda children: (
+        st.lists(children, max_size=4)
+        | st.dictionaries(
+            st.sampled_from(
+                [
+                    "id",
+                    "time",
+                    "short_id",
+                    "snapshots",
+                    "archives",
+                    "name",
+                    "start",
+                    "paths",
+                    "hostname",
+                    "x",
+                ]
+            ),
+            children,
+            max_size=6,
+        )
+    ),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_json_values)
+def test_parsers_fail_only_with_value_error(value: object) -> None:
+    text = json.dumps(value)
+    for parse in (parse_restic_snapshots, parse_borg_list):
+        try:
+            result = parse(text)
+        except ValueError:
+            continue
+        assert result is None or isinstance(result, Snapshot)
+
+
+@given(st.text(max_size=200))
+def test_parsers_on_arbitrary_text(text: str) -> None:
+    for parse in (parse_restic_snapshots, parse_borg_list):
+        with contextlib.suppress(ValueError):
+            parse(text)
