@@ -81,6 +81,11 @@ let
   #   nftables allowlist instead (by name, refreshed hourly).
   # * PrivateUsers: the agent stat()s files owned by other users (secrets'
   #   owners, audited paths); in a user namespace they would all read as nobody.
+  # Tools the controllers run (observation is read-only; changes go through
+  # the actuator). The running system's profile last, for what the host has.
+  agentPath = [ pkgs.getent pkgs.util-linux pkgs.cryptsetup pkgs.nftables ]
+    ++ cfg.extraPackages ++ [ "/run/current-system/sw" ];
+
   unprivilegedHardening = {
     User = user;
     Group = user;
@@ -383,6 +388,13 @@ in
       description = "Directory the node exporter's textfile collector reads (created 0755, owner compliance-agent).";
     };
 
+    extraPackages = mkOption {
+      type = types.listOf types.package;
+      default = [ ];
+      example = literalExpression "[ pkgs.restic pkgs.borgbackup ]";
+      description = "Extra packages on the agent's PATH, e.g. the backup tools the backup controller runs.";
+    };
+
     egressRefreshInterval = mkOption {
       type = types.str;
       default = "hourly";
@@ -475,6 +487,7 @@ in
       wants = [ "network-online.target" "compliance-agent-actuator.socket" ];
       after = [ "network-online.target" "nftables.service" "compliance-agent-actuator.socket" ];
       restartTriggers = [ configFile ];
+      path = agentPath;
       serviceConfig = unprivilegedHardening // {
         Type = "notify";
         NotifyAccess = "main";
@@ -545,6 +558,7 @@ in
       description = "Compliance agent: refresh the egress allowlist from DNS";
       wants = [ "network-online.target" "compliance-agent-actuator.socket" ];
       after = [ "network-online.target" "nftables.service" "compliance-agent-actuator.socket" ];
+      path = agentPath;
       serviceConfig = unprivilegedHardening // {
         Type = "oneshot";
         ExecStart = "${exe} egress refresh --config ${configFile}";

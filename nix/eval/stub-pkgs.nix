@@ -25,6 +25,9 @@ in
   callPackage = fn: overrides:
     mkDrv "compliance-agent-0.1.0" // { pname = "compliance-agent"; meta.mainProgram = "compliance-agent"; };
   nftables = mkDrv "nftables-1.0.9";
+  getent = mkDrv "getent-glibc-2.40";
+  util-linux = mkDrv "util-linux-2.39";
+  cryptsetup = mkDrv "cryptsetup-2.7";
   coreutils = mkDrv "coreutils-9.5";
   systemd = mkDrv "systemd-256";
   nix = mkDrv "nix-2.24";

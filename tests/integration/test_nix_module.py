@@ -318,3 +318,25 @@ def test_privilege_separation_layout(base_eval: Any) -> None:
     assert socket["socketConfig"]["SocketMode"] == "0660"
     assert socket["socketConfig"]["SocketGroup"] == "compliance-agent"
     assert base_eval["users"]["users"]["compliance-agent"]["isSystemUser"] is True
+
+
+def test_stub_evaluator_follows_module_system_priorities() -> None:
+    """mkDefault < plain < mkForce; mkIf false contributes nothing; plain conflicts fail."""
+    base = module_with(BASE)
+    merged = nix_eval(
+        "{ imports = [ (" + base + ") "
+        "({ lib, ... }: { services.compliance-agent.pollInterval = lib.mkDefault 30; }) "
+        "({ lib, ... }: { services.compliance-agent.pollInterval = 45; "
+        "  services.compliance-agent.workers = lib.mkIf false 9; }) "
+        "({ lib, ... }: { services.compliance-agent.orderTtl = lib.mkForce 120; }) "
+        "({ lib, ... }: { services.compliance-agent.orderTtl = 600; }) ]; }"
+    )
+    data = json.loads(merged["configText"])
+    assert (data["pollInterval"], data["workers"], data["orderTtl"]) == (45, 2, 120)
+    conflict = nix_eval(
+        "{ imports = [ (" + base + ") "
+        "{ services.compliance-agent.policyVersion = \"a\"; } "
+        "{ services.compliance-agent.policyVersion = \"b\"; } ]; }",
+        check=False,
+    )
+    assert conflict.returncode != 0 and "conflicting definition values" in conflict.stderr
