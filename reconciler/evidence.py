@@ -206,8 +206,26 @@ class EvidenceWriter:
         produces many outcomes at once. All or none become durable."""
         if not requests:
             return []
-        with self._lock, self.store.begin() as conn:
-            return self.append(conn, requests)
+        with self._lock:
+            try:
+                with self.store.begin() as conn:
+                    return self.append(conn, requests)
+            except BaseException:
+                self.forget_uncommitted()
+                raise
+
+    def forget_uncommitted(self) -> None:
+        """After a failed commit: delete files whose rows never committed.
+
+        `append` already removes its files when it fails itself; this covers a
+        failure of the COMMIT after it returned. Best effort: if the database
+        is unusable, the files stay orphans until the next start.
+        """
+        try:
+            with self.store.begin() as conn:
+                remove_orphans(conn, self.dir)
+        except Exception as e:
+            log.warning("could not remove uncommitted evidence files: %s", type(e).__name__)
 
     def append(
         self,

@@ -22,6 +22,8 @@ backlog produces several prune bundles in one call.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -86,6 +88,15 @@ def select_prunable(
     ]
 
 
+@contextmanager
+def _forget_on_failure(writer: EvidenceWriter) -> Iterator[None]:
+    try:
+        yield
+    except BaseException:
+        writer.forget_uncommitted()
+        raise
+
+
 def prune(writer: EvidenceWriter, now: datetime) -> PruneResult:
     from reconciler.evidence import EvidenceRequest
 
@@ -95,7 +106,7 @@ def prune(writer: EvidenceWriter, now: datetime) -> PruneResult:
     # appends must not push further bundles out of the protected newest N.
     allowed: set[int] | None = None
     while True:
-        with writer._lock, writer.store.begin() as conn:
+        with writer._lock, _forget_on_failure(writer), writer.store.begin() as conn:
             rows = all_rows(conn)
             victims = select_prunable(rows, now, policy.keep_last, policy.min_age_days)
             if allowed is None:

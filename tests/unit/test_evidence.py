@@ -327,3 +327,27 @@ def test_payload_is_canonical_json(store: Store, tmp_path: Path) -> None:
     env = json.loads((tmp_path / "evidence" / row.file_name).read_bytes())
     payload = base64.b64decode(env["payload"])
     assert payload == canonical_json(json.loads(payload))
+
+
+def test_failed_commit_leaves_no_file(store: Store, tmp_path: Path) -> None:
+    w = writer(store, tmp_path)
+    w.record(check="backup", outcome="success")
+
+    def deferred_violation(conn: Connection, bundle_id: str, envelope: bytes) -> None:
+        # Passes at statement time, fails at COMMIT (deferred FK check).
+        conn.execute(text("CREATE TEMP TABLE IF NOT EXISTS p (id INTEGER PRIMARY KEY)"))
+        conn.execute(
+            text(
+                "CREATE TEMP TABLE IF NOT EXISTS c (pid INTEGER REFERENCES p(id)"
+                " DEFERRABLE INITIALLY DEFERRED)"
+            )
+        )
+        conn.execute(text("INSERT INTO c VALUES (42)"))
+
+    w.on_stored.append(deferred_violation)
+    with pytest.raises(Exception, match="FOREIGN KEY"):
+        w.record(check="backup", outcome="success")
+    w.on_stored.pop()
+    assert len(list((tmp_path / "evidence").glob("*.json"))) == 1
+    w.record(check="backup", outcome="success")
+    assert verify_store(store, tmp_path / "evidence", [AGENT_SIGNER.public_key_hex]).ok
