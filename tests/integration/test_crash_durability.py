@@ -52,7 +52,7 @@ def test_sigkill_at_random_points_loses_and_duplicates_nothing(tmp_path: Path) -
             ready.unlink(missing_ok=True)
             proc = subprocess.Popen(argv, cwd=REPO_ROOT, env=env, stdout=log, stderr=log)
             try:
-                wait_for(lambda p=proc: ready.exists() or p.poll() is not None, 30,  # type: ignore[misc]
+                wait_for(lambda p=proc: ready.exists() or p.poll() is not None, 30,
                          "the driver to start")
                 assert proc.poll() is None, f"driver died on its own (run {i}); see driver.log"
                 if i % 10 == 3:
@@ -74,7 +74,7 @@ def test_sigkill_at_random_points_loses_and_duplicates_nothing(tmp_path: Path) -
             index = conn.execute(text(
                 "SELECT bundle_id, sequence, digest, prev_digest FROM evidence_bundles"
                 " ORDER BY sequence")).all()
-            outbox = dict(conn.execute(text(
+            outbox: dict[str, int] = dict(conn.execute(text(
                 "SELECT state, COUNT(*) FROM outbox GROUP BY state")).all())
         store.close()
         received = {e.bundle_id: e for e in cp.storage.evidence()}
