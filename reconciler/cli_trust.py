@@ -77,14 +77,7 @@ def cmd_order_verify(args: argparse.Namespace) -> int:
             store = open_store(cfg.database_path, readonly=True)
         except StoreError as e:
             return _err(str(e))
-    admission = OrderAdmission(
-        cfg.mcp_public_keys,
-        site_id=cfg.site_id,
-        host_id=cfg.host_id,
-        order_ttl=cfg.order_ttl,
-        max_skew_seconds=cfg.ntp_max_skew_ms / 1000,
-        nonce_store=NonceStore(store, readonly=True),
-    )
+    admission = OrderAdmission.from_config(cfg, NonceStore(store, readonly=True))
     try:
         verdict = admission.admit(data, now=now)
     finally:

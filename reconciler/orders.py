@@ -49,6 +49,7 @@ from specs.resource import Trigger
 
 if TYPE_CHECKING:
     from reconciler.evidence import EvidenceWriter
+    from specs.config import AgentConfig
 
 log = logging.getLogger(__name__)
 
@@ -187,6 +188,25 @@ class OrderAdmission:
         self.nonces = nonce_store
         self.clock = clock
         self.max_bytes = max_bytes
+
+    @classmethod
+    def from_config(
+        cls, cfg: AgentConfig, nonce_store: NonceStore, clock: Clock = utc_now
+    ) -> OrderAdmission:
+        """The admission the daemon and `order verify` share, so they always agree.
+
+        Allowed clock skew for `issued_at` is `ntpMaxSkewMs`: the same tolerance
+        the clock-sanity guard applies before it distrusts this host's clock.
+        """
+        return cls(
+            cfg.mcp_public_keys,
+            site_id=cfg.site_id,
+            host_id=cfg.host_id,
+            order_ttl=cfg.order_ttl,
+            max_skew_seconds=cfg.ntp_max_skew_ms / 1000,
+            nonce_store=nonce_store,
+            clock=clock,
+        )
 
     def admit(self, envelope_bytes: bytes, now: datetime | None = None) -> Verdict:
         """Admit or refuse one order envelope (see module doc). Never raises."""
