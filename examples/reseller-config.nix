@@ -31,7 +31,8 @@ in
     siteId = "clinic-0042";
     baselinePath = ./minimal-baseline.json;
     mcpUrl = "https://mcp.northwind-msp.com";
-    allowedHosts = [ "mcp.northwind-msp.com" "rmm.northwind-msp.com" ];
+    # every destination: control plane, RMM webhook, syslog collector
+    allowedHosts = [ "mcp.northwind-msp.com" "rmm.northwind-msp.com" "siem.northwind-msp.com" ];
     # RFC 8032 test vector 1: replace with the control plane's key.
     # RFC 8032 test vector 1: replace with the control plane's key.
     mcpPublicKeys = [ "d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a" ];

@@ -68,9 +68,19 @@ let
     if cfg.dnsResolvers == [ ] then [ "\t\tudp dport 53 accept" "\t\ttcp dport 53 accept" ]
     else dnsRuleFor "ip" (lib.filter (a: !isV6 a) cfg.dnsResolvers)
       ++ dnsRuleFor "ip6" (lib.filter isV6 cfg.dnsResolvers);
+  # syslogTarget "tcp://host:port": that port to the allowlisted addresses too
+  # (its host must be in allowedHosts, asserted below).
+  syslogParts = if cfg.syslogTarget == null then null
+    else builtins.match "(tcp|udp)://([^/:]+):([0-9]+)" cfg.syslogTarget;
+  syslogRules = lib.optionals (syslogParts != null) (
+    let proto = builtins.elemAt syslogParts 0; port = builtins.elemAt syslogParts 2; in [
+      "\t\t${proto} dport ${port} ip daddr @allowed_v4 accept"
+      "\t\t${proto} dport ${port} ip6 daddr @allowed_v6 accept"
+    ]);
   egressRuleset = builtins.replaceStrings
-    [ "@egressTable@" "@dnsRules@" ]
-    [ cfg.egressTable (lib.concatStringsSep "\n" dnsRules) ]
+    [ "@egressTable@" "@dnsRules@" "@extraRules@" ]
+    [ cfg.egressTable (lib.concatStringsSep "\n" dnsRules)
+      (lib.concatMapStrings (r: r + "\n") syslogRules) ]
     (builtins.readFile ./egress.nft.in);
 
   # The one sandbox of every unprivileged unit (agent, egress refresh, prune).
@@ -453,6 +463,10 @@ in
       {
         assertion = cfg.syslogTarget == null || builtins.match syslogRegex cfg.syslogTarget != null;
         message = "services.compliance-agent.syslogTarget = \"${toString cfg.syslogTarget}\" must look like \"tcp://host:514\" or \"udp://host:514\".";
+      }
+      {
+        assertion = syslogParts == null || lib.elem (builtins.elemAt syslogParts 1) cfg.allowedHosts;
+        message = "services.compliance-agent.syslogTarget host \"${if syslogParts == null then "" else builtins.elemAt syslogParts 1}\" is not in allowedHosts: the egress allowlist would drop syslog; add it to allowedHosts.";
       }
       {
         assertion = lib.hasPrefix "/var/lib/" cfg.stateDirectory;

@@ -235,6 +235,7 @@ let
     optionalString = c: s: if c then s else "";
     concatStringsSep = b.concatStringsSep;
     concatMapStringsSep = sep: f: xs: b.concatStringsSep sep (map f xs);
+    concatMapStrings = f: xs: b.concatStringsSep "" (map f xs);
     concatMap = b.concatMap;
     concatLists = b.concatLists;
     filter = b.filter;

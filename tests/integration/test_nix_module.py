@@ -183,6 +183,7 @@ BREAKERS: list[tuple[dict[str, Any], tuple[str, ...], str]] = [
     ({"webhookSecretFile": "/nix/store/x-secret"}, (), "webhookSecretFile"),
     ({"rmmWebhookUrl": "https://rmm.example.net/hook"}, (), "needs webhookSecretFile"),
     ({"syslogTarget": "siem:514"}, (), "syslogTarget"),
+    ({"syslogTarget": "tcp://siem.example.net:514"}, (), "would drop syslog"),
     ({"stateDirectory": "/srv/agent"}, (), "under /var/lib/"),
 ]
 
@@ -199,12 +200,16 @@ def test_each_assertion_fires_with_an_actionable_message(
 def test_assertions_pass_for_valid_variants() -> None:
     ok = evaluate({
         "deploymentMode": "reseller", "resellerId": "msp-7",
-        "mcpUrl": "https://cp.example.net:8443/base", "allowedHosts": ["cp.example.net"],
+        "mcpUrl": "https://cp.example.net:8443/base",
+        "allowedHosts": ["cp.example.net", "siem.example.net"],
         "maintenanceWindow": "22:00-02:00", "syslogTarget": "tcp://siem.example.net:514",
         "rmmWebhookUrl": "https://rmm.example.net/h", "webhookSecretFile": "/run/secrets/hmac",
     })
     assert ok["failedAssertions"] == []
     parse_config(json.loads(ok["configText"]))
+    rules = ok["nftables"]["ruleset"]
+    assert "\t\ttcp dport 514 ip daddr @allowed_v4 accept\n" in rules
+    assert "\t\ttcp dport 514 ip6 daddr @allowed_v6 accept\n" in rules
 
 
 @pytest.mark.parametrize(
