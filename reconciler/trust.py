@@ -5,6 +5,9 @@ DSSE envelope (https://github.com/secure-systems-lab/dsse):
 
     {"payloadType": str, "payload": <standard base64>, "signatures": [{"keyid", "sig"}]}
 
+(URL-safe base64 is accepted on input, as the DSSE envelope spec allows;
+only canonical encodings are.)
+
 The signature is Ed25519 over the pre-authentication encoding
 
     PAE(type, body) = b"DSSEv1" SP len(type) SP type SP len(body) SP body
@@ -132,12 +135,27 @@ class TrustedKeys:
 
 
 def _b64(value: Any, what: str) -> bytes:
+    """Decode DSSE base64: standard (padded) or URL-safe (padding optional).
+
+    Only the canonical encoding of the decoded bytes is accepted (no stray
+    trailing bits, no whitespace), so one signature never stands for two
+    different envelope byte strings: evidence is content-addressed by bytes.
+    """
     if not isinstance(value, str):
         raise Malformed(f"{what} must be a base64 string")
     try:
-        return base64.b64decode(value.encode("ascii"), validate=True)
+        raw = value.encode("ascii")
+        if b"-" in raw or b"_" in raw:
+            data = base64.b64decode(raw + b"=" * (-len(raw) % 4), altchars=b"-_", validate=True)
+            canonical = base64.urlsafe_b64encode(data).rstrip(b"=") == raw.rstrip(b"=")
+        else:
+            data = base64.b64decode(raw, validate=True)
+            canonical = base64.b64encode(data) == raw
     except (binascii.Error, UnicodeEncodeError, ValueError):
-        raise Malformed(f"{what} is not standard base64") from None
+        raise Malformed(f"{what} is not base64") from None
+    if not canonical:
+        raise Malformed(f"{what} is not canonical base64")
+    return data
 
 
 def _reject_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:

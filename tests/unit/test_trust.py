@@ -162,3 +162,22 @@ def test_we_verify_securesystemslib_envelope() -> None:
     env.sign(signer)
     raw = json.dumps(env.to_dict()).encode()
     assert verify_envelope(raw, PT, [pub_hex]) == b"from sslib"
+
+
+def test_url_safe_base64_is_accepted_and_non_canonical_is_not() -> None:
+    body = b"\xfb\xff\xfe payload that encodes with + and /"
+    env = MCP_SIGNER.sign_envelope(body, PT)
+    std = env["payload"]
+    assert "+" in std or "/" in std
+    keys = [MCP_SIGNER.public_key_hex]
+    env["payload"] = base64.urlsafe_b64encode(body).decode().rstrip("=")
+    assert verify_envelope(env, PT, keys) == body
+    # "eB==" and "eA==" both decode to b"x" under a lenient decoder.
+    env2 = MCP_SIGNER.sign_envelope(b"x", PT)
+    assert env2["payload"] == "eA=="
+    env2["payload"] = "eB=="
+    with pytest.raises(Malformed, match="canonical"):
+        verify_envelope(env2, PT, keys)
+    env2["payload"] = "eA"  # unpadded standard alphabet
+    with pytest.raises(Malformed):
+        verify_envelope(env2, PT, keys)
