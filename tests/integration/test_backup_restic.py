@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import subprocess
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -196,3 +197,79 @@ def test_borg_repository_with_passphrase_file(tmp_path: Path) -> None:
     assert ctl.diff(spec, obs) == []
     stale = BackupController(clock=lambda: now() + timedelta(days=2))
     assert [d.reason for d in stale.diff(spec, stale.observe(host, spec))] == ["BackupStale"]
+
+
+# -- the whole loop in a real systemd: stale -> RunBackup -> the job's unit runs restic ----
+
+JOB_UNIT = """[Unit]
+Description=restic backup job stand-in (what services.restic.backups.ehr generates)
+
+[Service]
+Type=oneshot
+Environment=HOME=/root
+ExecStart=/usr/local/bin/restic -r /srv/backup/repo --password-file /etc/restic/pw \
+  backup --quiet /var/lib/canary
+"""
+
+
+def test_run_backup_order_through_runtime_starts_the_real_job_unit(
+    systemd_rootfs: Path, tmp_path: Path
+) -> None:
+    from reconciler.actuator import LocalActuator
+    from reconciler.runtime import Runtime
+    from specs.config import parse_config
+    from specs.status import Outcome
+    from tests.harness.sdbox import Bind, SystemdContainer
+
+    restic = Path(require_tool("restic")).resolve()
+    backup_dir = tmp_path / "backup"
+    backup_dir.mkdir()
+    binds = [Bind(restic, "/usr/local/bin/restic"), Bind(backup_dir, "/srv/backup", False)]
+    with SystemdContainer(tmp_path / "sdbox", rootfs=systemd_rootfs, binds=binds) as box:
+        box.write_file("/etc/restic/pw", "container secret\n", mode=0o600)
+        box.write_file("/var/lib/canary/canary.txt", CANARY_TEXT)
+        box.check(["/usr/local/bin/restic", "-r", "/srv/backup/repo", "--password-file",
+                   "/etc/restic/pw", "init"], timeout=60)  # fmt: skip
+        box.install_unit("restic-backups-ehr.service", JOB_UNIT)
+        job = BackupJob.model_validate({
+            "name": "ehr", "repository": "/srv/backup/repo", "password_file": "/etc/restic/pw",
+            "restore_test": {"canary_path": "/var/lib/canary/canary.txt",
+                             "expected_sha256": hashlib.sha256(CANARY_TEXT.encode()).hexdigest()},
+        })  # fmt: skip
+        order = Trigger(order_id="o-42", action="run_backup", params={"job": "ehr"},
+                        requested_at=now())  # fmt: skip
+        spec = BackupSpec(jobs=[job], triggers=[order])
+        cfg = parse_config({
+            "siteId": "c", "hostId": "h", "baselinePath": str(tmp_path / "b.json"),
+            "clientCertFile": str(tmp_path / "c.pem"), "clientKeyFile": str(tmp_path / "c.key"),
+            "signingKeyFile": str(tmp_path / "s.key"), "caCertFile": str(tmp_path / "ca.pem"),
+            "mcpPublicKeys": ["ab" * 32], "resellerId": "m",
+            "stateDirectory": str(tmp_path / "state"), "statusSocket": None,
+        })  # fmt: skip
+        ctl = BackupController()
+        rt = Runtime(cfg, box, LocalActuator(box), {"backup": ctl}, None)
+
+        first = rt.reconcile("backup", spec)
+        assert {d.reason for d in first.drifts} == {"NoSnapshot", "BackupRequested"}
+        (action,) = first.planned
+        assert isinstance(action, RunBackup) and action.order_id == "o-42"
+        assert first.verdicts[0][1].reason == "OrderAdmitted"
+        assert [r.result for r in first.action_records] == ["ok"]
+
+        # --no-block: the job runs on its own; poll until systemd says it finished
+        deadline = time.monotonic() + 60
+        state = ""
+        while time.monotonic() < deadline:
+            state = box.run(["systemctl", "show", "-p", "ActiveState", "--value",
+                             "restic-backups-ehr.service"]).stdout.strip()  # fmt: skip
+            if state in ("inactive", "failed"):
+                break
+        assert state == "inactive", box.run(["journalctl", "-u", "restic-backups-ehr.service"])
+
+        second = rt.reconcile("backup", spec)
+        assert second.outcome is Outcome.success, (second.drifts, second.error)
+        assert second.drifts == [] and second.planned == []
+        assert second.facts["snapshot_id"]
+        obs = ctl.observe(box, spec).jobs["ehr"]
+        expected = hashlib.sha256(CANARY_TEXT.encode()).hexdigest()
+        assert obs.restore is not None and obs.restore.actual_sha256 == expected
