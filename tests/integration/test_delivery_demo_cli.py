@@ -67,3 +67,39 @@ def test_demo_control_plane_subprocess(tmp_path: Path) -> None:
         summary = json.loads(cli("summary", "--db", str(cp.db)))
         assert summary["outage"] is False and summary["bundles_stored"] == 3
         assert summary["chain_intact"] and summary["rejected"] == 0
+
+
+def test_demo_admin_endpoints_over_mtls(tmp_path: Path) -> None:
+    import ssl
+
+    import httpx
+
+    from tests.support.control_plane import ControlPlaneThread
+
+    tls = make_tls(tmp_path / "tls")
+    cp_key = SigningKey.generate()
+    with ControlPlaneThread(tls, tmp_path / "cp.db", ["00" * 32], signing_key=cp_key) as cp:
+        ctx = ssl.create_default_context(cafile=str(tls.ca_cert))
+        ctx.load_cert_chain(str(tls.client_cert), str(tls.client_key))
+        with httpx.Client(base_url=cp.url(), verify=ctx, trust_env=False) as http:
+            r = http.post("/admin/orders", json={"site_id": "clinic-1", "host_id": "host-a",
+                                                 "action": "collect_evidence"})
+            assert r.status_code == 200
+            env = r.json()["envelope"]
+            pub = bytes(cp_key.verify_key).hex()
+            assert json.loads(verify_envelope(env, ORDER_TYPE, [pub]))["action"] == (
+                "collect_evidence")
+            r = http.post("/admin/baseline", json={"site_id": "clinic-1",
+                                                   "baseline": {"version": 2,
+                                                                "policy_version": "1"}})
+            etag = r.json()["etag"]
+            got = http.get("/api/v1/sites/clinic-1/hosts/any/baseline")
+            assert got.status_code == 200 and got.headers["etag"] == etag
+            again = http.get("/api/v1/sites/clinic-1/hosts/any/baseline",
+                             headers={"If-None-Match": etag})
+            assert again.status_code == 304
+            assert http.post("/admin/outage", json={"enabled": True}).json() == {"outage": True}
+            assert http.get("/api/v1/sites/clinic-1/hosts/host-a/orders").status_code == 503
+            assert http.get("/admin/summary").json()["outage"] is True
+            http.post("/admin/outage", json={"enabled": False})
+            assert len(http.get("/api/v1/sites/clinic-1/hosts/host-a/orders").json()["orders"]) == 1
