@@ -96,13 +96,20 @@
         let
           python = pkgs.python3.withPackages (ps: [ ps.fastapi ps.uvicorn ps.trustme ]
             ++ self.packages.${system}.compliance-agent.propagatedBuildInputs);
+          demoModule =
+            if builtins.pathExists ./demo/run_demo.py then "demo.run_demo"
+            else if builtins.pathExists ./demo/__main__.py then "demo"
+            else "demo.control_plane";
+          # DEV ONLY, needs root: it boots a systemd container as the clinic host.
           demo = pkgs.writeShellApplication {
             name = "compliance-agent-demo";
-            runtimeInputs = [ python self.packages.${system}.compliance-agent ];
-            # The demo runner if present, else the control-plane stub's CLI.
+            runtimeInputs = [
+              python self.packages.${system}.compliance-agent
+              pkgs.systemd pkgs.debootstrap pkgs.nftables pkgs.iproute2 pkgs.util-linux pkgs.zstd
+            ];
             text = ''
               export PYTHONPATH=${./.}
-              exec python -m ${if builtins.pathExists ./demo/__main__.py then "demo" else "demo.control_plane"} "$@"
+              exec python -m ${demoModule} "$@"
             '';
           };
         in
