@@ -44,7 +44,13 @@
               }
             ];
           };
-          unitsOf = example: (exampleSystem example).config.systemd.units;
+          # Fails the check with the module's own messages if an assertion fires.
+          unitsOf = example:
+            let
+              cfg = (exampleSystem example).config;
+              failed = map (a: a.message) (builtins.filter (a: !a.assertion) cfg.assertions);
+            in
+            if failed != [ ] then throw (builtins.concatStringsSep "\n" failed) else cfg.systemd.units;
         in
         {
           # Python unit tests run inside the package build (doCheck).
