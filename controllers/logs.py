@@ -42,6 +42,11 @@ from specs.kinds.logging import CANARY_IDENTIFIER, LoggingSpec
 from specs.kinds.services import ServicesSpec, UnitSpec
 
 POLL_INTERVAL = 0.05  # seconds between read-backs of the canary
+# What journalctl (systemd 252) says when the agent may not read the system journal.
+PERMISSION_HINTS = (
+    "insufficient permissions",
+    "not seeing messages from other users and the system",
+)
 COMMAND_TIMEOUT = 10.0
 
 
@@ -57,6 +62,9 @@ class CanaryObserved(BaseModel):
     write_error: str | None = None
     in_journal: bool = False
     journal_seconds: float | None = None  # how long until journalctl returned it
+    # The agent may not read the whole journal (not root, not in systemd-journal):
+    # then a missing canary says nothing about journald and must not restart it.
+    journal_unreadable: str | None = None
     in_spool: dict[str, bool] = {}  # forwarder unit -> marker seen in its spool_path
     spool_errors: dict[str, str] = {}
     deadline_seconds: float
@@ -64,6 +72,11 @@ class CanaryObserved(BaseModel):
     @property
     def ok(self) -> bool:
         return self.written and self.in_journal
+
+    @property
+    def lost(self) -> bool:
+        """Evidence that journald loses records (not merely that we cannot look)."""
+        return not self.ok and self.journal_unreadable is None
 
 
 class LoggingObserved(BaseModel):
@@ -78,7 +91,9 @@ def write_argv(marker: str) -> list[str]:
 
 
 def journal_argv(marker: str) -> list[str]:
-    return ["journalctl", "--no-pager", "--quiet", "--output=cat",
+    # no --quiet: journalctl's hint that we only see part of the journal is the
+    # signal that the agent lacks permission (see PERMISSION_HINTS)
+    return ["journalctl", "--no-pager", "--output=cat",
             f"SYSLOG_IDENTIFIER={CANARY_IDENTIFIER}", f"MESSAGE={marker}"]  # fmt: skip
 
 
@@ -139,6 +154,8 @@ class LoggingController(ControllerBase[LoggingSpec]):
         while True:  # bounded: exits at the deadline at the latest
             if journal_s is None and self._in_journal(host, marker, errors):
                 journal_s = round(self.monotonic() - start, 3)
+            if "unreadable" in errors:
+                break  # polling cannot help: we are not allowed to see it
             for unit, path in spools.items():
                 if not in_spool[unit]:
                     in_spool[unit] = self._in_spool(host, marker, unit, path, errors)
@@ -152,9 +169,10 @@ class LoggingController(ControllerBase[LoggingSpec]):
                 errors.pop(unit, None)  # an early "no such file" is moot once it arrived
         if journal_s is not None:
             errors.pop("journal", None)
+        unreadable = errors.pop("unreadable", None) if journal_s is None else None
         return CanaryObserved(
             **base, written=True, in_journal=journal_s is not None, journal_seconds=journal_s,
-            in_spool=in_spool, spool_errors=errors,
+            journal_unreadable=unreadable, in_spool=in_spool, spool_errors=errors,
         )  # fmt: skip
 
     def _in_journal(self, host: Host, marker: str, errors: dict[str, str]) -> bool:
@@ -163,10 +181,12 @@ class LoggingController(ControllerBase[LoggingSpec]):
         except HostError as e:
             errors["journal"] = str(e)
             return False
-        if done.exit_code != 0:
+        found = marker in done.stdout.splitlines()
+        if not found and any(h in done.stderr for h in PERMISSION_HINTS):
+            errors["unreadable"] = done.stderr.strip()[:300]
+        elif done.exit_code != 0:
             errors["journal"] = f"journalctl exited {done.exit_code}: {done.stderr.strip()[:300]}"
-            return False
-        return marker in done.stdout.splitlines()
+        return found
 
     def _in_spool(
         self, host: Host, marker: str, unit: str, path: str, errors: dict[str, str]
@@ -186,7 +206,17 @@ class LoggingController(ControllerBase[LoggingSpec]):
         drifts = self.services.diff(_units_spec(spec, with_journald=False), observed.units)
         canary = observed.canary
         journald = observed.units.units.get(spec.journald_unit)
-        if canary is not None and not canary.ok:
+        if canary is not None and canary.journal_unreadable is not None:
+            drifts.append(Drift(
+                field="canary.journal", reason="JournalUnreadable",
+                expected="the agent can read the system journal",
+                actual=canary.journal_unreadable,
+                message=f"cannot verify audit logging: journalctl says "
+                f"'{canary.journal_unreadable}'. Run the agent as root or add its user to "
+                "the systemd-journal group. journald is not restarted for this.",
+                remedy=Remedy.alert,
+            ))  # fmt: skip
+        elif canary is not None and canary.lost:
             if not canary.written:
                 actual = f"write failed: {canary.write_error}"
             else:
@@ -230,7 +260,7 @@ class LoggingController(ControllerBase[LoggingSpec]):
         canary = observed.canary
         # Guardrail 8, checked against the observation itself and not only the
         # drift list: no journald restart unless this pass's canary failed.
-        if canary is not None and not canary.ok and any(d.reason == "CanaryLost" for d in drifts):
+        if canary is not None and canary.lost and any(d.reason == "CanaryLost" for d in drifts):
             actions.append(RestartUnit(unit=spec.journald_unit, disruptive=True,
                                        reason="CanaryLost"))  # fmt: skip
         return actions

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -20,6 +20,8 @@ from reconciler.actuator import LocalActuator
 from reconciler.runtime import Runtime
 from specs.actions import RestartUnit
 from specs.config import parse_config
+from specs.drift import Remedy
+from specs.host import Completed, FileStat
 from specs.kinds.logging import LoggingSpec
 from specs.status import Outcome
 from tests.harness.sdbox import SystemdContainer
@@ -186,3 +188,34 @@ def test_guardrail_8_through_the_runtime_window_guard(
     assert res.outcome is Outcome.success, (res.outcome, res.error, res.remaining)
     assert [r.result for r in res.action_records] == ["ok", "ok"]
     assert res.remaining == []
+
+
+class Unprivileged:
+    """The container Host, but every command runs as nobody (like an agent
+    deployed without the systemd-journal group)."""
+
+    def __init__(self, box: SystemdContainer) -> None:
+        self.box = box
+
+    def run(self, argv: Sequence[str], timeout: float = 30.0) -> Completed:
+        drop = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--"]
+        return self.box.run([*drop, *argv], timeout)
+
+    def read_text(self, path: str) -> str:
+        return self.box.read_text(path)
+
+    def stat(self, path: str) -> FileStat:
+        return self.box.stat(path)
+
+
+def test_agent_without_journal_access_alerts_and_never_restarts_journald(
+    box: SystemdContainer,
+) -> None:
+    ctl = LoggingController()
+    s = spec(forwarders=[], canary_deadline_seconds=2)
+    obs = ctl.observe(Unprivileged(box), s)
+    assert obs.canary is not None and obs.canary.written, obs.canary
+    assert obs.canary.journal_unreadable is not None, obs.canary
+    drifts = ctl.diff(s, obs)
+    assert [(d.reason, d.remedy) for d in drifts] == [("JournalUnreadable", Remedy.alert)]
+    assert ctl.plan(s, obs, drifts) == []

@@ -51,7 +51,9 @@ class FakeHost:
         write_rc: int = 0,
         journal_after: int | None = 0,
         spool_after: int | None = 0,
+        journal_denied: bool = False,
     ) -> None:
+        self.journal_denied = journal_denied
         self.show = (FIX / show).read_text()
         self.write_rc = write_rc
         self.journal_after = journal_after
@@ -68,6 +70,9 @@ class FakeHost:
         if tool == "systemd-cat":
             err = "Failed to create stream fd: Connection refused\n" if self.write_rc else ""
             return Completed(argv=args, exit_code=self.write_rc, stdout="", stderr=err, duration=0)
+        if tool == "journalctl" and self.journal_denied:
+            err = "No journal files were opened due to insufficient permissions.\n"
+            return Completed(argv=args, exit_code=1, stdout="", stderr=err, duration=0)
         if tool == "journalctl":
             seen = self.journal_after is not None and self.count("journalctl") > self.journal_after
             out = MARKER + "\n" if seen else ""
@@ -265,3 +270,39 @@ def test_example_baseline_parses() -> None:
 
     baseline = load_baseline(REPO_ROOT / "examples" / "baselines" / "logging.json")
     assert list(baseline.resources()) == ["logging"]
+
+
+def test_unreadable_journal_is_alert_only_and_never_restarts_journald() -> None:
+    clock = FakeClock()
+    ctl = controller(clock)
+    host = FakeHost(journal_denied=True)
+    obs = ctl.observe(host, spec())
+    assert obs.canary is not None and not obs.canary.ok and not obs.canary.lost
+    assert host.count("journalctl") == 1  # no pointless polling until the deadline
+    drifts = ctl.diff(spec(), obs)
+    assert [(d.reason, d.remedy) for d in drifts] == [("JournalUnreadable", Remedy.alert)]
+    assert "systemd-journal" in drifts[0].message
+    assert ctl.plan(spec(), obs, drifts) == []
+    # even a stray CanaryLost drift cannot restart journald on such an observation
+    stray = Drift(field="canary.journal", reason="CanaryLost", expected="", actual="")
+    assert journald_restarts(ctl.plan(spec(), obs, [stray])) == []
+
+
+def test_partial_journal_view_hint_counts_as_unreadable() -> None:
+    host = FakeHost(journal_after=None)
+    hint = (
+        "Hint: You are currently not seeing messages from other users and the system.\n"
+        "      Users in groups 'adm', 'systemd-journal' can see all messages.\n"
+    )
+    real_run = host.run
+
+    def run(argv: Sequence[str], timeout: float = 30.0) -> Completed:
+        done = real_run(argv, timeout)
+        if argv[0] == "journalctl":
+            return done.model_copy(update={"stderr": hint})
+        return done
+
+    host.run = run  # type: ignore[method-assign]
+    obs = controller().observe(host, spec())
+    assert obs.canary is not None and obs.canary.journal_unreadable is not None
+    assert "not seeing messages" in obs.canary.journal_unreadable
