@@ -15,6 +15,7 @@ import json
 import logging
 import random
 import threading
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -78,6 +79,7 @@ class ControlPlaneLoop:
         self.clock = clock
         self.rng = rng or random.Random()
         self.stats = ControlPlaneStats()
+        self.recent_verdicts: deque[Verdict] = deque(maxlen=50)  # for status and the demo
         self._stop = threading.Event()
         self._kick = threading.Event()
         self._thread: threading.Thread | None = None
@@ -145,6 +147,7 @@ class ControlPlaneLoop:
     def handle_order(self, raw: bytes) -> Verdict:
         """Admit or refuse one order envelope; evidence either way."""
         verdict = self.admission.admit(raw)
+        self.recent_verdicts.append(verdict)
         order = verdict.order
         if verdict.admitted and order is not None:
             kind, trigger = order_to_trigger(order)

@@ -1,0 +1,257 @@
+"""DEV ONLY: `make demo` — the end-to-end story in about a minute.
+
+A real systemd 252 container stands in for a clinic's NixOS host; a real
+mutual-TLS control plane (demo/control_plane) runs on 127.0.0.1; the agent is
+the production runtime (controllers, guards, actuator, evidence, outbox,
+control-plane client) pointed at the container. The story:
+
+1. the host converges to its baseline;
+2. drift (a stopped service, an opened firewall port) is found and repaired;
+3. one valid signed order takes effect; forged, expired, replayed and
+   foreign-host orders are rejected with their reasons;
+4. a signed baseline asks for a bad NixOS generation: deferred outside the
+   maintenance window, then switched inside it, found unhealthy, rolled back;
+5. the control plane goes down, evidence queues durably, comes back, drains;
+6. the tally: bundles made, delivered, verified by the control plane, chain intact.
+
+The state directory is left in place; its path is printed at the end.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from demo.stage import REPO, ControlPlane, agent_config, make_pki, preflight, write_baseline
+
+WEB = "[Unit]\nDescription=EHR web front end\n[Service]\nExecStart=/bin/sleep infinity\n" \
+      "[Install]\nWantedBy=multi-user.target\n"
+RULESET = """flush ruleset
+table inet filter {
+  chain input {
+    type filter hook input priority 0; policy drop;
+    iif lo accept
+    ct state established,related accept
+    tcp dport 22 accept
+  }
+}
+"""
+SANDBOX_IN_CONTAINER = ["python3", "/opt/compliance-agent/reconciler/nft_sandbox.py"]
+T0 = time.monotonic()
+
+
+def say(title: str) -> None:
+    print(f"\n\033[1m== {title}\033[0m  (+{time.monotonic() - T0:.1f}s)", flush=True)
+
+
+def cli(config: Path, *args: str) -> str:
+    out = subprocess.run([sys.executable, "-m", "reconciler.cli", *args, "--config", str(config)],
+                         cwd=REPO, capture_output=True, text=True, timeout=60)
+    return (out.stdout + out.stderr).rstrip()
+
+
+def indent(text: str) -> str:
+    return "\n".join("   " + line for line in text.splitlines())
+
+
+def window_excluding(now: datetime) -> str:
+    start = now + timedelta(hours=3)
+    return f"{start:%H}:00-{(start + timedelta(hours=1)):%H}:00"
+
+
+def window_including(now: datetime) -> str:
+    return f"{now - timedelta(hours=1):%H}:00-{now + timedelta(hours=2):%H}:00"
+
+
+def main() -> int:
+    problems = preflight()
+    if problems:
+        print("make demo needs: " + "; ".join(problems), file=sys.stderr)
+        return 2
+    from controllers.firewall import FirewallController
+    from reconciler.actuator import LocalActuator
+    from reconciler.keys import generate_key_file
+    from reconciler.plan_view import render_pass
+    from reconciler.service import build_service
+    from reconciler.window import MaintenanceWindow
+    from tests.harness.sdbox import Bind, SystemdContainer, ensure_rootfs
+    from tests.integration.nixos_standin import StandinGeneration, install_nixos_standin
+
+    state = REPO / "demo" / "state" / datetime.now(UTC).strftime("run-%Y%m%dT%H%M%SZ")
+    state.mkdir(parents=True)
+    say("Stage: throwaway CA and keys, control plane on 127.0.0.1, a systemd container")
+    pki = make_pki(state / "pki")
+    signer = generate_key_file(state / "agent-signing.key")
+    cp = ControlPlane(state, pki, signer.public_key_hex)
+    now = datetime.now(UTC)
+    config = agent_config(state, pki, cp, state / "agent-signing.key", window_excluding(now))
+    print(f"   control plane https://localhost:{cp.port} (mutual TLS, DEV ONLY)")
+    print(f"   maintenance window {window_excluding(now)} UTC (closed right now)")
+
+    box = SystemdContainer(state / "container", rootfs=ensure_rootfs(), private_network=True,
+                           binds=[Bind(REPO, "/opt/compliance-agent")])
+    box.start()
+    try:
+        return story(state, config, cp, box, pki, FirewallController, LocalActuator,
+                     build_service, render_pass, MaintenanceWindow, StandinGeneration,
+                     install_nixos_standin)
+    finally:
+        box.stop()
+        cp.stop()
+        print(f"\nstate directory (kept): {state}")
+
+
+def story(state: Path, config: Path, cp: ControlPlane, box: Any, pki: Any,
+          FirewallController: Any, LocalActuator: Any, build_service: Any, render_pass: Any,
+          MaintenanceWindow: Any, StandinGeneration: Any, install_nixos_standin: Any) -> int:
+    from specs.config import load_config
+
+    box.install_unit("ehr-web.service", WEB)
+    box.check(["systemctl", "enable", "--now", "ehr-web.service"])
+    box.write_file("/etc/nftables.conf", RULESET)
+    box.check(["nft", "-f", "/etc/nftables.conf"])
+    app = "[Unit]\nDescription=clinic app {v}\n[Service]\nExecStart=/bin/sleep infinity\n"
+    gens = install_nixos_standin(box, [
+        StandinGeneration("24.05-good", units={"clinic-app.service": app.format(v="1")}),
+        StandinGeneration("24.11-bad", units={
+            "clinic-app.service": app.format(v="2"),
+            "broken-migration.service": "[Service]\nType=oneshot\nExecStart=/bin/false\n"},
+            switch_exit=0),
+    ])
+    baseline: dict[str, Any] = {
+        "version": 1, "policy_version": "2026.11",
+        "services": {"units": [{"name": "ehr-web.service"}], "restart_backoff_base": 1},
+        "firewall": {"ruleset_path": "/etc/nftables.conf",
+                     "ruleset_sha256": hashlib.sha256(RULESET.encode()).hexdigest()},
+        "patching": {"target": gens["24.05-good"], "health_timeout": 20},
+    }
+    write_baseline(state, baseline)
+    cfg = load_config(config)
+    svc = build_service(cfg, host=box, actuator=LocalActuator(box, rebuild_health_timeout=20),
+                        controllers={"firewall": FirewallController(SANDBOX_IN_CONTAINER)})
+    agent, loop = svc.agent, svc.control_plane
+    assert loop is not None, "control plane client could not be built"
+
+    say("1. The clinic host at its baseline")
+    print(indent(render_pass(agent.run_pass(), as_json=False)))
+    print(indent(cli(config, "status")))
+
+    say("2. Drift: someone stops the EHR front end and opens port 8080")
+    box.check(["systemctl", "stop", "ehr-web.service"])
+    box.check(["nft", "add", "rule", "inet", "filter", "input", "tcp", "dport", "8080", "accept"])
+    print(indent(render_pass(agent.run_pass(), as_json=False)))
+    print(indent(cli(config, "status")))
+
+    say("3. Orders from the control plane: one valid, four that must be refused")
+    orders = signed_orders(cp, cfg)
+    for env in orders.values():
+        cp.storage().add_order(cfg.site_id, cfg.host_id, env)
+    loop.poll_once()
+    cp.storage().add_order(cfg.site_id, cfg.host_id, orders["valid restart_service"])  # replay
+    loop.poll_once()
+    print_verdicts(loop)
+    before = box.run(["systemctl", "show", "-p", "ActiveEnterTimestampMonotonic", "--value",
+                      "ehr-web.service"]).stdout.strip()
+    agent.run_pass()
+    after = box.run(["systemctl", "show", "-p", "ActiveEnterTimestampMonotonic", "--value",
+                     "ehr-web.service"]).stdout.strip()
+    print(f"   restart_service order took effect: ehr-web.service restarted "
+          f"({'yes' if after != before else 'NO'})")
+
+    say("4. A signed baseline asks for a new NixOS generation that turns out bad")
+    bad = dict(baseline, version=2, patching={"target": gens["24.11-bad"], "health_timeout": 20})
+    (state / "baseline-v2.json").write_text(json.dumps(bad))
+    cp.cli("baseline", str(state / "baseline-v2.json"), "--signing-key", str(cp.seed_file),
+           "--site", cfg.site_id, "--host", cfg.host_id)
+    loop.poll_once()
+    report = agent.run_pass()
+    print(indent(render_pass(report, as_json=False)))
+    say("   ... the maintenance window opens")
+    agent.runtime.window = MaintenanceWindow.parse(window_including(datetime.now(UTC)))
+    report = agent.run_pass()
+    print(indent(render_pass(report, as_json=False)))
+    health = box.run(["systemctl", "is-system-running"]).stdout.strip()
+    print(f"   system state after the transaction: {health}")
+    print(indent(cli(config, "describe", "patching").split("Last observation:")[0]))
+
+    say("5. Control plane outage: evidence queues durably, then drains")
+    cp.cli("outage", "on")
+    for _ in range(3):
+        svc.recorder.request_snapshot()
+        agent.run_pass()
+        loop.deliver_once()
+    print(indent(cli(config, "queue")))
+    cp.cli("outage", "off")
+    deadline = time.monotonic() + 30
+    while svc.outbox.stats().depth and time.monotonic() < deadline:
+        loop.deliver_once()
+        time.sleep(0.2)
+    print(indent(cli(config, "queue")))
+
+    say("6. Tally")
+    summary = json.loads(cp.cli("summary"))
+    made = svc.outbox.stats()
+    verify = cli(config, "evidence", "verify", "--all")
+    rows = [
+        ("bundles made by the agent", str(made.depth + made.delivered + made.dead)),
+        ("delivered (receipts recorded)", str(made.delivered)),
+        ("received and verified by the control plane", str(summary["verified"])),
+        ("chain intact at the control plane", str(summary["chain_intact"])),
+        ("duplicates suppressed by Idempotency-Key", str(summary["duplicates_suppressed"])),
+        ("local `evidence verify --all`", verify.splitlines()[-1] if verify else "?"),
+    ]
+    width = max(len(r[0]) for r in rows)
+    for name, value in rows:
+        print(f"   {name.ljust(width)}  {value}")
+    ok = summary["chain_intact"] and made.depth == 0 and made.delivered == summary["verified"]
+    print("\n   " + ("demo complete" if ok else "demo finished WITH PROBLEMS (see above)"))
+    svc.close()
+    return 0 if ok else 1
+
+
+def signed_orders(cp: ControlPlane, cfg: Any) -> dict[str, dict[str, Any]]:
+    """One valid order and four bad ones, built the way a control plane would."""
+    import secrets
+
+    from nacl.signing import SigningKey
+
+    from demo.control_plane.dsse import sign
+
+    def order(action: str, params: dict[str, Any], *, host: str | None = None,
+              issued: datetime | None = None, ttl: int = 600) -> bytes:
+        return json.dumps({
+            "order_id": f"ord-{secrets.token_hex(4)}", "site_id": cfg.site_id,
+            "host_id": host or cfg.host_id, "nonce": secrets.token_hex(16),
+            "issued_at": (issued or datetime.now(UTC)).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "ttl_seconds": ttl, "action": action, "params": params,
+        }).encode()
+
+    ptype = "application/vnd.compliance-agent.order+json"
+    restart = order("restart_service", {"unit": "ehr-web.service"})
+    forged = sign(SigningKey.generate(), order("rebuild", {"target": "github:evil/x#h"}), ptype)
+    forged["signatures"][0]["keyid"] = sign(cp.signing_key, b"x", ptype)["signatures"][0]["keyid"]
+    return {
+        "valid restart_service": sign(cp.signing_key, restart, ptype),
+        "forged signature": forged,
+        "expired": sign(cp.signing_key, order("reconcile_now", {},
+                        issued=datetime.now(UTC) - timedelta(hours=2), ttl=60), ptype),
+        "foreign host": sign(cp.signing_key, order("run_backup", {"job": "daily"},
+                             host="front-desk-2"), ptype),
+    }
+
+
+def print_verdicts(loop: Any) -> None:
+    print("   order verdicts (each one is also a signed evidence bundle):")
+    for v in loop.recent_verdicts:
+        print(f"     {'admitted' if v.admitted else 'REFUSED':9} {v.reason:18} "
+              f"{(v.order_id or '-'):14} {v.message[:70]}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
