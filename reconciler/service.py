@@ -121,11 +121,7 @@ def _control_plane(
         log.error("control plane disabled: running offline, evidence is queued",
                   extra={"reason": "ControlPlaneUnavailable", "detail": str(e)})
         return None
-    admission = OrderAdmission(
-        cfg.mcp_public_keys, cfg.site_id, cfg.host_id, cfg.order_ttl,
-        max_skew_seconds=max(60.0, cfg.ntp_max_skew_ms / 1000.0),
-        nonce_store=NonceStore(agent.store), clock=clock,
-    )
+    admission = OrderAdmission.from_config(cfg, NonceStore(agent.store), clock=clock)
 
     def on_admitted(kind: str | None, action: str) -> None:
         if action == "collect_evidence":
