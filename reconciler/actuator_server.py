@@ -32,7 +32,6 @@ import logging
 import os
 import pwd
 import socket
-import sqlite3
 import struct
 import sys
 import time
@@ -104,7 +103,9 @@ class BaselineSource:
     def _remote(self) -> Baseline | None:
         if self.database_path is None or not self.database_path.exists():
             return None
-        from reconciler.trust import TrustError, verify_envelope  # only when a DB exists
+        import sqlite3  # only when a DB exists (keeps the actuator's start cheap)
+
+        from reconciler.trust import TrustError, verify_envelope
 
         try:
             uri = f"file:{self.database_path}?mode=ro"
