@@ -27,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import sqlite3
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -98,30 +99,41 @@ class NonceStore:
         self.store = store
         self.readonly = readonly or store is None or store.readonly
         self._last_prune: datetime | None = None
+        self._local = threading.local()
+
+    def _reader(self) -> sqlite3.Connection:
+        # A per-thread read-only autocommit connection: a SQLAlchemy
+        # transaction would take the write lock (BEGIN IMMEDIATE) and cost a
+        # commit per order, and a pool checkout costs more than the SELECT.
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            assert self.store is not None
+            conn = sqlite3.connect(
+                f"file:{self.store.path}?mode=ro", uri=True, isolation_level=None
+            )
+            conn.execute("PRAGMA busy_timeout=5000")
+            self._local.conn = conn
+        return conn
 
     def seen(self, nonce: str) -> bool:
         if self.store is None:
             return False
-        # A plain autocommit read on the DB-API connection: a SQLAlchemy
-        # transaction here would take the write lock (BEGIN IMMEDIATE) and
-        # cost a commit per order. The store's connections run with
-        # isolation_level=None, so this SELECT holds no lock afterwards.
-        raw = self.store.engine.raw_connection()
         try:
-            cur = raw.cursor()
-            try:
-                cur.execute(_SEEN_NONCE_SQL, (nonce,))
-                return cur.fetchone() is not None
-            except sqlite3.OperationalError as e:
-                # A read-only look at a database the daemon has not migrated
-                # yet: no nonce was ever recorded there.
-                if self.readonly and "no such table" in str(e):
-                    return False
-                raise
-            finally:
-                cur.close()
-        finally:
-            raw.close()
+            return self._reader().execute(_SEEN_NONCE_SQL, (nonce,)).fetchone() is not None
+        except sqlite3.OperationalError as e:
+            # A read-only look at a database the daemon has not migrated yet:
+            # no nonce was ever recorded there.
+            if self.readonly and "no such table" in str(e):
+                return False
+            raise
+
+    def close(self) -> None:
+        """Close this thread's read connection (others close when their thread's
+        NonceStore is garbage collected)."""
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
 
     def record(self, nonce: str, order_id: str, now: datetime, keep_until: datetime) -> bool:
         """Atomically record `nonce`; False if it was already there (a replay).
