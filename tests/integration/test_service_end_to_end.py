@@ -40,7 +40,9 @@ table inet filter {
 """
 
 
-def order(key: SigningKey, action: str, params: dict[str, Any], host: str = "host-1") -> dict[str, Any]:
+def order(
+    key: SigningKey, action: str, params: dict[str, Any], host: str = "host-1"
+) -> dict[str, Any]:
     body = json.dumps({
         "order_id": f"ord-{secrets.token_hex(4)}", "site_id": "clinic-1", "host_id": host,
         "nonce": secrets.token_hex(16),
