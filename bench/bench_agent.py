@@ -94,7 +94,8 @@ def bench_pass(passes: int) -> None:
     print(f"full pass (firewall + 5 units, real systemd 252 via nsenter), {passes} passes:")
     print(f"  wall   median {statistics.median(walls) * 1000:7.1f} ms   "
           f"p95 {sorted(walls)[int(0.95 * len(walls)) - 1] * 1000:7.1f} ms   (budget <= 150 ms)")
-    print(f"  CPU    median {statistics.median(cpus) * 1000:7.1f} ms in the agent   (budget <= 60 ms)")
+    print(f"  CPU    median {statistics.median(cpus) * 1000:7.1f} ms in the agent"
+          "   (budget <= 60 ms)")
     print(f"         median {statistics.median(child_cpus) * 1000:7.1f} ms in child processes "
           "(nsenter, systemctl, nft)")
 

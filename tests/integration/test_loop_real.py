@@ -4,6 +4,7 @@ injected so backoff can be exercised without sleeping."""
 
 from __future__ import annotations
 
+import itertools
 import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -141,7 +142,7 @@ def test_crash_looping_unit_is_backed_off(
                for rec in a.records):
             restarts_at.append(clock.now)
         clock.now += timedelta(seconds=5)
-    gaps = [(b - a).total_seconds() for a, b in zip(restarts_at, restarts_at[1:], strict=False)]
+    gaps = [(b - a).total_seconds() for a, b in itertools.pairwise(restarts_at)]
     # 36 passes without backoff would be 36 restarts; with 10,20,40,80,80 s it is ~6
     assert 4 <= len(restarts_at) <= 8, restarts_at
     assert gaps == sorted(gaps), f"backoff must grow: {gaps}"

@@ -212,7 +212,7 @@ def test_dry_run_changes_nothing_and_saves_nothing(tmp_path: Path) -> None:
 
 def test_pass_survives_a_crashing_controller(tmp_path: Path) -> None:
     world = {"state": "failed"}
-    agent, act = make_agent(
+    agent, _ = make_agent(
         tmp_path,
         {"services": ScriptedController(world), "firewall": BrokenController({"state": "active"})},
         world,
