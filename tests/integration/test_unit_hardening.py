@@ -7,7 +7,11 @@ the way NixOS renders them, and then:
 * `systemd-analyze verify` must accept every unit;
 * `systemd-analyze security --offline=yes` scores the agent and the
   actuator; both scores are printed to the terminal (CI log), and the agent
-  must score <= 2.0 (the lower, the less exposed).
+  must score <= 2.0 (the lower, the less exposed);
+* under a real systemd 252 (nspawn container), the module's actuator socket
+  and service and a probe with the agent's exact sandbox: the probe, as the
+  compliance-agent user, gets a baseline unit started by root through the
+  socket and a non-baseline unit refused.
 
 ExecStart binaries live in a store that does not exist here, so they are
 replaced by an executable temporary copy of `true` for `verify`.
@@ -19,6 +23,7 @@ import json
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -164,3 +169,117 @@ def test_exposure_scores(units: dict[str, Path], capsys: pytest.CaptureFixture[s
     assert scores["compliance-agent-evidence-prune.service"] <= AGENT_MAX_EXPOSURE
     # root, running switch-to-configuration: far from 2.0, but not unconfined (9.6)
     assert scores["compliance-agent-actuator.service"] < 9.6
+
+
+# --- the module's units under a real systemd 252 ------------------------------------------
+
+PYENV = Path(sys.base_prefix)  # the interpreter behind the venv (outside /root once bound)
+PY_IN_BOX = "/opt/python"
+REPO_IN_BOX = "/opt/compliance-agent"
+SITE_IN_BOX = f"{REPO_IN_BOX}/.venv/lib/python{sys.version_info[0]}.{sys.version_info[1]}/site-packages"
+BOX_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+def _python_in_box() -> str:
+    return f"{PY_IN_BOX}/bin/python{sys.version_info[0]}.{sys.version_info[1]}"
+
+
+def _box_env() -> list[str]:
+    # ProtectHome hides /root, so the interpreter is bound under /opt; its
+    # RUNPATH still names the old place, hence LD_LIBRARY_PATH.
+    return [f'"PYTHONPATH={REPO_IN_BOX}:{SITE_IN_BOX}"', f'"LD_LIBRARY_PATH={PY_IN_BOX}/lib"',
+            f'"PATH={BOX_PATH}"']
+
+
+PROBE = """
+import sys
+from reconciler.actuator_client import ActuatorClient, ActuatorRefused
+from specs.actions import StartUnit
+client = ActuatorClient("/run/compliance-agent/actuator.sock", timeout=60)
+try:
+    result = client.execute(StartUnit(unit=sys.argv[1]))
+    print("RESULT ok=%s" % result.ok)
+except ActuatorRefused as e:
+    print("REFUSED %s" % e.reason)
+"""
+
+
+def _boxed_service(attrs: dict[str, Any], exec_start: str, **override: Any) -> str:
+    service = dict(attrs["serviceConfig"])
+    service.update(override)
+    service["ExecStart"] = exec_start
+    return render_unit("service", {**attrs, "path": [], "serviceConfig": service,
+                                   "environment": {}}).replace(
+        "[Service]\n", "[Service]\n" + "".join(f"Environment={e}\n" for e in _box_env()), 1)
+
+
+@pytest.fixture
+def booted(systemd_rootfs: Path, tmp_path: Path) -> Any:
+    from tests.harness.sdbox import Bind, SystemdContainer
+
+    binds = [Bind(PYENV, PY_IN_BOX), Bind(Path(__file__).resolve().parents[2], REPO_IN_BOX)]
+    with SystemdContainer(tmp_path / "box", rootfs=systemd_rootfs, binds=binds) as box:
+        yield box
+
+
+def test_module_units_under_real_systemd(booted: Any) -> None:
+    """Socket activation, SO_PEERCRED and the agent's sandbox, with the module's own units."""
+    box = booted
+    evaluated = evaluate()
+    services = evaluated["systemd"]["services"]
+    box.check(["useradd", "--system", "--user-group", "--no-create-home",
+               "--home-dir", "/var/lib/compliance-agent", "compliance-agent"])
+    box.write_file("/etc/compliance-agent/baseline.json", json.dumps({
+        "version": 1, "policy_version": "1",
+        "services": {"units": [{"name": "dummy-workload.service"}]},
+    }))
+    config = json.loads(evaluated["configText"])
+    config["baselinePath"] = "/etc/compliance-agent/baseline.json"
+    box.write_file("/etc/compliance-agent/config.json", json.dumps(config))
+    box.write_file("/etc/tmpfiles.d/compliance-agent.conf",
+                   "\n".join(evaluated["systemd"]["tmpfiles"]) + "\n")
+    box.check(["systemd-tmpfiles", "--create", "/etc/tmpfiles.d/compliance-agent.conf"])
+
+    py = _python_in_box()
+    box.install_unit("dummy-workload.service",
+                     "[Service]\nExecStart=/bin/sleep infinity\n")
+    box.install_unit("compliance-agent-actuator.socket", render_unit(
+        "socket", evaluated["systemd"]["sockets"]["compliance-agent-actuator"]))
+    box.install_unit("compliance-agent-actuator.service", _boxed_service(
+        services["compliance-agent-actuator"],
+        f"{py} -m reconciler.actuator_server --config /etc/compliance-agent/config.json "
+        "--allow-user compliance-agent --idle-exit 600"))
+    box.write_file("/etc/compliance-agent/probe.py", PROBE)
+    agent = services["compliance-agent"]
+    for name, unit in (("probe-allowed", "dummy-workload.service"),
+                       ("probe-refused", "ssh.service")):
+        box.install_unit(f"{name}.service", _boxed_service(
+            agent, f"{py} /etc/compliance-agent/probe.py {unit}",
+            Type="oneshot", WatchdogSec="0", NotifyAccess="none", Restart="no",
+            RuntimeDirectoryPreserve=True))
+    box.check(["systemctl", "start", "compliance-agent-actuator.socket"])
+
+    sock = box.check(["stat", "-c", "%U %G %a", "/run/compliance-agent/actuator.sock"])
+    assert sock.stdout.split() == ["root", "compliance-agent", "660"]
+
+    # The hardened agent sandbox (as the module writes it) reaches the actuator,
+    # which starts a baseline unit as root; a unit outside the baseline is refused.
+    box.check(["systemctl", "start", "probe-allowed.service"], timeout=120)
+    box.check(["systemctl", "start", "probe-refused.service"], timeout=120)
+    journal = box.check(["journalctl", "--no-pager", "-o", "cat", "-u", "probe-allowed.service",
+                         "-u", "probe-refused.service",
+                         "-u", "compliance-agent-actuator.service"]).stdout
+    assert "RESULT ok=True" in journal, journal
+    assert "REFUSED UnitNotInBaseline" in journal, journal
+    assert box.check(["systemctl", "is-active", "dummy-workload.service"]).stdout.strip() \
+        == "active"
+    uid = box.check(["id", "-u", "compliance-agent"]).stdout.strip()
+    assert f"peer_uid={uid}" in journal and "verdict=ok" in journal, journal
+
+    shown = box.check(["systemctl", "show", "probe-allowed.service", "-p", "User",
+                       "-p", "ProtectSystem", "-p", "CapabilityBoundingSet",
+                       "-p", "NoNewPrivileges", "-p", "RestrictAddressFamilies"]).stdout
+    props = dict(line.split("=", 1) for line in shown.strip().splitlines())
+    assert props["User"] == "compliance-agent" and props["ProtectSystem"] == "strict"
+    assert props["CapabilityBoundingSet"] == "" and props["NoNewPrivileges"] == "yes"
+    assert set(props["RestrictAddressFamilies"].split()) == {"AF_UNIX", "AF_INET", "AF_INET6"}
