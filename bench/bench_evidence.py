@@ -37,15 +37,23 @@ POST_STATE = {
     "ruleset_hash": "ab" * 32,
 }
 ACTION = ActionRecord(
-    step=1, action="RestartUnit", command=["systemctl", "restart", "svc1.service"],
-    exit_code=0, duration_sec=0.12, result="ok",
+    step=1,
+    action="RestartUnit",
+    command=["systemctl", "restart", "svc1.service"],
+    exit_code=0,
+    duration_sec=0.12,
+    result="ok",
 )
 
 
 def request(i: int) -> EvidenceRequest:
     return EvidenceRequest(
-        check="services", outcome="success", pre_state={"i": i}, post_state=POST_STATE,
-        actions=[ACTION], facts={"ntp_offset_ms": 1.5, "nixos_revision": "24.05.1234"},
+        check="services",
+        outcome="success",
+        pre_state={"i": i},
+        post_state=POST_STATE,
+        actions=[ACTION],
+        facts={"ntp_offset_ms": 1.5, "nixos_revision": "24.05.1234"},
     )
 
 
@@ -59,7 +67,9 @@ def main() -> int:
         store = open_store(Path(tmp) / "state.db")
         outbox = Outbox(store)
         writer = EvidenceWriter(
-            store, Signer(SigningKey.generate()), Path(tmp) / "evidence",
+            store,
+            Signer(SigningKey.generate()),
+            Path(tmp) / "evidence",
             EvidenceIdentity("clinic-1", "host-1", "reseller", "msp-1", "1.0"),
             on_stored=[outbox.on_stored],
         )
@@ -72,15 +82,19 @@ def main() -> int:
             writer.record_many([request(done + i) for i in range(k)])
             done += k
         dt, cpu = time.perf_counter() - t0, time.process_time() - c0
-        print(f"record_many (batch {args.batch}): {done} bundles in {dt:.3f} s = "
-              f"{done / dt:.0f}/s wall ({dt / done * 1e6:.0f} us each; "
-              f"CPU {cpu / done * 1e6:.0f} us = {done / cpu:.0f}/s)")
+        print(
+            f"record_many (batch {args.batch}): {done} bundles in {dt:.3f} s = "
+            f"{done / dt:.0f}/s wall ({dt / done * 1e6:.0f} us each; "
+            f"CPU {cpu / done * 1e6:.0f} us = {done / cpu:.0f}/s)"
+        )
         t0 = time.perf_counter()
         for i in range(args.single):
             writer.record(**request(i).__dict__)
         dt = time.perf_counter() - t0
-        print(f"record (one durable bundle per call): {args.single} in {dt:.3f} s = "
-              f"{args.single / dt:.0f}/s ({dt / args.single * 1e3:.2f} ms each)")
+        print(
+            f"record (one durable bundle per call): {args.single} in {dt:.3f} s = "
+            f"{args.single / dt:.0f}/s ({dt / args.single * 1e3:.2f} ms each)"
+        )
         with store.begin() as conn:
             queued = conn.execute(text("SELECT COUNT(*) FROM outbox")).scalar_one()
             indexed = conn.execute(text("SELECT COUNT(*) FROM evidence_bundles")).scalar_one()

@@ -79,7 +79,12 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         store = open_store(Path(tmp) / "state.db")
         adm = OrderAdmission(
-            [mcp.public_key_hex], "clinic-1", "host-1", 900, 5, NonceStore(store),
+            [mcp.public_key_hex],
+            "clinic-1",
+            "host-1",
+            900,
+            5,
+            NonceStore(store),
             clock=lambda: NOW,
         )
         fresh_batch = make_orders(mcp, n)
