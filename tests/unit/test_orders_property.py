@@ -25,7 +25,7 @@ from tests.unit.test_trust_support import (
     sign_order,
 )
 
-SETTINGS = settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+SETTINGS = settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 BASE_PAYLOAD = order_payload(nonce="0123456789abcdef" * 2)
 BASE_BYTES = json.dumps(BASE_PAYLOAD).encode()
