@@ -83,6 +83,11 @@ let
       (lib.concatMapStrings (r: r + "\n") syslogRules) ]
     (builtins.readFile ./egress.nft.in);
 
+  # Tools the controllers run (observation is read-only; changes go through
+  # the actuator). The running system's profile last, for what the host has.
+  agentPath = [ pkgs.getent pkgs.util-linux pkgs.cryptsetup pkgs.nftables ]
+    ++ cfg.extraPackages ++ [ "/run/current-system/sw" ];
+
   # The one sandbox of every unprivileged unit (agent, egress refresh, prune).
   # `systemd-analyze security` scores the agent unit at or below 2.0; the
   # module test prints the score. Not set, on purpose:
@@ -91,11 +96,6 @@ let
   #   nftables allowlist instead (by name, refreshed hourly).
   # * PrivateUsers: the agent stat()s files owned by other users (secrets'
   #   owners, audited paths); in a user namespace they would all read as nobody.
-  # Tools the controllers run (observation is read-only; changes go through
-  # the actuator). The running system's profile last, for what the host has.
-  agentPath = [ pkgs.getent pkgs.util-linux pkgs.cryptsetup pkgs.nftables ]
-    ++ cfg.extraPackages ++ [ "/run/current-system/sw" ];
-
   unprivilegedHardening = {
     User = user;
     Group = user;

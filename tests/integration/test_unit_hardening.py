@@ -52,8 +52,8 @@ def _value(v: Any) -> list[str]:
 def _section(name: str, entries: dict[str, Any]) -> list[str]:
     lines = [f"[{name}]"]
     for key, value in entries.items():
-        values = _value(value)
-        lines += [f"{key}={v}" for v in values] if values else [f"{key}="]
+        # like NixOS: an empty list writes nothing, an empty string resets (`Key=`)
+        lines += [f"{key}={v}" for v in _value(value)]
     return lines
 
 
