@@ -82,7 +82,8 @@ def desired_conditions(
         ConditionType.Ready: (F, first.reason, drift_msg),
         ConditionType.Drifted: (T, first.reason, drift_msg),
         ConditionType.Reconciling: (
-            (T, "WaitingForGuard", detail) if waiting else (F, "Idle", "")
+            (T, "WaitingForGuard" if detail else "ActionInProgress", detail)
+            if waiting else (F, "Idle", "")
         ),
         ConditionType.Stalled: (
             (F, "WaitingForGuard", detail)

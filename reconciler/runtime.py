@@ -278,6 +278,9 @@ def decide_outcome(res: ReconcileResult) -> Outcome:
     if not res.planned:
         # remediable drift with nothing to do now (e.g. systemd is already retrying)
         return Outcome.deferred
+    ran = res.executed
+    if ran and all(r.ok and r.action.completes_later for r in ran):
+        return Outcome.deferred  # started and still running: the next pass judges it
     return Outcome.failed
 
 

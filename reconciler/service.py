@@ -11,6 +11,7 @@ the agent runs offline: it keeps reconciling and queueing evidence.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -169,4 +170,26 @@ def build_daemon(cfg: AgentConfig) -> Daemon:
         daemon.on_stop.append(cp.stop)
         daemon.on_pass_done.append(cp.kick)
     daemon.on_stop.append(svc.close)
+    daemon.background.append(_daily_prune(svc))
     return daemon
+
+
+PRUNE_INTERVAL = 24 * 3600.0
+
+
+def _daily_prune(svc: Service) -> Callable[[], None]:
+    """Evidence retention once a day from the daemon too (the NixOS timer runs
+    `evidence prune` as well; both share one chain through SQLite's write lock)."""
+    import time
+
+    next_at = [time.monotonic() + 600.0]  # not during start-up
+
+    def job() -> None:
+        if time.monotonic() < next_at[0]:
+            return
+        next_at[0] = time.monotonic() + PRUNE_INTERVAL
+        result = svc.writer.prune()
+        log.info("evidence pruned", extra={"reason": "Retention",
+                                           "detail": json.dumps(result.to_json())[:300]})
+
+    return job

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -38,6 +38,10 @@ class HealthCheck(BaseModel):
 
 class BaseAction(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
+
+    # True for actions that start work and return (a backup job started with
+    # --no-block): drift right after them means "in progress", not "failed".
+    completes_later: ClassVar[bool] = False
 
     disruptive: bool = False
     reason: str = ""  # the drift reason that made the controller plan this
@@ -103,6 +107,8 @@ class RunBackup(UnitAction):
     """Trigger a backup job's unit without waiting for it (non-disruptive)."""
 
     type: Literal["RunBackup"] = "RunBackup"
+
+    completes_later: ClassVar[bool] = True
 
     def commands(self) -> list[list[str]]:
         return [[SYSTEMCTL, "start", "--no-block", self.unit]]
