@@ -25,7 +25,10 @@ SUITE = "bookworm"
 MIRROR = "http://deb.debian.org/debian"
 # Everything any integration test needs inside the container, in one place:
 # changing it changes the cache key and rebuilds the rootfs once.
-ROOTFS_PACKAGES: tuple[str, ...] = ("systemd", "dbus", "nftables", "procps", "iproute2")
+ROOTFS_PACKAGES: tuple[str, ...] = (
+    "systemd", "dbus", "nftables", "procps", "iproute2",
+    "python3",  # stdlib-only helpers (reconciler/nft_sandbox.py) run inside, e.g. in the demo
+)
 BUILD_TIMEOUT = 900.0  # seconds; a cold build takes ~30-60 s on a good mirror
 
 

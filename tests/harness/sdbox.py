@@ -49,6 +49,7 @@ STOP_TIMEOUT = 15.0
 CGROUP_HIERARCHIES = ("systemd", "unified")
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 UNIT_DIR_IN_CONTAINER = "/usr/local/lib/systemd/system"
+CONTAINER_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 _counter = itertools.count()
 
@@ -253,7 +254,9 @@ class SystemdContainer:
         if self.leader is None:
             raise ContainerError(f"container {self.name} is not running")
         wrapped = ["nsenter", "-t", str(self.leader), "-a", "--", *argv]
-        return run_capped(wrapped, timeout, env=command_env(), report_argv=argv)
+        # the host's PATH (venvs, pyenv shims) means nothing inside the container
+        env = command_env({"PATH": CONTAINER_PATH})
+        return run_capped(wrapped, timeout, env=env, report_argv=argv)
 
     def run(self, argv: Sequence[str], timeout: float = 30.0) -> Completed:
         done = self._nsenter(argv, timeout)

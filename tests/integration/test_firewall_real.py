@@ -20,6 +20,7 @@ from controllers.firewall import FirewallController
 from reconciler.actuator import LocalActuator
 from specs.actions import Action, ApplyNftRuleset
 from specs.drift import Remedy
+from specs.host import Host
 from specs.kinds.firewall import FirewallSpec
 from tests.harness.netns import NetNamespace
 from tests.harness.require import require_tool, unavailable
@@ -42,12 +43,12 @@ def baseline(tmp_path: Path) -> FirewallSpec:
     )
 
 
-def apply(ns: NetNamespace, action: Action) -> None:
+def apply(ns: Host, action: Action) -> None:
     result = LocalActuator(ns).execute(action)
     assert result.ok, result
 
 
-def drift_reasons(ctrl: FirewallController, ns: NetNamespace, spec: FirewallSpec) -> list[str]:
+def drift_reasons(ctrl: FirewallController, ns: Host, spec: FirewallSpec) -> list[str]:
     return [d.reason for d in ctrl.diff(spec, ctrl.observe(ns, spec))]
 
 
@@ -175,3 +176,31 @@ def test_sandbox_works_unprivileged_too(baseline: FirewallSpec) -> None:
         unavailable(f"unprivileged user namespaces are disabled here: {done.stderr.strip()}")
     assert done.exit_code == 0, done.stderr
     assert '"name": "admin_v4"' in done.stdout
+
+
+def test_in_a_systemd_container_with_its_own_network(
+    systemd_rootfs: Path, tmp_path: Path
+) -> None:
+    """The same flow on a booted system: file in /etc, sandbox helper run inside it."""
+    require_tool("nft")
+    from tests.harness.sdbox import Bind, SystemdContainer
+
+    reconciler_dir = Path(__file__).resolve().parents[2] / "reconciler"
+    with SystemdContainer(
+        tmp_path / "box", rootfs=systemd_rootfs, private_network=True,
+        binds=[Bind(reconciler_dir, "/opt/ca/reconciler")],
+    ) as box:
+        text = (FIX / "baseline.nft").read_text()
+        box.write_file("/etc/nftables.rules", text)
+        spec = FirewallSpec(ruleset_path="/etc/nftables.rules",
+                            ruleset_sha256=hashlib.sha256(text.encode()).hexdigest())
+        ctrl = FirewallController(
+            sandbox_argv=["python3", "-I", "/opt/ca/reconciler/nft_sandbox.py"]
+        )
+        obs = ctrl.observe(box, spec)
+        drifts = ctrl.diff(spec, obs)
+        assert [d.reason for d in drifts] == ["RulesetDrifted"], drifts
+        apply(box, ctrl.plan(spec, obs, drifts)[0])
+        assert "policy drop" in box.check(["nft", "list", "chain", "inet", "filter",
+                                           "input"]).stdout
+        assert drift_reasons(ctrl, box, spec) == []
