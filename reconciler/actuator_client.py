@@ -28,7 +28,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from reconciler.actuator import ActionResult
+from reconciler.actuator import ActionResult, skipped_result
 from reconciler.actuator_protocol import (
     DEVICE_READS,
     MAX_REPLY_BYTES,
@@ -43,6 +43,7 @@ from reconciler.actuator_protocol import (
 )
 from specs.actions import Action
 from specs.host import Completed, FileStat, Host, HostError
+from specs.status import Outcome
 
 # A rebuild (switch + health check + maybe rollback) can take minutes; the
 # actuator bounds every command itself, so this is only a backstop.
@@ -75,11 +76,36 @@ class ActuatorProtocolError(ActuatorError):
 
 
 class ActuatorClient:
-    def __init__(self, socket_path: Path | str, *, timeout: float = DEFAULT_TIMEOUT) -> None:
+    """`errors_as_results=True` makes `execute` never raise: a refusal or an
+    unreachable actuator becomes a failed ActionResult (outcome `deferred` for
+    OutsideMaintenanceWindow) whose error says why, which is what a reconcile
+    loop records as evidence and retries with backoff."""
+
+    def __init__(
+        self,
+        socket_path: Path | str,
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        errors_as_results: bool = False,
+    ) -> None:
         self.socket_path = Path(socket_path)
         self.timeout = timeout
+        self.errors_as_results = errors_as_results
 
     def execute(self, action: Action, step_start: int = 1) -> ActionResult:
+        if not self.errors_as_results:
+            return self._execute(action, step_start)
+        try:
+            return self._execute(action, step_start)
+        except ActuatorRefused as e:
+            outcome = Outcome.deferred if e.reason is Refusal.OutsideMaintenanceWindow else None
+            refused = skipped_result(action, "refused", f"{e.reason}: {e.message}", step_start)
+            return refused.model_copy(update={"outcome": outcome, "error": str(e)})
+        except ActuatorError as e:
+            failed = skipped_result(action, "failed", str(e), step_start)
+            return failed.model_copy(update={"error": str(e)})
+
+    def _execute(self, action: Action, step_start: int) -> ActionResult:
         reply = self._roundtrip(ActuatorRequest(action=action, step_start=step_start))
         if reply.status == "ok":
             if reply.result is None:

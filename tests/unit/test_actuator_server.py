@@ -453,3 +453,21 @@ def test_privileged_read_host_reports_a_missing_actuator_as_host_error(tmp_path:
     host = PrivilegedReadHost(RecordingHost(), ActuatorClient(tmp_path / "absent.sock"))
     with pytest.raises(HostError):
         host.run(["nft", "-j", "list", "ruleset"])
+
+
+def test_errors_as_results_turn_refusals_into_recorded_failures(env: Env) -> None:
+    from specs.status import Outcome
+
+    client = ActuatorClient(env.socket, errors_as_results=True)
+    action = RestartUnit(unit="sshd.service", disruptive=True)
+    result = serve(env.server(), lambda: client.execute(action, 5))
+    assert not result.ok and result.outcome is Outcome.deferred
+    assert result.records[0].result == "refused" and result.records[0].step == 5
+    assert "OutsideMaintenanceWindow" in (result.error or "")
+
+    other = serve(env.server(), lambda: client.execute(StartUnit(unit="evil.service")))
+    assert not other.ok and other.outcome is None and "UnitNotInBaseline" in (other.error or "")
+
+    gone = ActuatorClient(env.tmp / "absent.sock", errors_as_results=True)
+    down = gone.execute(StartUnit(unit="sshd.service"))
+    assert not down.ok and down.records[0].result == "failed" and "unavailable" in (down.error or "")
