@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 # 403, 407), where we send (404, 405, 421). Dead-lettering every bundle for a
 # revoked certificate or a wrong URL would only make work; they stay queued.
 SYSTEMIC_STATUSES = frozenset({401, 403, 404, 405, 407, 421})
+PRUNE_EVERY_SECONDS = 3600.0
 
 
 @dataclass(frozen=True)
@@ -75,6 +76,7 @@ class Deliverer:
         batch_size: int = 200,
         max_batches: int = 100,
         backoff: Backoff | None = None,
+        keep_delivered_seconds: float = 30 * 86400,
     ) -> None:
         if batch_size < 1 or max_batches < 1:
             raise ValueError("batch_size and max_batches must be >= 1")
@@ -84,6 +86,8 @@ class Deliverer:
         self.batch_size = batch_size
         self.max_batches = max_batches
         self.backoff = backoff or Backoff()
+        self.keep_delivered_seconds = keep_delivered_seconds
+        self._last_prune: float | None = None
 
     def deliver_once(self) -> DeliveryResult:
         """Send due bundles in batches until none are due, the server is in
@@ -97,7 +101,19 @@ class Deliverer:
             total += res
             if stop:
                 break
+        self._maybe_prune()
         return total
+
+    def _maybe_prune(self) -> None:
+        """Drop old receipts at most hourly so the outbox table stays bounded."""
+        now = self.clock().timestamp()
+        if self._last_prune is not None and now - self._last_prune < PRUNE_EVERY_SECONDS:
+            return
+        self._last_prune = now
+        pruned = self.outbox.prune_delivered(self.keep_delivered_seconds)
+        if pruned:
+            log.info("pruned %d delivered outbox rows older than %d s", pruned,
+                     self.keep_delivered_seconds)
 
     def _retry(self, item: OutboxItem, error: str) -> Retry:
         next_at = self.clock().timestamp() + self.backoff.delay(item.attempts + 1)

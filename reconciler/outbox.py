@@ -169,8 +169,9 @@ class Outbox:
                 conn.execute(
                     text(
                         "UPDATE outbox SET state = 'delivered', receipt_id = :rid,"
-                        " delivered_at = :now, attempts = attempts + 1, last_error = NULL"
-                        " WHERE bundle_id = :id AND state = 'queued'"
+                        " delivered_at = :now, attempts = attempts + 1, last_error = NULL,"
+                        # The evidence store keeps the bundle; the outbox keeps the receipt.
+                        " envelope = x'' WHERE bundle_id = :id AND state = 'queued'"
                     ),
                     d,
                 )
@@ -274,8 +275,9 @@ class Outbox:
         )
 
     def prune_delivered(self, older_than_seconds: float) -> int:
-        """Drop delivered rows older than the given age (the evidence store keeps
-        the bundles themselves; this only bounds the outbox)."""
+        """Drop delivered rows (receipts) older than the given age. The evidence
+        store keeps the bundles themselves; this only bounds the outbox. A
+        delivered row's envelope is already emptied when it is marked."""
         cutoff = self._now() - older_than_seconds
         with self.store.begin() as conn:
             res = conn.execute(

@@ -92,11 +92,17 @@ def test_redelivery_yields_same_receipt(tmp_path: Path, tls: TlsFiles) -> None:
         store, outbox, client = setup(tmp_path, tls, cp.url())
         ids = enqueue(store, outbox, ChainedBundles(key), 3)
         d = Deliverer(outbox, client, CLOCK)
+        queued = outbox.claim_batch(10)
         assert d.deliver_once().delivered == 3
         first = {e.bundle_id: e.receipt_id for e in outbox.entries()}
         # As if the agent crashed after sending but before recording the receipts.
         with store.begin() as conn:
-            conn.execute(text("UPDATE outbox SET state = 'queued', receipt_id = NULL"))
+            for item in queued:
+                conn.execute(
+                    text("UPDATE outbox SET state = 'queued', receipt_id = NULL, envelope = :e"
+                         " WHERE bundle_id = :id"),
+                    {"e": item.envelope, "id": item.bundle_id},
+                )
         assert d.deliver_once().delivered == 3
         assert {e.bundle_id: e.receipt_id for e in outbox.entries()} == first
         assert set(first) == set(ids)

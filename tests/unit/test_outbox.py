@@ -121,3 +121,12 @@ def test_on_stored_hook_signature(outbox: Outbox, store: Store) -> None:
     with store.begin() as conn:
         outbox.on_stored(conn, "h1", b"env")
     assert outbox.stats().depth == 1
+
+
+def test_delivered_row_keeps_receipt_not_envelope(outbox: Outbox, store: Store) -> None:
+    with store.begin() as conn:
+        outbox.enqueue(conn, "b", b"x" * 5000)
+    outbox.mark_delivered("b", "r")
+    with store.begin() as conn:
+        env, rid = conn.execute(text("SELECT envelope, receipt_id FROM outbox")).one()
+    assert (bytes(env), rid) == (b"", "r")

@@ -138,3 +138,23 @@ def test_backoff_is_capped_full_jitter() -> None:
     assert all(0 <= s <= 30 for s in samples)
     assert max(b.delay(1) for _ in range(200)) <= 1
     assert max(b.delay(20) for _ in range(200)) > 15  # reaches toward the cap
+
+
+def test_old_receipts_are_pruned_hourly(
+    env: tuple[Store, Outbox, Callable[[Handler], ControlPlaneClient]],
+) -> None:
+    _, outbox, make = env
+    outbox.settle(delivered=[("b0", "r0")])
+    t = [NOW]
+    later = Outbox(outbox.store, lambda: t[0])
+    d = Deliverer(
+        later, make(lambda r: httpx.Response(503)), lambda: t[0], keep_delivered_seconds=100
+    )
+    d.deliver_once()
+    assert later.stats().delivered == 1  # not old enough yet
+    t[0] = datetime.fromtimestamp(NOW.timestamp() + 200, UTC)
+    d.deliver_once()
+    assert later.stats().delivered == 1  # pruned at most hourly
+    t[0] = datetime.fromtimestamp(NOW.timestamp() + 4000, UTC)
+    d.deliver_once()
+    assert later.stats().delivered == 0
