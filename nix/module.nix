@@ -496,7 +496,6 @@ in
 
     systemd.services.compliance-agent = {
       description = "Compliance agent: declarative compliance reconciler";
-      documentation = [ "https://github.com/compliance-agent/compliance-agent" ];
       wantedBy = [ "multi-user.target" ];
       wants = [ "network-online.target" "compliance-agent-actuator.socket" ];
       after = [ "network-online.target" "nftables.service" "compliance-agent-actuator.socket" ];
