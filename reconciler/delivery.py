@@ -73,7 +73,8 @@ class Deliverer:
         outbox: Outbox,
         client: ControlPlaneClient,
         clock: Clock = utc_now,
-        batch_size: int = 200,
+        batch_size: int = 500,
+        max_batch_bytes: int = 4 * 1024 * 1024,
         max_batches: int = 100,
         backoff: Backoff | None = None,
         keep_delivered_seconds: float = 30 * 86400,
@@ -84,6 +85,7 @@ class Deliverer:
         self.client = client
         self.clock = clock
         self.batch_size = batch_size
+        self.max_batch_bytes = max_batch_bytes
         self.max_batches = max_batches
         self.backoff = backoff or Backoff()
         self.keep_delivered_seconds = keep_delivered_seconds
@@ -94,7 +96,7 @@ class Deliverer:
         trouble, or `max_batches` rounds were made (bounds one loop pass)."""
         total = DeliveryResult()
         for _ in range(self.max_batches):
-            items = self.outbox.claim_batch(self.batch_size)
+            items = self._within_budget(self.outbox.claim_batch(self.batch_size))
             if not items:
                 break
             res, stop = self._deliver_batch(items)
@@ -103,6 +105,16 @@ class Deliverer:
                 break
         self._maybe_prune()
         return total
+
+    def _within_budget(self, items: list[OutboxItem]) -> list[OutboxItem]:
+        """The longest prefix under `max_batch_bytes` (at least one item); the rest
+        stays queued and is claimed again by the next round."""
+        size = 0
+        for n, item in enumerate(items):
+            size += len(item.envelope) + 1
+            if size > self.max_batch_bytes and n > 0:
+                return items[:n]
+        return items
 
     def _maybe_prune(self) -> None:
         """Drop old receipts at most hourly so the outbox table stays bounded."""

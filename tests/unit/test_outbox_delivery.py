@@ -158,3 +158,18 @@ def test_old_receipts_are_pruned_hourly(
     t[0] = datetime.fromtimestamp(NOW.timestamp() + 4000, UTC)
     d.deliver_once()
     assert later.stats().delivered == 0
+
+
+def test_batches_respect_byte_budget(
+    env: tuple[Store, Outbox, Callable[[Handler], ControlPlaneClient]],
+) -> None:
+    _, outbox, make = env
+    sizes: list[int] = []
+
+    def handler(req: httpx.Request) -> httpx.Response:
+        sizes.append(len(json.loads(req.content)["envelopes"]))
+        return httpx.Response(200, json={"results": ok_all(req)})
+
+    d = Deliverer(outbox, make(handler), clock, max_batch_bytes=20)  # each envelope ~8 bytes
+    assert d.deliver_once().delivered == 4
+    assert sizes == [2, 2]
