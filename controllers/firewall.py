@@ -48,7 +48,8 @@ from specs.kinds.firewall import FirewallSpec
 
 LIST_TIMEOUT = 15.0
 SANDBOX_TIMEOUT = 60.0
-SANDBOX_NO_NAMESPACE = 4  # reconciler.nft_sandbox exit code: cannot make a netns
+SANDBOX_NFT_REJECTED = 3  # reconciler.nft_sandbox exit codes: nft refused the file,
+SANDBOX_NO_NAMESPACE = 4  # no private network namespace could be made
 CACHE_SIZE = 8
 
 
@@ -92,6 +93,7 @@ class FirewallController(ControllerBase[FirewallSpec]):
         # (file sha256, unmanaged tables, unmanaged sets) -> (digest, normalized)
         self._expected: dict[tuple[str, tuple[str, ...], tuple[str, ...]],
                              tuple[str, dict[str, Any]]] = {}
+        self._rejected: dict[tuple[str, tuple[str, ...], tuple[str, ...]], str] = {}
 
     # -- observe -------------------------------------------------------------
 
@@ -111,16 +113,21 @@ class FirewallController(ControllerBase[FirewallSpec]):
         if file_sha != spec.ruleset_sha256:
             return FirewallObserved(**base, file_matches=False)
         key = (file_sha, tuple(spec.unmanaged_tables), tuple(spec.unmanaged_set_elements))
+        if key in self._rejected:  # same bytes, same verdict: don't re-run nft every pass
+            return FirewallObserved(**base, file_matches=True, expected_error=self._rejected[key])
         cached = self._expected.get(key)
         if cached is None:
             done = host.run([*self._sandbox_argv, "--sha256", file_sha, spec.ruleset_path],
                             timeout=SANDBOX_TIMEOUT)
             if done.exit_code != 0:
+                error = (done.stderr.strip() or done.stdout.strip())[:2000] \
+                    or f"sandbox exited {done.exit_code}"
+                if done.exit_code == SANDBOX_NFT_REJECTED and len(self._rejected) < CACHE_SIZE:
+                    self._rejected[key] = error
                 return FirewallObserved(
                     **base, file_matches=True,
                     expected_unverifiable=done.exit_code == SANDBOX_NO_NAMESPACE,
-                    expected_error=(done.stderr.strip() or done.stdout.strip())[:2000]
-                    or f"sandbox exited {done.exit_code}",
+                    expected_error=error,
                 )
             expected = self._normalize(done.stdout, spec, "the sandboxed baseline ruleset")
             cached = (digest(expected), expected)

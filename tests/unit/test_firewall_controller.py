@@ -235,6 +235,21 @@ def test_sandbox_failure_is_alert_only(code: int, reason: str) -> None:
     assert ctrl.plan(spec(), obs, drifts) == []
 
 
+def test_rejected_file_is_not_re_evaluated_every_pass() -> None:
+    ctrl = controller()
+    host = FakeHost(listing("baseline"), sandbox=(3, "", "Error: syntax error"))
+    for _ in range(3):
+        obs = ctrl.observe(host, spec())
+        assert [d.reason for d in ctrl.diff(spec(), obs)] == ["RulesetInvalid"]
+    assert host.sandbox_calls() == 1
+    # an unverifiable verdict (no namespace) may be transient: asked again
+    host2 = FakeHost(listing("baseline"), sandbox=(4, "", "no netns"))
+    for _ in range(2):
+        controller_obs = ctrl.observe(host2, spec(unmanaged_tables=["ip nat"]))
+    assert controller_obs.expected_unverifiable
+    assert host2.sandbox_calls() == 2
+
+
 def test_unlistable_live_ruleset_is_an_observe_error() -> None:
     class NoCap(FakeHost):
         def run(self, argv: Sequence[str], timeout: float = 30.0) -> Completed:
