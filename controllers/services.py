@@ -32,10 +32,17 @@ and RestartUnit applies, under the runtime's per-unit exponential backoff
 
 ``enabled: false`` / ``active: false`` in the spec mean "not checked", not
 "must be disabled/stopped": stopping units is out of this controller's scope.
+
+Orders: a ``restart_service`` trigger for a unit of the spec is a drift
+(``RestartRequested``) until the unit entered ``active`` after the order was
+issued (``ActiveEnterTimestamp``; the Host runs commands with TZ=UTC),
+then it is satisfied: level-triggered, so a restart is neither lost nor repeated.
+A trigger for a unit the baseline does not list is alert-only.
 """
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -169,6 +176,48 @@ def show_argv(units: list[str]) -> list[str]:
     return ["systemctl", "show", f"--property={','.join(SHOW_PROPERTIES)}", *units]
 
 
+def parse_timestamp(value: str) -> datetime | None:
+    """`@1732586400` (--timestamp=unix) or systemd's UTC pretty form; None if unset."""
+    value = value.strip()
+    if not value or value in ("n/a", "0"):
+        return None
+    if value.startswith("@"):
+        try:
+            return datetime.fromtimestamp(float(value[1:]), tz=UTC)
+        except ValueError:
+            return None
+    try:
+        return datetime.strptime(value, "%a %Y-%m-%d %H:%M:%S UTC").replace(tzinfo=UTC)
+    except ValueError:
+        return None
+
+
+RESTART_ORDER = "restart_service"
+
+
+def _restart_drifts(spec: ServicesSpec, observed: ServicesObserved) -> list[Drift]:
+    out: list[Drift] = []
+    listed = {u.name for u in spec.units}
+    for trig in spec.triggers:
+        if trig.action != RESTART_ORDER:
+            continue
+        unit = str(trig.params.get("unit", ""))
+        field = f"units.{unit}.restart"
+        if unit not in listed or unit not in observed.units:
+            out.append(Drift(field=field, reason="UnitNotInBaseline", expected="listed unit",
+                             actual=unit, remedy=Remedy.alert,
+                             message=f"order {trig.order_id} asks to restart a unit the "
+                             "baseline does not manage; refused"))
+            continue
+        entered = parse_timestamp(observed.units[unit].active_enter_timestamp)
+        if entered is None or entered < trig.requested_at:
+            out.append(Drift(field=field, reason="RestartRequested",
+                             expected=f"active since >= {trig.requested_at.isoformat()}",
+                             actual=entered.isoformat() if entered else "never active",
+                             message=f"order {trig.order_id}"))
+    return out
+
+
 def _unique(units: list[UnitSpec]) -> list[str]:
     return list(dict.fromkeys(u.name for u in units))
 
@@ -196,7 +245,7 @@ class ServicesController(ControllerBase[ServicesSpec]):
                                      "the unit was not part of the observation", alert=True))
                 continue
             drifts.extend(_diff_unit(unit, state))
-        return drifts
+        return drifts + _restart_drifts(spec, observed)
 
     def plan(
         self, spec: ServicesSpec, observed: ServicesObserved, drifts: list[Drift]
@@ -208,10 +257,20 @@ class ServicesController(ControllerBase[ServicesSpec]):
             for u in spec.units
             for aspect in ("loaded", "enabled", "active")
         }
+        ordered = {d.field[len("units."):-len(".restart")]
+                   for d in drifts if d.reason == "RestartRequested"}
+        for trig in spec.triggers:
+            unit = str(trig.params.get("unit", ""))
+            if trig.action == RESTART_ORDER and unit in ordered and ("order", unit) not in seen:
+                seen.add(("order", unit))
+                actions.append(RestartUnit(unit=unit, reason="RestartRequested",
+                                           order_id=trig.order_id))
         for d in drifts:
             unit = by_field.get(d.field)  # drifts of other kinds/units are not ours
             if d.remedy is not Remedy.remediate or unit is None:
                 continue
+            if unit in ordered and d.reason in ("UnitFailed", "UnitInactive"):
+                continue  # the ordered restart covers it
             action: Action | None = None
             if d.reason == "UnitDisabled":
                 action = EnableUnit(unit=unit, reason=d.reason)

@@ -35,7 +35,9 @@ Clock = Callable[[], float]
 def command_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     """The environment commands run with: ours, plus a C locale and no pager/colour."""
     env = dict(os.environ)
-    env.update({"LC_ALL": "C", "LANG": "C", "SYSTEMD_PAGER": "", "SYSTEMD_COLORS": "0"})
+    # TZ=UTC: tools print timestamps in UTC, which parsers can compare with evidence times
+    env.update({"LC_ALL": "C", "LANG": "C", "TZ": "UTC", "SYSTEMD_PAGER": "",
+                "SYSTEMD_COLORS": "0"})
     if extra:
         env.update(extra)
     return env

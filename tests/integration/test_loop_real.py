@@ -214,3 +214,44 @@ def test_a_raising_controller_does_not_stop_the_others(
     assert active_state(box, "clinic-web.service") == "active"
     fw_ready = condition(agent, "firewall", ConditionType.Ready)
     assert fw_ready.status is ConditionStatus.unknown
+
+
+def test_restart_order_is_satisfied_once_in_a_real_systemd(
+    systemd_container: SystemdContainer, tmp_path: Path
+) -> None:
+    from specs.resource import Trigger
+
+    box = systemd_container
+    box.install_unit("clinic-web.service", WEB_UNIT)
+    box.check(["systemctl", "enable", "--now", "clinic-web.service"])
+    clock = Clock()
+    agent = make_agent(tmp_path, box, ["clinic-web.service"], clock)
+    issued = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=1)
+    trigger = Trigger(order_id="ord-1", action="restart_service",
+                      params={"unit": "clinic-web.service"}, requested_at=issued)
+    agent.desired.trigger_source = lambda: {"services": [trigger]}
+
+    def invocation() -> str:
+        return box.run(["systemctl", "show", "-p", "InvocationID", "--value",
+                        "clinic-web.service"]).stdout.strip()
+
+    first_id = invocation()
+    _wait_for_wall_clock(issued)
+    res = agent.run_pass().results[0]
+    assert [(a.action.type, a.action.order_id) for a in res.results] == [("RestartUnit", "ord-1")]
+    assert res.results[0].ok and res.outcome is Outcome.success
+    assert res.verdicts[0][1].reason == "OrderAdmitted"
+    second_id = invocation()
+    assert second_id != first_id, "the unit really restarted"
+    clock.now += timedelta(minutes=1)
+    again = agent.run_pass().results[0]
+    assert again.results == [] and again.ready, "a satisfied order is not repeated"
+    assert invocation() == second_id
+
+
+def _wait_for_wall_clock(when: datetime) -> None:
+    import time
+
+    deadline = time.monotonic() + 5
+    while datetime.now(UTC) < when and time.monotonic() < deadline:
+        time.sleep(0.05)
