@@ -345,3 +345,37 @@ def test_stub_evaluator_follows_module_system_priorities() -> None:
         check=False,
     )
     assert conflict.returncode != 0 and "conflicting definition values" in conflict.stderr
+
+
+def test_flake_outputs_have_the_promised_shape(tmp_path: Path) -> None:
+    """flake.nix's outputs, called with a stub nixpkgs: names only, nothing built."""
+    nix = require_tool("nix-instantiate")
+    expr = tmp_path / "flake-shape.nix"
+    expr.write_text(f"""
+      let
+        flake = import {REPO / "flake.nix"};
+        lib = import {REPO / "nix" / "eval" / "stub-lib.nix"};
+        nixpkgs = {{ inherit lib; legacyPackages = {{ x86_64-linux = {{ }}; aarch64-linux = {{ }}; }}; }};
+        self = flake.outputs {{ inherit self nixpkgs; }} // {{ outPath = "{REPO}"; }};
+        names = builtins.mapAttrs (_: builtins.attrNames);
+      in {{
+        packages = names self.packages;
+        checks = names self.checks;
+        devShells = names self.devShells;
+        apps = builtins.mapAttrs (_: builtins.mapAttrs (_: a: a.type)) self.apps;
+        formatter = builtins.attrNames self.formatter;
+        nixosModules = builtins.attrNames self.nixosModules;
+      }}
+    """)
+    proc = subprocess.run([nix, "--eval", "--strict", "--json", str(expr)],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    systems = ["aarch64-linux", "x86_64-linux"]
+    assert sorted(out["packages"]) == systems and out["formatter"] == systems
+    for system in systems:
+        assert set(out["packages"][system]) == {"compliance-agent", "default"}
+        assert {"package", "module-eval-stub", "vm"} <= set(out["checks"][system])
+        assert out["devShells"][system] == ["default"]
+        assert out["apps"][system]["demo"] == "app"
+    assert set(out["nixosModules"]) == {"compliance-agent", "default"}
