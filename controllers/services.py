@@ -260,10 +260,10 @@ class ServicesController(ControllerBase[ServicesSpec]):
         ordered = {d.field[len("units."):-len(".restart")]
                    for d in drifts if d.reason == "RestartRequested"}
         for trig in spec.triggers:
-            unit = str(trig.params.get("unit", ""))
-            if trig.action == RESTART_ORDER and unit in ordered and ("order", unit) not in seen:
-                seen.add(("order", unit))
-                actions.append(RestartUnit(unit=unit, reason="RestartRequested",
+            wanted = str(trig.params.get("unit", ""))
+            if trig.action == RESTART_ORDER and wanted in ordered and ("order", wanted) not in seen:
+                seen.add(("order", wanted))
+                actions.append(RestartUnit(unit=wanted, reason="RestartRequested",
                                            order_id=trig.order_id))
         for d in drifts:
             unit = by_field.get(d.field)  # drifts of other kinds/units are not ours
