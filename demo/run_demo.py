@@ -76,6 +76,7 @@ def main() -> int:
         return 2
     from controllers.firewall import FirewallController
     from reconciler.actuator import LocalActuator
+    from reconciler.logs import setup_logging
     from reconciler.keys import generate_key_file
     from reconciler.plan_view import render_pass
     from reconciler.service import build_service
@@ -83,6 +84,7 @@ def main() -> int:
     from tests.harness.sdbox import Bind, SystemdContainer, ensure_rootfs
     from tests.integration.nixos_standin import StandinGeneration, install_nixos_standin
 
+    setup_logging("ERROR")  # the story prints what matters
     state = REPO / "demo" / "state" / datetime.now(UTC).strftime("run-%Y%m%dT%H%M%SZ")
     state.mkdir(parents=True)
     say("Stage: throwaway CA and keys, control plane on 127.0.0.1, a systemd container")
@@ -186,13 +188,14 @@ def story(state: Path, config: Path, cp: ControlPlane, box: Any, pki: Any,
         svc.recorder.request_snapshot()
         agent.run_pass()
         loop.deliver_once()
-    print(indent(cli(config, "queue")))
+    print(indent("\n".join(cli(config, "queue").splitlines()[:4])))
+    print("   ... control plane back")
     cp.cli("outage", "off")
     deadline = time.monotonic() + 30
     while svc.outbox.stats().depth and time.monotonic() < deadline:
         loop.deliver_once()
         time.sleep(0.2)
-    print(indent(cli(config, "queue")))
+    print(indent("\n".join(cli(config, "queue").splitlines()[:4])))
 
     say("6. Tally")
     summary = json.loads(cp.cli("summary"))

@@ -116,8 +116,8 @@ class Agent:
         self.clock = clock
         self.store = store or open_store(cfg.database_path)
         self.status_store = StatusStore(self.store)
-        self.host = host or _local_host()
-        self.actuator = actuator or _actuator_for(cfg, self.host)
+        self.host = host or host_for(cfg)
+        self.actuator = actuator or actuator_for(cfg, self.host)
         self.metrics = metrics or AgentMetrics(VERSION)
         self.desired = DesiredState(cfg)
         self._controllers: dict[str, Any] = dict(controllers or {})
@@ -227,17 +227,27 @@ def exit_code_for(report: PassReport) -> int:
     return 1
 
 
-def _local_host() -> Host:
+def host_for(cfg: AgentConfig) -> Host:
+    """The host the agent observes. Under the NixOS module the agent has no
+    capabilities, so the few privileged reads (nft listings, LUKS headers) go
+    to the root actuator; everything else runs locally."""
     from reconciler.host import LocalHost
 
-    return LocalHost()
+    if cfg.actuator_socket is None:
+        return LocalHost()
+    from reconciler.actuator_client import ActuatorClient, PrivilegedReadHost
+
+    return PrivilegedReadHost(LocalHost(), ActuatorClient(cfg.actuator_socket))
 
 
-def _actuator_for(cfg: AgentConfig, host: Host) -> Actuator:
+def actuator_for(cfg: AgentConfig, host: Host) -> Actuator:
+    """In-process actuator, or the root actuator's socket when configured. A
+    refusal or an unreachable actuator becomes a failed (or deferred) result,
+    never an exception in the loop."""
     if cfg.actuator_socket is not None:
         from reconciler.actuator_client import ActuatorClient
 
-        return ActuatorClient(cfg.actuator_socket)
+        return ActuatorClient(cfg.actuator_socket, errors_as_results=True)
     from reconciler.actuator import LocalActuator
 
     return LocalActuator(host, rebuild_health_timeout=cfg.rebuild_health_check_timeout)

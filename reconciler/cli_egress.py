@@ -20,8 +20,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from controllers.egress import EgressController, EgressObserved, EgressObserveError
-from reconciler.actuator import ActionResult, Actuator, LocalActuator, dry_run_result
-from reconciler.host import LocalHost
+from reconciler.actuator import ActionResult, Actuator, dry_run_result
 from specs.baseline import BaselineError, load_baseline
 from specs.config import AgentConfig, ConfigError, load_config
 from specs.drift import Drift, Remedy
@@ -52,8 +51,10 @@ def cmd_refresh(args: argparse.Namespace) -> int:
     except (ConfigError, BaselineError) as e:
         print(f"egress refresh: {e}", file=sys.stderr)
         return EXIT_ERROR
-    host = LocalHost()
-    actuator = None if args.dry_run else LocalActuator(host)
+    from reconciler.agent import actuator_for, host_for
+
+    host = host_for(config)
+    actuator = None if args.dry_run else actuator_for(config, host)
     return refresh(config, baseline.egress, host, actuator, json_output=args.json)
 
 

@@ -29,6 +29,9 @@ class LogfmtFormatter(logging.Formatter):
             value = getattr(record, name, None)
             if value:
                 parts.append(f"{name}={_quote(value)}")
+        if not getattr(record, "resource", None) and record.name.startswith(("reconciler.",
+                                                                            "controllers.")):
+            parts.append(f"logger={record.name}")
         parts.append(f"msg={_quote(record.getMessage())}")
         detail = getattr(record, "detail", None)
         if detail:
@@ -39,9 +42,12 @@ class LogfmtFormatter(logging.Formatter):
 
 
 def setup_logging(level: str = "INFO", stream: TextIO | None = None) -> None:
+    """One handler on the root logger: every module's records (ours under
+    `compliance_agent.*`, others under their module names) come out as logfmt."""
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(LogfmtFormatter())
-    root = logging.getLogger("compliance_agent")
+    root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    root.propagate = False
+    for noisy in ("httpx", "httpcore"):  # request lines would drown the agent's events
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))

@@ -81,7 +81,7 @@ def _result_lines(r: ReconcileResult) -> list[str]:
                 label = f"ran -> {rec.result}"
                 if rec.exit_code not in (None, 0):
                     label += f" (exit {rec.exit_code})"
-            out.append(f"    > {action.action.type}: {cmd}  [{label}]")
+            out.append(f"    > {rec.action}: {cmd}  [{label}]")
         if held is not None and held.reason != "DryRun":
             out.append(f"      {held.message}")
         if held is not None and held.reason == "DryRun":
