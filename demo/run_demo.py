@@ -76,8 +76,8 @@ def main() -> int:
         return 2
     from controllers.firewall import FirewallController
     from reconciler.actuator import LocalActuator
-    from reconciler.logs import setup_logging
     from reconciler.keys import generate_key_file
+    from reconciler.logs import setup_logging
     from reconciler.plan_view import render_pass
     from reconciler.service import build_service
     from reconciler.window import MaintenanceWindow
