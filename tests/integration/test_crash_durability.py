@@ -80,6 +80,9 @@ def test_sigkill_at_random_points_loses_and_duplicates_nothing(tmp_path: Path) -
         received = {e.bundle_id: e for e in cp.storage.evidence()}
         summary = build_summary(cp.storage)
 
+    # Redeliveries the receiver deduplicated = kills between sending and recording.
+    print(f"{KILLS} kills, {len(index)} bundles, "
+          f"{summary['duplicates_suppressed']} redeliveries deduplicated")
     assert len(index) > KILLS, "the driver made too few bundles to mean anything"
     assert outbox == {"delivered": len(index)}, outbox
     # Every indexed bundle exactly once at the receiver, nothing else.
