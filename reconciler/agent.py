@@ -192,6 +192,7 @@ class Agent:
                 self.metrics.actions.labels(res.kind, rec.action, rec.result).inc()
         if res.status is not None:
             self.metrics.observe_status(res.status)
+        self.metrics.observe_facts(res.kind, res.facts)
         if self.runtime.clock_offset_ms is not None:
             self.metrics.ntp_offset.set(self.runtime.clock_offset_ms / 1000.0)
 

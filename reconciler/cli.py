@@ -93,6 +93,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     store, ss = _readonly_status(cfg)
     try:
         doc = status_document(ss.load_all(), ss.last_pass(), datetime.now(UTC))
+        doc["evidence_queue"] = _queue_summary(store)
     finally:
         store.close()
     if args.output == "json":
@@ -100,6 +101,18 @@ def cmd_status(args: argparse.Namespace) -> int:
     else:
         print(render_status_table(doc, datetime.now(UTC)))
     return 0
+
+
+def _queue_summary(store: Any) -> dict[str, Any] | None:
+    """Outbox depth and dead letters, so `status` shows undelivered evidence too."""
+    import dataclasses
+
+    from reconciler.outbox import Outbox
+
+    try:
+        return dataclasses.asdict(Outbox(store).stats())
+    except Exception:  # an agent that never ran delivery has no outbox table yet
+        return None
 
 
 def cmd_describe(args: argparse.Namespace) -> int:

@@ -11,6 +11,7 @@ import platform
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import TypeGuard
 
 from prometheus_client import (
     CollectorRegistry,
@@ -68,6 +69,10 @@ class AgentMetrics:
         self.ntp_offset = Gauge(f"{NS}_clock_offset_seconds",
                                 "Last observed clock offset from NTP.", registry=r)
         self.up = Gauge(f"{NS}_up", "1 while the daemon runs.", registry=r)
+        self.fact = Gauge(f"{NS}_resource_fact",
+                          "Numeric facts a controller reports (snapshot age, generation, "
+                          "element counts, ...), by kind and fact name.",
+                          ["kind", "fact"], registry=r)
         self._collect_hooks: list[Callable[[], None]] = []
 
     def add_collect_hook(self, hook: Callable[[], None]) -> None:
@@ -81,6 +86,16 @@ class AgentMetrics:
             self.condition_since.labels(status.kind, c.type.value).set(
                 c.last_transition_time.timestamp()
             )
+
+    def observe_facts(self, kind: str, facts: dict[str, object]) -> None:
+        """Export numeric facts (and one level of numeric dicts) as gauges."""
+        for name, value in facts.items():
+            if isinstance(value, dict):
+                for sub, inner in value.items():
+                    if _numeric(inner):
+                        self.fact.labels(kind, f"{name}.{sub}").set(float(inner))
+            elif _numeric(value):
+                self.fact.labels(kind, name).set(float(value))
 
     def remove_kind(self, kind: str) -> None:
         for g in (self.ready, self.drifted):
@@ -111,6 +126,10 @@ class AgentMetrics:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
             raise
+
+
+def _numeric(value: object) -> TypeGuard[int | float]:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def _tri(status: ResourceStatus, ctype: ConditionType) -> int:

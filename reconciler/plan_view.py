@@ -135,6 +135,10 @@ def render_status_table(doc: dict[str, Any], now: datetime) -> str:
     lp = doc.get("last_pass")
     tail = (f"last pass {age(lp['finished_at'], now)} ago, {lp['duration_sec'] * 1000:.0f} ms"
             if lp else "no pass recorded yet")
+    queue = doc.get("evidence_queue")
+    if queue:
+        tail += (f"; evidence: {queue['depth']} queued, {queue['dead']} dead letter(s), "
+                 f"{queue['delivered']} delivered")
     if len(rows) == 1:
         return f"HOST {doc['summary']}: no resources reconciled yet ({tail})"
     return _table(rows) + f"\n\nHOST {doc['summary']}  ({tail})"

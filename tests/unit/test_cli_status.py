@@ -41,6 +41,7 @@ def test_status_table_and_json_while_writer_open(
     firewall = next(line for line in lines if line.startswith("firewall"))
     assert firewall.split()[:4] == ["firewall", "True", "False", "InSync"]
     assert "HOST Failed" in out  # alert-only drift = stalled
+    assert "evidence: 0 queued, 0 dead letter(s)" in out
 
     assert main(["status", "-o", "json", "--config", str(cfg)]) == 0
     doc = json.loads(capsys.readouterr().out)
