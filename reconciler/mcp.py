@@ -200,21 +200,36 @@ class ControlPlaneClient:
         return f"/api/v1/sites/{site}/hosts/{host}/{leaf}"
 
     def _request(self, method: str, path: str, **kw: Any) -> httpx.Response:
+        request = self._http.build_request(method, path, **kw)
         try:
-            resp = self._http.request(method, path, **kw)
+            # Streamed, so a broken or hostile server cannot make the agent buffer
+            # an unbounded body (the cap applies after content decoding).
+            streamed = self._http.send(request, stream=True)
+            chunks: list[bytes] = []
+            size = 0
+            try:
+                for chunk in streamed.iter_bytes():
+                    size += len(chunk)
+                    if size > MAX_RESPONSE_BYTES:
+                        raise PermanentError(
+                            f"{method} {path}: response larger than {MAX_RESPONSE_BYTES} bytes"
+                        )
+                    chunks.append(chunk)
+            finally:
+                streamed.close()
         except httpx.TimeoutException as e:
             raise TransientError(f"{method} {path}: timed out ({type(e).__name__})") from None
         except httpx.TransportError as e:
             # TLS verification failures land here too; say so plainly.
             raise TransientError(f"{method} {path}: {type(e).__name__}: {e}") from None
+        resp = httpx.Response(
+            streamed.status_code, headers=streamed.headers, content=b"".join(chunks),
+            request=request,
+        )
         date = resp.headers.get("date")
         if date:
             with contextlib.suppress(TypeError, ValueError):
                 self.last_server_date = parsedate_to_datetime(date)
-        if len(resp.content) > MAX_RESPONSE_BYTES:
-            raise PermanentError(
-                f"{method} {path}: response larger than {MAX_RESPONSE_BYTES} bytes"
-            )
         if resp.status_code >= 400 or resp.status_code < 200:
             detail = resp.text[:200].strip()
             msg = f"{method} {path}: HTTP {resp.status_code}" + (f": {detail}" if detail else "")

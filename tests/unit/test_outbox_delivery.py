@@ -173,3 +173,17 @@ def test_batches_respect_byte_budget(
     d = Deliverer(outbox, make(handler), clock, max_batch_bytes=20)  # each envelope ~8 bytes
     assert d.deliver_once().delivered == 4
     assert sizes == [2, 2]
+
+
+def test_oversized_answer_is_cut_off_and_retried(
+    env: tuple[Store, Outbox, Callable[[Handler], ControlPlaneClient]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import reconciler.mcp
+
+    monkeypatch.setattr(reconciler.mcp, "MAX_RESPONSE_BYTES", 1000)
+    _, outbox, make = env
+    big = httpx.Response(200, content=b"x" * 5000)
+    res = Deliverer(outbox, make(lambda r: big), clock).deliver_once()
+    assert (res.retried, res.dead) == (4, 0)
+    assert "larger than 1000 bytes" in (outbox.entries()[0].last_error or "")
