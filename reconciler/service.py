@@ -70,7 +70,7 @@ def build_service(
     from reconciler.baseline_source import BaselineSource
     from reconciler.evidence import EvidenceIdentity, EvidenceWriter, RetentionPolicy
     from reconciler.evidence_recorder import EvidenceRecorder
-    from reconciler.integrations import IntegrationHook, build_integrations
+    from reconciler.integrations import IntegrationError, IntegrationHook, build_integrations
     from reconciler.keys import KeyFileError, load_signing_key
     from reconciler.outbox import Outbox
     from reconciler.triggers import TriggerStore
@@ -80,9 +80,13 @@ def build_service(
     except KeyFileError as e:
         raise StartupError(f"signingKeyFile: {e}") from None
 
+    try:
+        sinks = build_integrations(cfg)
+    except IntegrationError as e:
+        raise StartupError(f"reseller integrations: {e}") from None
     agent = Agent(cfg, host=host, actuator=actuator, clock=clock, controllers=controllers)
     outbox = Outbox(agent.store)
-    hook = IntegrationHook(build_integrations(cfg))
+    hook = IntegrationHook(sinks)
     writer = EvidenceWriter(
         agent.store, signer, cfg.evidence_directory, EvidenceIdentity.from_config(cfg),
         clock=clock, on_stored=[outbox.on_stored, hook],
