@@ -53,12 +53,31 @@ def spec(**kw: object) -> LoggingSpec:
 def box(systemd_container: SystemdContainer) -> Iterator[SystemdContainer]:
     systemd_container.install_unit("fwd-standin.service", FORWARDER_UNIT)
     systemd_container.check(["systemctl", "enable", "--now", "fwd-standin.service"])
+    _wait_forwarder_following(systemd_container)
     try:
         yield systemd_container
     finally:
         # never leave journald frozen, even if an assertion failed mid-test
         with contextlib.suppress(Exception):
             systemd_container.run(["systemctl", "kill", "-s", "CONT", JOURNALD])
+
+
+def _wait_forwarder_following(box: SystemdContainer, deadline_s: float = 20.0) -> None:
+    """`active` only means the forwarder's process exists; its `journalctl -f -n 0`
+    forwards nothing written before it opened the journal. Send warm-up lines
+    until one arrives, so the tests measure the controller, not start-up."""
+    deadline = time.monotonic() + deadline_s
+    n = 0
+    while time.monotonic() < deadline:
+        n += 1
+        box.check(["systemd-cat", "-t", "compliance-agent-canary", "echo", f"warm-up-{n}"])
+        poll_until = time.monotonic() + 0.5
+        while time.monotonic() < poll_until:
+            with contextlib.suppress(OSError):
+                if "warm-up-" in box.read_text(SPOOL):
+                    return
+            time.sleep(0.05)
+    raise AssertionError("the forwarder stand-in never started forwarding")
 
 
 def wait_active(box: SystemdContainer, unit: str, deadline_s: float = 10.0) -> str:
