@@ -36,7 +36,7 @@ pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
 NOBODY = 65534
-FW_RULESET = "table inet h6_baseline_fw {\n\tchain input {\n\t\ttype filter hook input priority 0; policy accept;\n\t}\n}\n"  # noqa: E501
+FW_RULESET = "table inet h6_baseline_fw {\n\tchain input {\n\t\ttype filter hook input priority 0; policy accept;\n\t}\n}\n"
 
 
 def _window_excluding_now() -> str:
