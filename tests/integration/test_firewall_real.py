@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import sys
 import tempfile
@@ -167,9 +168,14 @@ def test_sandbox_works_unprivileged_too(baseline: FirewallSpec) -> None:
         path = Path(tmp) / "nftables.rules"
         shutil.copy(baseline.ruleset_path, path)
         path.chmod(0o644)
+        # so is the checkout (a CI clone may live in a 0700 directory): run a copy
+        # of the stdlib-only helper by path, as the controller does
+        helper = Path(tmp) / "nft_sandbox.py"
+        shutil.copy(Path(__file__).resolve().parents[2] / "reconciler" / "nft_sandbox.py", helper)
+        helper.chmod(0o644)
         done = LocalHost().run([
             "setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
-            sys.executable, "-m", "reconciler.nft_sandbox",
+            os.path.realpath(sys.executable), "-I", str(helper),
             "--sha256", baseline.ruleset_sha256, str(path),
         ], timeout=30)
     if done.exit_code == 4:

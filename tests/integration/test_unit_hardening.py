@@ -217,7 +217,14 @@ def _boxed_service(attrs: dict[str, Any], exec_start: str, **override: Any) -> s
 def booted(systemd_rootfs: Path, tmp_path: Path) -> Any:
     from tests.harness.sdbox import Bind, SystemdContainer
 
-    binds = [Bind(PYENV, PY_IN_BOX), Bind(Path(__file__).resolve().parents[2], REPO_IN_BOX)]
+    # Bind each package and the venv's site-packages on their own: the mount roots
+    # then carry those directories' modes, whatever the mode of the checkout
+    # around them (a CI clone may sit in a 0700 directory the agent user can't enter).
+    repo = Path(__file__).resolve().parents[2]
+    site = next((repo / ".venv" / "lib").glob("python3*/site-packages"))
+    binds = [Bind(PYENV, PY_IN_BOX), Bind(site, SITE_IN_BOX),
+             *(Bind(repo / pkg, f"{REPO_IN_BOX}/{pkg}")
+               for pkg in ("specs", "controllers", "reconciler"))]
     with SystemdContainer(tmp_path / "box", rootfs=systemd_rootfs, binds=binds) as box:
         yield box
 
