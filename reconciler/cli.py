@@ -37,8 +37,13 @@ def _fail(msg: str, code: int = 2) -> int:
 
 # -- run -----------------------------------------------------------------------
 def cmd_run(args: argparse.Namespace) -> int:
+    import signal
+
     from reconciler.logs import setup_logging
 
+    # Until the daemon owns SIGTERM, a stop request during start-up is a clean exit
+    # (SQLite rolls back whatever was in flight), not death by signal.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     cfg = _load_cfg(args.config)
     setup_logging(cfg.log_level.value)
     from reconciler.service import StartupError, build_daemon

@@ -102,8 +102,10 @@ def test_sigkill_the_real_daemon_loses_and_duplicates_nothing(tmp_path: Path) ->
                 proc.wait(10)
                 cp.set_outage(False)
         # a last run drains what the kills left queued, then stops cleanly
+        before = len(_index(db))
         proc = subprocess.Popen(argv, cwd=REPO_ROOT, stdout=log, stderr=log)
         try:
+            wait_for(lambda: len(_index(db)) > before, 30, "the last run to be up")
             wait_for(lambda: _queued(db) == 0, 120, "the outbox to drain")
         finally:
             proc.send_signal(signal.SIGTERM)
