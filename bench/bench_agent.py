@@ -40,12 +40,16 @@ WantedBy=multi-user.target
 
 
 def _config(tmp: Path, baseline: dict[str, object], **extra: object) -> Path:
+    from reconciler.keys import generate_key_file
+
     (tmp / "baseline.json").write_text(json.dumps(baseline))
+    if not (tmp / "signing.key").exists():
+        generate_key_file(tmp / "signing.key")
     cfg = {
         "siteId": "bench", "hostId": "bench-host", "deploymentMode": "direct",
         "baselinePath": str(tmp / "baseline.json"),
         "clientCertFile": "/nonexistent/c", "clientKeyFile": "/nonexistent/k",
-        "signingKeyFile": "/nonexistent/s", "caCertFile": "/nonexistent/ca",
+        "signingKeyFile": str(tmp / "signing.key"), "caCertFile": "/nonexistent/ca",
         "mcpPublicKeys": ["ab" * 32], "stateDirectory": str(tmp / "state"),
         "statusSocket": str(tmp / "status.sock"), **extra,
     }
@@ -58,13 +62,14 @@ def bench_pass(passes: int) -> None:
     from controllers.firewall import FirewallController
     from controllers.services import ServicesController
     from reconciler.actuator import LocalActuator
-    from reconciler.agent import Agent
+    from reconciler.service import build_service
     from specs.config import load_config
-    from tests.harness.sdbox import SystemdContainer, ensure_rootfs
+    from tests.harness.sdbox import Bind, SystemdContainer, ensure_rootfs
 
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
-        with SystemdContainer(tmp / "box", rootfs=ensure_rootfs(), private_network=True) as box:
+        with SystemdContainer(tmp / "box", rootfs=ensure_rootfs(), private_network=True,
+                              binds=[Bind(REPO / "reconciler", "/opt/ca/reconciler")]) as box:
             units = [f"bench-{i}.service" for i in range(5)]
             for u in units:
                 box.install_unit(u, UNIT)
@@ -77,9 +82,12 @@ def bench_pass(passes: int) -> None:
                 "firewall": {"ruleset_path": "/etc/bench.nft", "ruleset_sha256": sha},
                 "services": {"units": [{"name": u} for u in units]},
             }))
-            agent = Agent(cfg, host=box, actuator=LocalActuator(box),
-                          controllers={"firewall": FirewallController(),
-                                       "services": ServicesController()})
+            # the production wiring (evidence, outbox), no network
+            agent = build_service(
+                cfg, host=box, actuator=LocalActuator(box), with_control_plane=False,
+                controllers={"firewall": FirewallController(
+                                 ["python3", "-I", "/opt/ca/reconciler/nft_sandbox.py"]),
+                             "services": ServicesController()}).agent
             agent.run_pass()  # warm caches (expected ruleset digest, imports)
             walls, cpus, child_cpus = [], [], []
             for _ in range(passes):
