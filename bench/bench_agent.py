@@ -39,6 +39,26 @@ WantedBy=multi-user.target
 """
 
 
+BENCH_VENV = REPO / ".cache" / "bench-venv"
+
+
+def runtime_python() -> str:
+    """An interpreter with only the runtime dependencies (as a Nix or pip install of
+    the package has), so the daemon's RSS is not inflated by dev tools that
+    libraries import opportunistically (httpx loads click and pygments if present)."""
+    import tomllib
+
+    deps = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    key = hashlib.sha256("\n".join(deps).encode()).hexdigest()
+    stamp = BENCH_VENV / ".deps-sha256"
+    if not stamp.exists() or stamp.read_text() != key:
+        subprocess.run([sys.executable, "-m", "venv", "--clear", str(BENCH_VENV)], check=True)
+        subprocess.run([str(BENCH_VENV / "bin" / "python"), "-m", "pip", "install", "-q", *deps],
+                       check=True)
+        stamp.write_text(key)
+    return str(BENCH_VENV / "bin" / "python")
+
+
 def _config(tmp: Path, baseline: dict[str, object], **extra: object) -> Path:
     from reconciler.keys import generate_key_file
 
@@ -118,17 +138,27 @@ def bench_daemon(rss_seconds: float) -> None:
         nft_file.write_text(RULESET)
         ns.run(["nft", "-f", str(nft_file)])
         sha = hashlib.sha256(RULESET.encode()).hexdigest()
+        # real certificates so the control-plane client (httpx, TLS) is built as in
+        # production; nothing listens on the port, so delivery just keeps retrying
+        from tests.support.tls import make_tls
+
+        tls = make_tls(tmp / "tls")
         cfg = _config(tmp, {
             "version": 1, "policy_version": "1.0",
             "firewall": {"ruleset_path": str(nft_file), "ruleset_sha256": sha},
-        }, pollInterval=1, metricsTextfile=str(tmp / "agent.prom"))
+        }, pollInterval=1, metricsTextfile=str(tmp / "agent.prom"),
+            clientCertFile=str(tls.client_cert), clientKeyFile=str(tls.client_key),
+            caCertFile=str(tls.ca_cert), mcpUrl="https://localhost:9",
+            allowedHosts=["localhost"])
         notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         notify.bind(str(tmp / "notify.sock"))
         notify.settimeout(0.05)
-        env = dict(os.environ, NOTIFY_SOCKET=str(tmp / "notify.sock"))
+        env = dict(os.environ, NOTIFY_SOCKET=str(tmp / "notify.sock"), PYTHONPATH=str(REPO))
+        env.update(dict(kv.split("=", 1) for kv in os.environ.get("BENCH_ENV", "").split()))
+        python = runtime_python()
         t0 = time.monotonic()
         proc = subprocess.Popen(
-            ["ip", "netns", "exec", ns.name, sys.executable, "-m", "reconciler.cli", "run",
+            ["ip", "netns", "exec", ns.name, python, "-m", "reconciler.cli", "run",
              "--config", str(cfg)],
             env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )

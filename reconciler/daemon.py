@@ -72,6 +72,7 @@ class Daemon:
         self.passes_completed = 0
         self.on_stop: list[Callable[[], None]] = []  # run after the loop ends, in order
         self.on_pass_done: list[Callable[[], None]] = []  # e.g. deliver the new evidence
+        self.after_ready: list[Callable[[], None]] = []  # start-up work READY need not wait for
 
     # -- lifecycle -------------------------------------------------------------
     def install_signal_handlers(self) -> None:
@@ -102,6 +103,8 @@ class Daemon:
         for w in workers:
             w.start()
         self.notifier.ready("started; first pass running")
+        for hook in self.after_ready:
+            hook()
         log.info("started", extra={"detail": f"poll {self.cfg.poll_interval}s, "
                                              f"{self.cfg.workers} workers"})
         try:

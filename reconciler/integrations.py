@@ -33,14 +33,16 @@ import threading
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlsplit
 
-import httpx
 from sqlalchemy import Connection, event
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_random_exponential
 
 from reconciler import keys
+
+if TYPE_CHECKING:
+    import httpx
 from specs.config import AgentConfig, DeploymentMode
 
 log = logging.getLogger(__name__)
@@ -133,6 +135,8 @@ class WebhookSender:
         timeout: float = 10.0,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
+        import httpx  # only reseller webhooks pay for it at start-up
+
         self.url = url
         self._secret = secret
         self._http = httpx.Client(
@@ -147,6 +151,8 @@ class WebhookSender:
         return f"WebhookSender({self.url!r})"
 
     def send(self, summary: EvidenceSummary) -> None:
+        import httpx
+
         body = summary.to_json()
         headers = {
             "Content-Type": "application/json",

@@ -26,9 +26,12 @@ class Notifier:
         if self.address is None:
             return False
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+            # Never block: if the receiver stops reading (a full queue), a blocking
+            # sendto would hang the loop and, with it, shutdown.
+            s.setblocking(False)
             try:
                 s.sendto("\n".join(fields).encode(), self.address)
-            except OSError:
+            except OSError:  # BlockingIOError included: drop the message
                 return False
         return True
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -165,14 +166,25 @@ def build_agent(cfg: AgentConfig, dry_run: bool = False) -> Agent:
 
 
 def build_daemon(cfg: AgentConfig) -> Daemon:
-    svc = build_service(cfg)
+    svc = build_service(cfg, with_control_plane=False)
     daemon = Daemon(svc.agent)
     svc.wake = daemon.request_pass
-    cp = svc.control_plane
-    if cp is not None:
-        cp.start()
-        daemon.on_stop.append(cp.stop)
+    clock = svc.agent.clock
+
+    def start_control_plane() -> None:
+        # After READY, on its own thread: the HTTP/TLS stack is not needed for the
+        # first pass, and the loop never waits on the network.
+        cp = _control_plane(cfg, svc, clock)
+        if cp is None:
+            return
+        svc.control_plane = cp
+        daemon.on_stop.insert(0, cp.stop)  # before the store closes
         daemon.on_pass_done.append(cp.kick)
+        cp.start()
+
+    daemon.after_ready.append(
+        lambda: threading.Thread(target=start_control_plane, name="control-plane-setup",
+                                 daemon=True).start())
     daemon.on_stop.append(svc.close)
     daemon.background.append(_daily_prune(svc))
     return daemon
