@@ -97,8 +97,10 @@ def test_symlink_to_safe_file_is_followed(tmp_path: Path) -> None:
     )
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="chown to another uid needs root")
 def test_foreign_owner_is_refused(tmp_path: Path) -> None:
+    from tests.harness.require import require_root
+
+    require_root()  # chown to another uid; skips locally without root, fails in CI
     path = tmp_path / "k"
     write_seed_file(path, SigningKey(bytes.fromhex(SEED_HEX)))
     os.chown(path, 4242, -1)
