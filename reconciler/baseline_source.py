@@ -27,11 +27,10 @@ import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from sqlalchemy import text
 
-from reconciler.mcp import BaselineFetch, ControlPlaneError
 from reconciler.outbox import Clock, utc_now
 from reconciler.store import Store
 from reconciler.trust import TrustedKeys, TrustError, verify_envelope
@@ -43,6 +42,9 @@ from specs.baseline import (
     parse_baseline,
 )
 from specs.config import AgentConfig
+
+if TYPE_CHECKING:  # the HTTP stack loads only when a client is actually used
+    from reconciler.mcp import BaselineFetch
 
 log = logging.getLogger(__name__)
 
@@ -180,6 +182,8 @@ class BaselineSource:
                 )
         if self.client is None:
             return current
+        from reconciler.mcp import ControlPlaneError
+
         # Ask "changed since what we last judged?": the refused document or the good one.
         etag = self._rejected_etag
         if etag is None and stored is not None:
