@@ -11,10 +11,12 @@ reconcile loop. Nothing an order asks for bypasses the controllers or guards.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import random
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -102,8 +104,6 @@ class ControlPlaneLoop:
 
     def _run(self) -> None:
         next_poll = 0.0
-        import time
-
         while not self._stop.is_set():
             now = time.monotonic()
             if now >= next_poll:
@@ -216,6 +216,4 @@ class ControlPlaneLoop:
 
 
 def _sha256(raw: bytes) -> str:
-    import hashlib
-
     return hashlib.sha256(raw).hexdigest()

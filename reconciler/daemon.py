@@ -22,6 +22,7 @@ from types import FrameType
 
 from reconciler.agent import Agent, PassReport
 from reconciler.conditions import host_summary
+from reconciler.runtime import ReconcileResult
 from reconciler.sdnotify import Notifier
 from reconciler.status_server import StatusServer
 from reconciler.workqueue import Backoff, ShutDown, WorkQueue
@@ -43,7 +44,7 @@ class _Pass:
     t0: float
     c0: float
     pending: set[str]
-    results: dict[str, object] = field(default_factory=dict)
+    results: dict[str, ReconcileResult] = field(default_factory=dict)
 
 
 class Daemon:
@@ -181,7 +182,7 @@ class Daemon:
         statuses = self.agent.status_store.load_all()
         report = PassReport(started=p.started, finished=p.started, wall_seconds=0, cpu_seconds=0,
                             summary=host_summary(statuses) if statuses else HostSummary.Current)
-        report.results = [r for r in p.results.values()]  # type: ignore[misc]
+        report.results = list(p.results.values())
         self.agent.finish_pass(report, p.t0, p.c0, dry_run=False)
         self.passes_completed += 1
         self.notifier.status(report.one_line())

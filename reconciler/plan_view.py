@@ -121,13 +121,12 @@ def render_status_table(doc: dict[str, Any], now: datetime) -> str:
         s = ResourceStatus.model_validate(raw)
         ready = s.condition(ConditionType.Ready)
         drifted = s.condition(ConditionType.Drifted)
-        reason = (ready.reason if ready and ready.status.value != "True"
-                  else (drifted.reason if drifted else "-"))
+        reason = ready.reason if ready else (drifted.reason if drifted else "-")
         rows.append([
             s.kind,
             ready.status.value if ready else "Unknown",
             drifted.status.value if drifted else "Unknown",
-            reason if ready and ready.status.value != "True" else (ready.reason if ready else "-"),
+            reason,
             age(ready.last_transition_time, now) if ready else "-",
             age(s.last_pass_at, now),
             s.last_outcome.value if s.last_outcome else "-",

@@ -160,7 +160,7 @@ class Runtime:
         acted = False
         step = 1
         admitted = frozenset(t.order_id for t in spec.triggers)
-        base, cap = getattr(ctrl, "backoff", lambda _s: DEFAULT_BACKOFF)(spec)
+        base, cap = backoff_of(ctrl, spec)
         for action in res.planned:
             backoff_key = f"{kind}/{action.key}"
             ctx = guards.GuardContext(
@@ -248,9 +248,14 @@ class Runtime:
             return
         self.status_store.save(res.status, transitions)
         if res.ready:
-            _, cap = getattr(self.controllers.get(kind), "backoff",
-                             lambda _s: DEFAULT_BACKOFF)(spec)
+            _, cap = backoff_of(self.controllers.get(kind), spec)
             self.status_store.clear_stable_backoff(kind, res.finished, cap)
+
+
+def backoff_of(ctrl: Any, spec: ResourceSpec) -> tuple[float, float]:
+    """(base, cap) of a controller's per-action backoff; `backoff()` is optional."""
+    policy = getattr(ctrl, "backoff", None)
+    return policy(spec) if policy is not None else DEFAULT_BACKOFF
 
 
 def decide_outcome(res: ReconcileResult) -> Outcome:
