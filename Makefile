@@ -31,15 +31,16 @@ integration: $(STAMP) deps
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check $(PKGS) tests demo bench
+	$(VENV)/bin/lint-imports
 
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy --strict $(PKGS)
 
 schemas: $(STAMP)
-	$(PY) -m reconciler.schemas write schemas
+	$(PY) -m reconciler.cli.schemas write schemas
 
 schemas-check: $(STAMP)
-	$(PY) -m reconciler.schemas check schemas
+	$(PY) -m reconciler.cli.schemas check schemas
 
 demo: $(STAMP) deps
 	$(PY) -m demo.run_demo

@@ -60,7 +60,7 @@ def runtime_python() -> str:
 
 
 def _config(tmp: Path, baseline: dict[str, object], **extra: object) -> Path:
-    from reconciler.keys import generate_key_file
+    from reconciler.trust.keys import generate_key_file
 
     (tmp / "baseline.json").write_text(json.dumps(baseline))
     if not (tmp / "signing.key").exists():
@@ -81,7 +81,7 @@ def _config(tmp: Path, baseline: dict[str, object], **extra: object) -> Path:
 def bench_pass(passes: int) -> None:
     from controllers.firewall import FirewallController
     from controllers.services import ServicesController
-    from reconciler.actuator import LocalActuator
+    from reconciler.actuator.local import LocalActuator
     from reconciler.service import build_service
     from specs.config import load_config
     from tests.harness.sdbox import Bind, SystemdContainer, ensure_rootfs

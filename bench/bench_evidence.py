@@ -26,10 +26,10 @@ sys.path.insert(0, str(REPO))
 from nacl.signing import SigningKey  # noqa: E402
 from sqlalchemy import text  # noqa: E402
 
-from reconciler.evidence import EvidenceIdentity, EvidenceRequest, EvidenceWriter  # noqa: E402
-from reconciler.outbox import Outbox  # noqa: E402
-from reconciler.store import open_store  # noqa: E402
-from reconciler.trust import Signer  # noqa: E402
+from reconciler.delivery.outbox import Outbox  # noqa: E402
+from reconciler.evidence.writer import EvidenceIdentity, EvidenceRequest, EvidenceWriter  # noqa: E402
+from reconciler.store.database import open_store  # noqa: E402
+from reconciler.trust.dsse import Signer  # noqa: E402
 from specs.status import ActionRecord  # noqa: E402
 
 POST_STATE = {

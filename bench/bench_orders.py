@@ -29,9 +29,9 @@ sys.path.insert(0, str(REPO))
 
 from nacl.signing import SigningKey  # noqa: E402
 
-from reconciler.orders import NonceStore, OrderAdmission  # noqa: E402
-from reconciler.store import open_store  # noqa: E402
-from reconciler.trust import Signer, envelope_bytes  # noqa: E402
+from reconciler.store.database import open_store  # noqa: E402
+from reconciler.trust.admission import NonceStore, OrderAdmission  # noqa: E402
+from reconciler.trust.dsse import Signer, envelope_bytes  # noqa: E402
 from specs.orders import ORDER_PAYLOAD_TYPE, format_rfc3339  # noqa: E402
 
 NOW = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)

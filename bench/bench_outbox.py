@@ -22,10 +22,10 @@ sys.path.insert(0, str(REPO))
 
 from nacl.signing import SigningKey  # noqa: E402
 
-from reconciler.delivery import Deliverer  # noqa: E402
-from reconciler.mcp import ControlPlaneClient  # noqa: E402
-from reconciler.outbox import Outbox  # noqa: E402
-from reconciler.store import open_store  # noqa: E402
+from reconciler.delivery.client import ControlPlaneClient  # noqa: E402
+from reconciler.delivery.deliverer import Deliverer  # noqa: E402
+from reconciler.delivery.outbox import Outbox  # noqa: E402
+from reconciler.store.database import open_store  # noqa: E402
 from tests.support.agent import ChainedBundles, load, write_agent_config  # noqa: E402
 from tests.support.control_plane import ControlPlaneProcess  # noqa: E402
 from tests.support.tls import make_tls  # noqa: E402

@@ -10,7 +10,7 @@ observe, through the Host only:
 2. the live ruleset: ``nft -j list ruleset``, normalized
    (controllers.nft_normalize) and hashed -> ``live_digest``.
 3. the expected ruleset: the file loaded into a throwaway network namespace
-   by the stdlib-only helper ``reconciler/nft_sandbox.py`` and listed the
+   by the stdlib-only helper ``reconciler/actuator/nft_sandbox.py`` and listed the
    same way, so both sides are the kernel's own rendering (no second nft
    parser to get wrong).
    Memoised per (file hash, unmanaged lists): the file is immutable under
@@ -48,7 +48,7 @@ from specs.kinds.firewall import FirewallSpec
 
 LIST_TIMEOUT = 15.0
 SANDBOX_TIMEOUT = 60.0
-SANDBOX_NFT_REJECTED = 3  # reconciler.nft_sandbox exit codes: nft refused the file,
+SANDBOX_NFT_REJECTED = 3  # reconciler.actuator.nft_sandbox exit codes: nft refused the file,
 SANDBOX_NO_NAMESPACE = 4  # no private network namespace could be made
 CACHE_SIZE = 8
 
@@ -82,7 +82,7 @@ def default_sandbox_argv() -> list[str]:
     script = Path(__file__).resolve().parent.parent / "reconciler" / "nft_sandbox.py"
     if script.is_file():
         return [sys.executable, "-I", str(script)]
-    return [sys.executable, "-m", "reconciler.nft_sandbox"]
+    return [sys.executable, "-m", "reconciler.actuator.nft_sandbox"]
 
 
 class FirewallController(ControllerBase[FirewallSpec]):

@@ -4,7 +4,7 @@ Observed through the Host only: the `/run/current-system` and
 `/run/booted-system` links, the system profile's `system-N-link` generations
 (one `find -printf` call: name, link target and mtime of each), and
 `nixos-version --json`. A rebuild itself is a NixosRebuild action, run by the
-actuator as a transaction with health check and rollback (reconciler.rebuild).
+actuator as a transaction with health check and rollback (reconciler.actuator.rebuild).
 
 Target comparison: a store path is compared exactly with /run/current-system.
 A flake reference cannot be compared without evaluating it (which the agent

@@ -75,12 +75,12 @@ def main() -> int:
         print("make demo needs: " + "; ".join(problems), file=sys.stderr)
         return 2
     from controllers.firewall import FirewallController
-    from reconciler.actuator import LocalActuator
-    from reconciler.keys import generate_key_file
-    from reconciler.logs import setup_logging
-    from reconciler.plan_view import render_pass
+    from reconciler.actuator.local import LocalActuator
+    from reconciler.cli.views import render_pass
+    from reconciler.ops.logformat import setup_logging
     from reconciler.service import build_service
-    from reconciler.window import MaintenanceWindow
+    from reconciler.trust.keys import generate_key_file
+    from specs.window import MaintenanceWindow
     from tests.harness.sdbox import Bind, SystemdContainer, ensure_rootfs
     from tests.integration.nixos_standin import StandinGeneration, install_nixos_standin
 

@@ -41,7 +41,7 @@ python3Packages.buildPythonApplication {
   ];
   pytestFlagsArray = [ "tests/unit" ];
 
-  pythonImportsCheck = [ "specs.config" "reconciler.cli" "reconciler.actuator_server" ];
+  pythonImportsCheck = [ "specs.config" "reconciler.cli.main" "reconciler.actuator.server" ];
 
   meta = {
     description = "Declarative compliance reconciler for NixOS hosts at regulated sites";

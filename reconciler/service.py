@@ -19,18 +19,19 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from reconciler.agent import Agent
-from reconciler.daemon import Daemon
+from reconciler.evidence.retention import Pruner, RetentionPolicy
+from reconciler.runtime.agent import Agent
+from reconciler.runtime.daemon import Daemon
 from specs.config import AgentConfig
 from specs.host import Host
 
 if TYPE_CHECKING:
-    from reconciler.actuator import Actuator
-    from reconciler.cp_loop import ControlPlaneLoop
-    from reconciler.evidence import EvidenceWriter
-    from reconciler.evidence_recorder import EvidenceRecorder
-    from reconciler.outbox import Outbox
-    from reconciler.triggers import TriggerStore
+    from reconciler.actuator.result import Actuator
+    from reconciler.delivery.loop import ControlPlaneLoop
+    from reconciler.delivery.outbox import Outbox
+    from reconciler.evidence.recorder import EvidenceRecorder
+    from reconciler.evidence.writer import EvidenceWriter
+    from reconciler.store.triggers import TriggerStore
 
 log = logging.getLogger("compliance_agent.service")
 
@@ -68,13 +69,17 @@ def build_service(
     controllers: dict[str, Any] | None = None,
 ) -> Service:
     """The full agent: runtime + evidence + outbox + triggers (+ control plane)."""
-    from reconciler.baseline_source import BaselineSource
-    from reconciler.evidence import EvidenceIdentity, EvidenceWriter, RetentionPolicy
-    from reconciler.evidence_recorder import EvidenceRecorder
-    from reconciler.integrations import IntegrationError, IntegrationHook, build_integrations
-    from reconciler.keys import KeyFileError, load_signing_key
-    from reconciler.outbox import Outbox
-    from reconciler.triggers import TriggerStore
+    from reconciler.delivery.baseline_source import BaselineSource
+    from reconciler.delivery.integrations import (
+        IntegrationError,
+        IntegrationHook,
+        build_integrations,
+    )
+    from reconciler.delivery.outbox import Outbox
+    from reconciler.evidence.recorder import EvidenceRecorder
+    from reconciler.evidence.writer import EvidenceIdentity, EvidenceWriter
+    from reconciler.store.triggers import TriggerStore
+    from reconciler.trust.keys import KeyFileError, load_signing_key
 
     try:
         signer = load_signing_key(cfg.signing_key_file)
@@ -91,7 +96,6 @@ def build_service(
     writer = EvidenceWriter(
         agent.store, signer, cfg.evidence_directory, EvidenceIdentity.from_config(cfg),
         clock=clock, on_stored=[outbox.on_stored, hook],
-        retention=RetentionPolicy.from_config(cfg),
     )
     recorder = EvidenceRecorder(writer, cfg.evidence_snapshot_interval,
                                 agent.runtime.effective_clock_offset)
@@ -114,11 +118,11 @@ def build_service(
 def _control_plane(
     cfg: AgentConfig, svc: Service, clock: Callable[[], datetime]
 ) -> ControlPlaneLoop | None:
-    from reconciler.baseline_source import BaselineSource
-    from reconciler.cp_loop import ControlPlaneLoop
-    from reconciler.delivery import Deliverer
-    from reconciler.mcp import ControlPlaneClient, ControlPlaneError
-    from reconciler.orders import NonceStore, OrderAdmission
+    from reconciler.delivery.baseline_source import BaselineSource
+    from reconciler.delivery.client import ControlPlaneClient, ControlPlaneError
+    from reconciler.delivery.deliverer import Deliverer
+    from reconciler.delivery.loop import ControlPlaneLoop
+    from reconciler.trust.admission import NonceStore, OrderAdmission
 
     agent = svc.agent
     try:
@@ -186,14 +190,14 @@ def build_daemon(cfg: AgentConfig) -> Daemon:
         lambda: threading.Thread(target=start_control_plane, name="control-plane-setup",
                                  daemon=True).start())
     daemon.on_stop.append(svc.close)
-    daemon.background.append(_daily_prune(svc))
+    daemon.background.append(_daily_prune(Pruner(svc.writer, RetentionPolicy.from_config(cfg))))
     return daemon
 
 
 PRUNE_INTERVAL = 24 * 3600.0
 
 
-def _daily_prune(svc: Service) -> Callable[[], None]:
+def _daily_prune(pruner: Pruner) -> Callable[[], None]:
     """Evidence retention once a day from the daemon too (the NixOS timer runs
     `evidence prune` as well; both share one chain through SQLite's write lock)."""
     import time
@@ -204,7 +208,7 @@ def _daily_prune(svc: Service) -> Callable[[], None]:
         if time.monotonic() < next_at[0]:
             return
         next_at[0] = time.monotonic() + PRUNE_INTERVAL
-        result = svc.writer.prune()
+        result = pruner.prune()
         log.info("evidence pruned", extra={"reason": "Retention",
                                            "detail": json.dumps(result.to_json())[:300]})
 

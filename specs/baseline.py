@@ -15,13 +15,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from specs.kinds.av_edr import AvEdrSpec
 from specs.kinds.backup import BackupSpec
-from specs.kinds.clock import TimeSpec
 from specs.kinds.egress import EgressSpec
 from specs.kinds.encryption import EncryptionSpec
 from specs.kinds.firewall import FirewallSpec
-from specs.kinds.logging import LoggingSpec
+from specs.kinds.logging_ import LoggingSpec
 from specs.kinds.patching import PatchingSpec
 from specs.kinds.services import ServicesSpec
+from specs.kinds.time_ import TimeSpec
 from specs.resource import ResourceSpec
 
 BASELINE_PAYLOAD_TYPE = "application/vnd.compliance-agent.baseline+json"

@@ -1,7 +1,7 @@
 """The Host contract controllers observe through.
 
 Controllers never spawn processes or touch files themselves; they call a Host.
-The runtime provides a local implementation (reconciler.host.LocalHost) and
+The runtime provides a local implementation (reconciler.actuator.host.LocalHost) and
 tests provide one that runs inside a systemd container.
 """
 

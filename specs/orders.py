@@ -5,7 +5,7 @@ Payload type `application/vnd.compliance-agent.order+json`, snake_case keys:
     order_id, site_id, host_id, nonce, issued_at, ttl_seconds, action, params
 
 Parsing happens in two stages on purpose, mirroring the admission order
-(reconciler.orders): `OrderPayload` checks the envelope-level fields (a
+(reconciler.trust.admission): `OrderPayload` checks the envelope-level fields (a
 failure there is `Malformed`); `action` and `params` are checked afterwards
 against the closed action set (`UnsupportedAction`, `InvalidParams`), so an
 order for an action this agent version does not know is still attributed to

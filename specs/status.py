@@ -1,7 +1,7 @@
 """Status conditions, modeled on metav1.Condition and kstatus.
 
 A Condition's `last_transition_time` changes only when its `status` changes;
-reason/message updates alone keep the old time (see reconciler.conditions).
+reason/message updates alone keep the old time (see reconciler.runtime.conditions).
 """
 
 from __future__ import annotations

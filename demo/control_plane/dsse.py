@@ -1,6 +1,6 @@
 """A small, independent DSSE (Ed25519) implementation for the demo control plane.
 
-Deliberately not shared with the agent's reconciler.trust: two independent
+Deliberately not shared with the agent's reconciler.trust.dsse: two independent
 implementations of PAE and keyid that agree are evidence both follow the spec.
 """
 

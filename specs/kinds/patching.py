@@ -1,5 +1,5 @@
 """Desired NixOS system generation (guardrail 5: the rebuild transaction lives in
-reconciler.rebuild)."""
+reconciler.actuator.rebuild)."""
 
 from __future__ import annotations
 

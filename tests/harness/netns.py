@@ -12,7 +12,7 @@ import os
 import secrets
 from collections.abc import Sequence
 
-from reconciler.host import LocalHost, command_env, run_capped
+from reconciler.actuator.host import LocalHost, command_env, run_capped
 from specs.host import CommandNotFound, Completed, FileStat, HostError
 
 _counter = itertools.count()

@@ -17,7 +17,7 @@ import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
-from reconciler.host import run_capped
+from reconciler.actuator.host import run_capped
 from specs.host import HostError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]

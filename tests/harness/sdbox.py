@@ -23,7 +23,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from reconciler.host import (
+from reconciler.actuator.host import (
     command_env,
     read_text_capped,
     run_capped,

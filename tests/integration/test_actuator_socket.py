@@ -26,8 +26,8 @@ from typing import Any
 
 import pytest
 
-from reconciler.actuator_client import ActuatorClient, ActuatorRefused
-from reconciler.actuator_protocol import Refusal
+from reconciler.actuator.client import ActuatorClient, ActuatorRefused
+from reconciler.actuator.protocol import Refusal
 from specs.actions import Action, ApplyNftRuleset, RestartUnit, StartUnit, UpdateEgressSet
 from tests.harness.netns import NetNamespace
 from tests.harness.require import require_root, require_tool
@@ -75,7 +75,7 @@ class Actuator:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def argv(self, *extra: str) -> list[str]:
-        args = [sys.executable, "-m", "reconciler.actuator_server", "--config", str(self.config)]
+        args = [sys.executable, "-m", "reconciler.actuator.server", "--config", str(self.config)]
         args += ["--allow-user", self.allow_user or ""]
         return [*args, *extra]
 
@@ -236,7 +236,7 @@ def test_policy_refusals_reach_the_client_with_reasons(ns: NetNamespace, workdir
 
         # Raw requests a typed client cannot even build.
         def raw(body: dict[str, Any]) -> dict[str, Any]:
-            from reconciler.actuator_protocol import encode_frame, recv_frame
+            from reconciler.actuator.protocol import encode_frame, recv_frame
 
             with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
                 s.settimeout(10)
@@ -313,8 +313,8 @@ def test_unprivileged_uid_reads_nft_only_through_the_actuator(
 
     assert direct()["rc"] != 0
 
-    from reconciler.actuator_client import PrivilegedReadHost
-    from reconciler.host import LocalHost
+    from reconciler.actuator.client import PrivilegedReadHost
+    from reconciler.actuator.host import LocalHost
 
     with running(ns, workdir, "nobody") as act:
         host = PrivilegedReadHost(LocalHost(), ActuatorClient(act.socket, timeout=30))

@@ -9,7 +9,7 @@ import time
 from datetime import UTC, datetime, timedelta
 
 from controllers.av_edr import AvEdrController
-from reconciler.actuator import LocalActuator
+from reconciler.actuator.local import LocalActuator
 from specs.actions import StartUnit
 from specs.drift import Remedy
 from specs.kinds.av_edr import AvEdrSpec

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from controllers.backup import BackupController
-from reconciler.host import LocalHost
+from reconciler.actuator.host import LocalHost
 from specs.actions import RunBackup
 from specs.drift import Remedy
 from specs.kinds.backup import BackupJob, BackupSpec
@@ -215,8 +215,8 @@ ExecStart=/usr/local/bin/restic -r /srv/backup/repo --password-file /etc/restic/
 def test_run_backup_order_through_runtime_starts_the_real_job_unit(
     systemd_rootfs: Path, tmp_path: Path
 ) -> None:
-    from reconciler.actuator import LocalActuator
-    from reconciler.runtime import Runtime
+    from reconciler.actuator.local import LocalActuator
+    from reconciler.runtime.reconcile import Runtime
     from specs.config import parse_config
     from specs.status import Outcome
     from tests.harness.sdbox import Bind, SystemdContainer

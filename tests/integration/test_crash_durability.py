@@ -21,7 +21,7 @@ import pytest
 from sqlalchemy import text
 
 from demo.control_plane.app import build_summary
-from reconciler.store import open_store
+from reconciler.store.database import open_store
 from tests.support.agent import load, write_agent_config
 from tests.support.control_plane import REPO_ROOT, ControlPlaneThread, wait_for
 from tests.support.tls import make_tls

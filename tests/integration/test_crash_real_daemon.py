@@ -24,8 +24,8 @@ from sqlalchemy import text
 from sqlalchemy.exc import OperationalError
 
 from demo.control_plane.app import build_summary
-from reconciler.keys import generate_key_file
-from reconciler.store import StoreError, open_store
+from reconciler.store.database import StoreError, open_store
+from reconciler.trust.keys import generate_key_file
 from tests.support.control_plane import REPO_ROOT, ControlPlaneThread, wait_for
 from tests.support.tls import make_tls
 

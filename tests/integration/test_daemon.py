@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.status_server import unix_get
+from reconciler.ops.status_server import unix_get
 from tests.harness.require import require_tool
 from tests.unit.conftest import TRUSTED_KEY
 
@@ -51,7 +51,7 @@ def recv_all(s: socket.socket) -> list[str]:
 
 
 def start_daemon(tmp_path: Path, notify: Path, extra_env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-    from reconciler.keys import generate_key_file
+    from reconciler.trust.keys import generate_key_file
 
     (tmp_path / "baseline.json").write_text(json.dumps({"version": 1, "policy_version": "1.0"}))
     generate_key_file(tmp_path / "signing.key")

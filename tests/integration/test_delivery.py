@@ -10,10 +10,10 @@ import pytest
 from nacl.signing import SigningKey
 from sqlalchemy import text
 
-from reconciler.delivery import Deliverer
-from reconciler.mcp import ControlPlaneClient
-from reconciler.outbox import Outbox, OutboxState
-from reconciler.store import Store, open_store
+from reconciler.delivery.client import ControlPlaneClient
+from reconciler.delivery.deliverer import Deliverer
+from reconciler.delivery.outbox import Outbox, OutboxState
+from reconciler.store.database import Store, open_store
 from tests.support.agent import ChainedBundles, load, write_agent_config
 from tests.support.control_plane import ControlPlaneThread
 from tests.support.tls import TlsFiles, make_tls

@@ -9,9 +9,9 @@ import pytest
 from nacl.signing import SigningKey
 
 from demo.control_plane.app import publish_baseline
-from reconciler.baseline_source import BaselineSource
-from reconciler.mcp import ControlPlaneClient
-from reconciler.store import open_store
+from reconciler.delivery.baseline_source import BaselineSource
+from reconciler.delivery.client import ControlPlaneClient
+from reconciler.store.database import open_store
 from specs.config import AgentConfig
 from tests.support.agent import load, write_agent_config
 from tests.support.control_plane import ControlPlaneThread

@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 from nacl.signing import SigningKey
 
-from reconciler.delivery import Deliverer
-from reconciler.mcp import ControlPlaneClient, TransientError
-from reconciler.outbox import Outbox
-from reconciler.store import open_store
-from reconciler.trust import verify_envelope
+from reconciler.delivery.client import ControlPlaneClient, TransientError
+from reconciler.delivery.deliverer import Deliverer
+from reconciler.delivery.outbox import Outbox
+from reconciler.store.database import open_store
+from reconciler.trust.dsse import verify_envelope
 from tests.support.agent import ChainedBundles, load, write_agent_config
 from tests.support.control_plane import REPO_ROOT, ControlPlaneProcess
 from tests.support.tls import make_tls

@@ -32,7 +32,7 @@ from pathlib import Path
 import pytest
 
 from controllers.egress import REASON_OUT_OF_DATE, REASON_RESOLUTION_FAILED, EgressController
-from reconciler.actuator import LocalActuator
+from reconciler.actuator.local import LocalActuator
 from specs.actions import UpdateEgressSet
 from specs.drift import Drift, Remedy
 from specs.kinds.egress import EgressSpec
@@ -349,7 +349,7 @@ def _write_agent_files(tmp: Path) -> Path:
 
 def test_cli_refresh_exit_codes(lab: Lab, tmp_path: Path) -> None:
     config = _write_agent_files(tmp_path)
-    argv = [sys.executable, "-m", "reconciler.cli_egress", "egress", "refresh",
+    argv = [sys.executable, "-m", "reconciler.cli.egress", "egress", "refresh",
             "--config", str(config), "--json"]
 
     done = lab.host.run(argv, timeout=60)

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from controllers.encryption import EncryptionController
-from reconciler.host import LocalHost
+from reconciler.actuator.host import LocalHost
 from specs.drift import Remedy
 from specs.kinds.encryption import EncryptionSpec
 from tests.harness.require import require_root, require_tool

@@ -1,6 +1,6 @@
 """Firewall controller with the real nft, in a throwaway network namespace.
 
-The controller's default sandbox (`python -m reconciler.nft_sandbox`) runs for
+The controller's default sandbox (`python -m reconciler.actuator.nft_sandbox`) runs for
 real too, inside the test namespace, so the expected digest comes from the
 kernel exactly as in production.
 """
@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from controllers.firewall import FirewallController
-from reconciler.actuator import LocalActuator
+from reconciler.actuator.local import LocalActuator
 from specs.actions import Action, ApplyNftRuleset
 from specs.drift import Remedy
 from specs.host import Host
@@ -160,7 +160,7 @@ def test_invalid_ruleset_is_alert_only(netns: NetNamespace, tmp_path: Path) -> N
 def test_sandbox_works_unprivileged_too(baseline: FirewallSpec) -> None:
     """Without CAP_SYS_ADMIN the helper falls back to a user namespace."""
     require_tool("setpriv")
-    from reconciler.host import LocalHost
+    from reconciler.actuator.host import LocalHost
 
     # pytest's tmp_path is private to root; "nobody" needs a readable copy
     with tempfile.TemporaryDirectory() as tmp:

@@ -124,7 +124,7 @@ def test_nft_works_in_netns(netns: NetNamespace, tmp_path: Path) -> None:
     listed = netns.check(["nft", "list", "ruleset"]).stdout
     assert "table inet t" in listed
     # the host's own namespace is untouched
-    from reconciler.host import LocalHost
+    from reconciler.actuator.host import LocalHost
 
     host_rules = LocalHost().run(["nft", "list", "table", "inet", "t"])
     assert host_rules.exit_code != 0

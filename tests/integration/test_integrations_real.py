@@ -16,13 +16,13 @@ from typing import Any
 
 import pytest
 
-from reconciler.delivery import Deliverer
-from reconciler.evidence import EvidenceIdentity, EvidenceWriter
-from reconciler.integrations import IntegrationHook, build_integrations
-from reconciler.keys import load_signing_key
-from reconciler.mcp import ControlPlaneClient
-from reconciler.outbox import Outbox
-from reconciler.store import open_store
+from reconciler.delivery.client import ControlPlaneClient
+from reconciler.delivery.deliverer import Deliverer
+from reconciler.delivery.integrations import IntegrationHook, build_integrations
+from reconciler.delivery.outbox import Outbox
+from reconciler.evidence.writer import EvidenceIdentity, EvidenceWriter
+from reconciler.store.database import open_store
+from reconciler.trust.keys import load_signing_key
 from tests.support.agent import load, write_agent_config
 from tests.support.control_plane import ControlPlaneThread, wait_for
 from tests.support.tls import make_tls

@@ -15,14 +15,14 @@ from pathlib import Path
 
 import pytest
 
-from controllers.logs import LoggingController
-from reconciler.actuator import LocalActuator
-from reconciler.runtime import Runtime
+from controllers.logging_ import LoggingController
+from reconciler.actuator.local import LocalActuator
+from reconciler.runtime.reconcile import Runtime
 from specs.actions import RestartUnit
 from specs.config import parse_config
 from specs.drift import Remedy
 from specs.host import Completed, FileStat
-from specs.kinds.logging import LoggingSpec
+from specs.kinds.logging_ import LoggingSpec
 from specs.status import Outcome
 from tests.harness.sdbox import SystemdContainer
 

@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from reconciler.actuator import LocalActuator
-from reconciler.agent import Agent, exit_code_for
+from reconciler.actuator.local import LocalActuator
+from reconciler.runtime.agent import Agent, exit_code_for
 from specs.status import ConditionStatus, ConditionType, Outcome
 from tests.harness.sdbox import SystemdContainer
 from tests.unit.conftest import make_config

@@ -9,7 +9,12 @@ import httpx
 import pytest
 from nacl.signing import SigningKey
 
-from reconciler.mcp import ClientConfigError, ControlPlaneClient, PermanentError, TransientError
+from reconciler.delivery.client import (
+    ClientConfigError,
+    ControlPlaneClient,
+    PermanentError,
+    TransientError,
+)
 from specs.config import AgentConfig
 from tests.support.agent import ChainedBundles, load, write_agent_config
 from tests.support.control_plane import ControlPlaneThread

@@ -14,8 +14,8 @@ from datetime import UTC, datetime
 import pytest
 
 from controllers.patching import PatchingController
-from reconciler.actuator import LocalActuator
-from reconciler.rebuild import execute_rebuild
+from reconciler.actuator.local import LocalActuator
+from reconciler.actuator.rebuild import execute_rebuild
 from specs.actions import NixosRebuild
 from specs.kinds.patching import PatchingSpec, store_hash
 from specs.status import Outcome
@@ -164,7 +164,7 @@ def test_runtime_records_reverted_outcome(
     nixos: tuple[SystemdContainer, dict[str, str]],
 ) -> None:
     """The whole reconcile: observe -> WrongSystem -> guards -> transaction -> reverted."""
-    from reconciler.runtime import Runtime
+    from reconciler.runtime.reconcile import Runtime
     from specs.config import AgentConfig
 
     box, paths = nixos

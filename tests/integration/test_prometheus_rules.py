@@ -22,7 +22,7 @@ def test_shipped_alert_rules_pass_promtool() -> None:
 def test_rules_only_reference_metrics_the_agent_exports() -> None:
     import re
 
-    from reconciler.metrics import AgentMetrics
+    from reconciler.ops.metrics import AgentMetrics
 
     exported = AgentMetrics("test").exposition().decode()
     names = set(re.findall(r"^# TYPE (\S+)", exported, re.M))

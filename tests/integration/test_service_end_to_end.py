@@ -22,9 +22,9 @@ from nacl.signing import SigningKey
 from controllers.firewall import FirewallController
 from demo.control_plane.app import build_summary
 from demo.control_plane.dsse import sign
-from reconciler.actuator import LocalActuator
-from reconciler.keys import generate_key_file
+from reconciler.actuator.local import LocalActuator
 from reconciler.service import build_service
+from reconciler.trust.keys import generate_key_file
 from specs.config import parse_config
 from specs.status import Outcome
 from tests.harness.netns import NetNamespace

@@ -193,7 +193,7 @@ def _box_env() -> list[str]:
 
 PROBE = """
 import sys
-from reconciler.actuator_client import ActuatorClient, ActuatorRefused
+from reconciler.actuator.client import ActuatorClient, ActuatorRefused
 from specs.actions import StartUnit
 client = ActuatorClient("/run/compliance-agent/actuator.sock", timeout=60)
 try:
@@ -254,7 +254,7 @@ def test_module_units_under_real_systemd(booted: Any) -> None:
         "socket", evaluated["systemd"]["sockets"]["compliance-agent-actuator"]))
     box.install_unit("compliance-agent-actuator.service", _boxed_service(
         services["compliance-agent-actuator"],
-        f"{py} -m reconciler.actuator_server --config /etc/compliance-agent/config.json "
+        f"{py} -m reconciler.actuator.server --config /etc/compliance-agent/config.json "
         "--allow-user compliance-agent --idle-exit 600"))
     box.write_file("/etc/compliance-agent/probe.py", PROBE)
     agent = services["compliance-agent"]

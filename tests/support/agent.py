@@ -70,7 +70,7 @@ def pae(ptype: str, body: bytes) -> bytes:
 
 
 class ChainedBundles:
-    """Minimal evidence maker for transport tests (the real writer is reconciler.evidence)."""
+    """Minimal evidence maker for transport tests (the real writer is reconciler.evidence.writer)."""
 
     def __init__(self, key: SigningKey, site_id: str = "clinic-1", host_id: str = "host-a") -> None:
         self.key = key

@@ -14,12 +14,12 @@ import sys
 import time
 from pathlib import Path
 
-from reconciler.delivery import Backoff, Deliverer
-from reconciler.evidence import EvidenceIdentity, EvidenceWriter
-from reconciler.keys import load_signing_key
-from reconciler.mcp import ControlPlaneClient
-from reconciler.outbox import Outbox
-from reconciler.store import open_store
+from reconciler.delivery.client import ControlPlaneClient
+from reconciler.delivery.deliverer import Backoff, Deliverer
+from reconciler.delivery.outbox import Outbox
+from reconciler.evidence.writer import EvidenceIdentity, EvidenceWriter
+from reconciler.store.database import open_store
+from reconciler.trust.keys import load_signing_key
 from specs.config import load_config
 
 

@@ -20,20 +20,20 @@ from typing import Any
 import pytest
 from nacl.signing import SigningKey
 
-from reconciler.actuator import LocalActuator
-from reconciler.actuator_client import (
+from reconciler.actuator.client import (
     ActuatorClient,
     ActuatorRefused,
     ActuatorUnavailable,
 )
-from reconciler.actuator_protocol import (
+from reconciler.actuator.local import LocalActuator
+from reconciler.actuator.protocol import (
     MAX_REQUEST_BYTES,
     ActuatorReply,
     Refusal,
     encode_frame,
     recv_frame,
 )
-from reconciler.actuator_server import (
+from reconciler.actuator.server import (
     ActuatorServer,
     bind_path_socket,
     build_server,
@@ -289,9 +289,9 @@ def test_rebuild_target_must_be_named_by_the_baseline(env: Env) -> None:
 
 
 def test_rebuild_to_the_baseline_target_is_admitted_in_the_window(env: Env) -> None:
-    from reconciler.actuator_protocol import ActuatorPolicy
-    from reconciler.window import MaintenanceWindow
+    from reconciler.actuator.protocol import ActuatorPolicy
     from specs.baseline import parse_baseline
+    from specs.window import MaintenanceWindow
 
     target = "/nix/store/" + "a" * 32 + "-nixos-system-h1-24.11"
     baseline = parse_baseline(
@@ -328,7 +328,7 @@ def _persist_remote_baseline(env: Env, envelope: dict[str, Any]) -> None:
 
 
 def _signed_baseline(key: SigningKey, units: list[str]) -> dict[str, Any]:
-    from reconciler.trust import Signer
+    from reconciler.trust.dsse import Signer
     from specs.baseline import BASELINE_PAYLOAD_TYPE
 
     payload = json.dumps({
@@ -410,11 +410,11 @@ def test_other_reads_are_refused(env: Env, argv: list[str]) -> None:
 def test_ruleset_sandbox_runs_with_the_actuators_interpreter(env: Env) -> None:
     import sys
 
-    argv = ["/tmp/evil-python", "-m", "reconciler.nft_sandbox", "--sha256", env.sha,
+    argv = ["/tmp/evil-python", "-m", "reconciler.actuator.nft_sandbox", "--sha256", env.sha,
             str(env.ruleset)]
     done = serve(env.server(), lambda: ActuatorClient(env.socket).observe(argv))
     assert done.argv == argv
-    from reconciler import nft_sandbox
+    from reconciler.actuator import nft_sandbox
 
     sandbox = str(Path(nft_sandbox.__file__).resolve())
     assert env.host.ran == [[sys.executable, sandbox, "--sha256", env.sha, str(env.ruleset)]]
@@ -430,7 +430,7 @@ def test_ruleset_sandbox_runs_with_the_actuators_interpreter(env: Env) -> None:
 
 
 def test_privileged_read_host_routes_only_privileged_reads(env: Env) -> None:
-    from reconciler.actuator_client import PrivilegedReadHost
+    from reconciler.actuator.client import PrivilegedReadHost
 
     local = RecordingHost()
     host = PrivilegedReadHost(local, ActuatorClient(env.socket))
@@ -447,7 +447,7 @@ def test_privileged_read_host_routes_only_privileged_reads(env: Env) -> None:
 
 
 def test_privileged_read_host_reports_a_missing_actuator_as_host_error(tmp_path: Path) -> None:
-    from reconciler.actuator_client import PrivilegedReadHost
+    from reconciler.actuator.client import PrivilegedReadHost
     from specs.host import HostError
 
     host = PrivilegedReadHost(RecordingHost(), ActuatorClient(tmp_path / "absent.sock"))

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.cli import main
+from reconciler.cli.main import main
 from tests.unit.conftest import TRUSTED_KEY
 from tests.unit.test_runtime import ScriptedController, make_agent
 

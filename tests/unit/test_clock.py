@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from controllers.clock import (
+from controllers.time_ import (
     HTTP_DATE_TOLERANCE_MS,
     ClockController,
     ClockParseError,
@@ -23,7 +23,7 @@ from controllers.clock import (
 )
 from specs.drift import Remedy
 from specs.host import CommandNotFound, Completed, FileStat
-from specs.kinds.clock import TimeSpec
+from specs.kinds.time_ import TimeSpec
 
 FIX = Path(__file__).resolve().parent.parent / "fixtures" / "clock"
 

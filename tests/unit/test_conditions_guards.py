@@ -2,9 +2,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from reconciler.conditions import desired_conditions, host_summary, set_condition
-from reconciler.guards import GuardContext, allowed, evaluate
-from reconciler.window import MaintenanceWindow
+from reconciler.runtime.conditions import desired_conditions, host_summary, set_condition
+from reconciler.runtime.guards import GuardContext, allowed, evaluate
 from specs.actions import NixosRebuild, RestartUnit
 from specs.drift import Drift, Remedy
 from specs.status import (
@@ -15,6 +14,7 @@ from specs.status import (
     Outcome,
     ResourceStatus,
 )
+from specs.window import MaintenanceWindow
 
 T0 = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
 

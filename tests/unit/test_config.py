@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from reconciler.cli import main
+from reconciler.cli.main import main
 from specs.config import AgentConfig, ConfigError, load_config, option_names, parse_config
 from tests.unit.conftest import TRUSTED_KEY
 

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from reconciler import cli_egress
-from reconciler.actuator import LocalActuator
-from reconciler.cli_egress import EXIT_ALERT, EXIT_ERROR, EXIT_OK, effective_spec, refresh
+from reconciler.actuator.local import LocalActuator
+from reconciler.cli import egress as cli_egress
+from reconciler.cli.egress import EXIT_ALERT, EXIT_ERROR, EXIT_OK, effective_spec, refresh
 from specs.config import parse_config
 from specs.host import Completed
 from specs.kinds.egress import EgressSpec

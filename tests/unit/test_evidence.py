@@ -16,11 +16,11 @@ from securesystemslib.dsse import Envelope
 from securesystemslib.signer import SSlibKey  # type: ignore[attr-defined]
 from sqlalchemy import Connection, text
 
-from reconciler.evidence import EvidenceIdentity, EvidenceRequest, EvidenceWriter
-from reconciler.evidence_chain import verify_store
-from reconciler.evidence_store import list_bundles
-from reconciler.store import Store, open_store
-from reconciler.trust import verify_envelope
+from reconciler.evidence.chain import verify_store
+from reconciler.evidence.writer import EvidenceIdentity, EvidenceRequest, EvidenceWriter
+from reconciler.store.database import Store, open_store
+from reconciler.store.evidence_index import list_bundles
+from reconciler.trust.dsse import verify_envelope
 from specs.evidence import (
     EVIDENCE_PAYLOAD_TYPE,
     PREDICATE_TYPE,
@@ -242,7 +242,7 @@ def test_failing_hook_rolls_back_row_and_file(store: Store, tmp_path: Path) -> N
 
 
 def test_outbox_hook_enqueues_atomically(store: Store, tmp_path: Path) -> None:
-    from reconciler.outbox import Outbox
+    from reconciler.delivery.outbox import Outbox
 
     ob = Outbox(store)
     w = writer(store, tmp_path, on_stored=[ob.on_stored])

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text
 
-from reconciler.evidence import EvidenceIdentity, EvidenceWriter
-from reconciler.evidence_chain import verify_chain, verify_store
-from reconciler.evidence_store import list_bundles
-from reconciler.store import Store, open_store
+from reconciler.evidence.chain import verify_chain, verify_store
+from reconciler.evidence.writer import EvidenceIdentity, EvidenceWriter
+from reconciler.store.database import Store, open_store
+from reconciler.store.evidence_index import list_bundles
 from specs.evidence import EVIDENCE_PAYLOAD_TYPE
 from specs.resource import canonical_json
 from tests.unit.test_trust_support import AGENT_SIGNER, HOST, OTHER_SIGNER, SITE, T0

@@ -18,10 +18,10 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.evidence import EvidenceIdentity, EvidenceWriter
-from reconciler.evidence_chain import verify_store
-from reconciler.evidence_store import list_bundles
-from reconciler.store import open_store
+from reconciler.evidence.chain import verify_store
+from reconciler.evidence.writer import EvidenceIdentity, EvidenceWriter
+from reconciler.store.database import open_store
+from reconciler.store.evidence_index import list_bundles
 from tests.unit.test_trust_support import AGENT_SIGNER, HOST, SITE
 
 REPO = Path(__file__).resolve().parents[2]
@@ -30,9 +30,9 @@ CHILD = """
 import sys
 from pathlib import Path
 from nacl.signing import SigningKey
-from reconciler.evidence import EvidenceIdentity, EvidenceRequest, EvidenceWriter
-from reconciler.store import open_store
-from reconciler.trust import Signer
+from reconciler.evidence.writer import EvidenceIdentity, EvidenceRequest, EvidenceWriter
+from reconciler.store.database import open_store
+from reconciler.trust.dsse import Signer
 
 tmp = Path(sys.argv[1])
 store = open_store(tmp / "state.db")

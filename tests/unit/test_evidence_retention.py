@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.evidence import EvidenceIdentity, EvidenceWriter, RetentionPolicy
-from reconciler.evidence_chain import verify_chain, verify_store
-from reconciler.evidence_store import IndexRow, list_bundles
-from reconciler.retention import ranges, select_prunable
-from reconciler.store import Store, open_store
+from reconciler.evidence.chain import verify_chain, verify_store
+from reconciler.evidence.retention import Pruner, RetentionPolicy, ranges, select_prunable
+from reconciler.evidence.writer import EvidenceIdentity, EvidenceWriter
+from reconciler.store.database import Store, open_store
+from reconciler.store.evidence_index import IndexRow, list_bundles
 from specs.evidence import PRUNE_CHECK
 from tests.unit.test_trust_support import AGENT_SIGNER, HOST, SITE, T0
 
@@ -36,7 +36,9 @@ def store(tmp_path: Path) -> Iterator[Store]:
     s.close()
 
 
-def make_writer(store: Store, tmp_path: Path, keep: int, days: int) -> tuple[EvidenceWriter, Clock]:
+def make_writer(
+    store: Store, tmp_path: Path, keep: int, days: int
+) -> tuple[EvidenceWriter, Clock, Pruner]:
     clock = Clock()
     w = EvidenceWriter(
         store,
@@ -44,9 +46,8 @@ def make_writer(store: Store, tmp_path: Path, keep: int, days: int) -> tuple[Evi
         tmp_path / "ev",
         EvidenceIdentity(SITE, HOST),
         clock=clock,
-        retention=RetentionPolicy(keep_last=keep, min_age_days=days),
     )
-    return w, clock
+    return w, clock, Pruner(w, RetentionPolicy(keep_last=keep, min_age_days=days))
 
 
 def row(seq: int, check: str = "backup", outcome: str = "failed", day: int = 0) -> IndexRow:
@@ -104,7 +105,7 @@ def test_ranges() -> None:
 
 
 def test_prune_end_to_end(store: Store, tmp_path: Path) -> None:
-    w, clock = make_writer(store, tmp_path, keep=3, days=10)
+    w, clock, pruner = make_writer(store, tmp_path, keep=3, days=10)
     for i in range(10):
         clock.now = T0 + timedelta(days=i)
         w.record(
@@ -115,7 +116,7 @@ def test_prune_end_to_end(store: Store, tmp_path: Path) -> None:
     clock.now = T0 + timedelta(days=15)
     # seq = i + 1, created T0+i days. Cutoff T0+5d: seq 1..5 are old enough.
     # Keep: newest 3 (8, 9, 10); newest success firewall = seq 1, backup = seq 4.
-    result = w.prune()
+    result = pruner.prune()
     assert sorted(result.pruned) == [2, 3, 5]
     assert result.files_removed == 3 and len(result.prune_bundles) == 1
     rows = {r.sequence: r for r in list_bundles(store)}
@@ -145,25 +146,25 @@ def test_prune_end_to_end(store: Store, tmp_path: Path) -> None:
     ]
     assert verify_chain(live, KEYS).ok
     # Nothing left to prune: no new bundle.
-    again = w.prune()
+    again = pruner.prune()
     assert again.pruned == [] and again.prune_bundles == []
 
 
 def test_prune_is_a_noop_for_young_chains(store: Store, tmp_path: Path) -> None:
-    w, clock = make_writer(store, tmp_path, keep=1, days=90)
+    w, clock, pruner = make_writer(store, tmp_path, keep=1, days=90)
     for _ in range(5):
         w.record(check="backup", outcome="failed")
     clock.now = T0 + timedelta(days=89)
-    assert w.prune().pruned == []
+    assert pruner.prune().pruned == []
     assert len(list_bundles(store)) == 5
 
 
 def test_deleting_a_file_without_prune_is_not_explained(store: Store, tmp_path: Path) -> None:
-    w, clock = make_writer(store, tmp_path, keep=1, days=0)
+    w, clock, pruner = make_writer(store, tmp_path, keep=1, days=0)
     for _ in range(4):
         w.record(check="backup", outcome="failed")
     clock.now = T0 + timedelta(days=1)
-    w.prune()
+    pruner.prune()
     victim = next(r for r in list_bundles(store) if not r.pruned and r.check == "backup")
     (tmp_path / "ev" / victim.file_name).unlink()
     report = verify_store(store, tmp_path / "ev", KEYS)
@@ -173,14 +174,14 @@ def test_deleting_a_file_without_prune_is_not_explained(store: Store, tmp_path: 
 def test_large_backlog_is_split_across_prune_bundles(
     store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import reconciler.retention as retention
+    import reconciler.evidence.retention as retention
 
     monkeypatch.setattr(retention, "MAX_PER_BUNDLE", 4)
-    w, clock = make_writer(store, tmp_path, keep=2, days=0)
+    w, clock, pruner = make_writer(store, tmp_path, keep=2, days=0)
     for _ in range(12):
         w.record(check="backup", outcome="failed")
     clock.now = T0 + timedelta(days=1)
-    result = w.prune()
+    result = pruner.prune()
     assert len(result.prune_bundles) >= 3
     assert verify_store(store, tmp_path / "ev", KEYS).ok
 
@@ -188,16 +189,16 @@ def test_large_backlog_is_split_across_prune_bundles(
 def test_crash_after_prune_commit_leaves_files_cleaned_at_start(
     store: Store, tmp_path: Path
 ) -> None:
-    w, clock = make_writer(store, tmp_path, keep=1, days=0)
+    w, clock, pruner = make_writer(store, tmp_path, keep=1, days=0)
     for _ in range(3):
         w.record(check="backup", outcome="failed")
     rows = sorted(list_bundles(store), key=lambda r: r.sequence)
     saved = {r.file_name: (tmp_path / "ev" / r.file_name).read_bytes() for r in rows}
     clock.now = T0 + timedelta(days=1)
-    w.prune()
+    pruner.prune()
     for name, data in saved.items():  # as if the unlinks never happened
         (tmp_path / "ev" / name).write_bytes(data)
-    w2, _ = make_writer(store, tmp_path, keep=1, days=0)
+    w2, _, _ = make_writer(store, tmp_path, keep=1, days=0)
     assert len(w2.orphans_removed) == 2
     assert verify_store(store, tmp_path / "ev", KEYS).ok
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.integrations import (
+from reconciler.delivery.integrations import (
     EvidenceSink,
     EvidenceSummary,
     IntegrationError,
@@ -23,7 +23,7 @@ from reconciler.integrations import (
     sign_body,
     summarize,
 )
-from reconciler.store import open_store
+from reconciler.store.database import open_store
 from specs.config import parse_config
 
 SUMMARY = EvidenceSummary("b-1", "firewall", "failed", "clinic-1", "host-a",

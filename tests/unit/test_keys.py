@@ -10,14 +10,14 @@ from pathlib import Path
 import pytest
 from nacl.signing import SigningKey
 
-from reconciler.keys import (
+from reconciler.trust.dsse import verify_envelope
+from reconciler.trust.keys import (
     KeyFileError,
     check_private_key_file,
     generate_key_file,
     load_signing_key,
     write_seed_file,
 )
-from reconciler.trust import verify_envelope
 
 SEED_HEX = "55" * 32
 

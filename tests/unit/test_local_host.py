@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.host import LocalHost, read_text_capped, run_capped
+from reconciler.actuator.host import LocalHost, read_text_capped, run_capped
 from specs.host import CommandNotFound, CommandTimeout, HostError
 
 PY = sys.executable

@@ -11,12 +11,12 @@ from collections.abc import Sequence
 
 import pytest
 
-from controllers.logs import POLL_INTERVAL, CanaryObserved, LoggingController, LoggingObserved
+from controllers.logging_ import POLL_INTERVAL, CanaryObserved, LoggingController, LoggingObserved
 from controllers.services import unit_states
 from specs.actions import RestartUnit, StartUnit
 from specs.drift import Drift, Remedy
 from specs.host import Completed, FileStat
-from specs.kinds.logging import LoggingSpec
+from specs.kinds.logging_ import LoggingSpec
 from tests.conftest import FIXTURES
 
 FIX = FIXTURES / "logging"

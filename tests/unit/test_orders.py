@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
-from reconciler.orders import NonceStore, OrderAdmission, order_to_trigger
-from reconciler.store import Store, open_store
-from reconciler.trust import envelope_bytes
+from reconciler.store.database import Store, open_store
+from reconciler.trust.admission import NonceStore, OrderAdmission, order_to_trigger
+from reconciler.trust.dsse import envelope_bytes
 from specs.orders import (
     MAX_ORDER_BYTES,
     ORDER_PAYLOAD_TYPE,
@@ -311,26 +311,3 @@ def test_nonce_store_failure_is_a_refusal_not_an_exception(store: Store) -> None
     assert (v.admitted, v.reason, v.order_id) == (False, "Malformed", "ord-1")
 
 
-def test_record_refusal_writes_order_evidence(store: Store, tmp_path: Path) -> None:
-    from reconciler.evidence import EvidenceIdentity, EvidenceWriter
-    from reconciler.evidence_store import decode_statement, list_bundles
-    from reconciler.orders import record_refusal
-    from tests.unit.test_trust_support import AGENT_SIGNER
-
-    w = EvidenceWriter(store, AGENT_SIGNER, tmp_path / "ev", EvidenceIdentity(SITE, HOST))
-    adm = admission(store)
-    env = sign_order(order_payload(ttl_seconds=5))
-    expired = adm.admit(env, now=later(100))
-    bid = record_refusal(w, expired, env)
-    [row] = list_bundles(store)
-    assert (row.bundle_id, row.check, row.outcome, row.order_id) == (
-        bid,
-        "order",
-        "expired",
-        "ord-1",
-    )
-    p = decode_statement((tmp_path / "ev" / row.file_name).read_bytes())["predicate"]
-    assert p["post_state"]["reason"] == "Expired" and p["error"].startswith("Expired")
-    assert p["hipaa_controls"] == ["164.312(d)"]
-    ok = adm.admit(sign_order(order_payload()))
-    assert record_refusal(w, ok, b"") is None

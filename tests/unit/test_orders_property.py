@@ -14,7 +14,7 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from reconciler.orders import NonceStore, OrderAdmission
+from reconciler.trust.admission import NonceStore, OrderAdmission
 from tests.unit.test_trust_support import (
     HOST,
     MCP_SIGNER,

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text
 
-from reconciler.outbox import Outbox, OutboxState, Retry
-from reconciler.store import Store, open_store
+from reconciler.delivery.outbox import Outbox, OutboxState, Retry
+from reconciler.store.database import Store, open_store
 
 
 class FakeClock:

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from reconciler import cli_delivery
-from reconciler.outbox import Outbox
-from reconciler.store import open_store
+from reconciler.cli import delivery as cli_delivery
+from reconciler.delivery.outbox import Outbox
+from reconciler.store.database import open_store
 
 
 def run(argv: list[str]) -> int:
@@ -78,7 +78,7 @@ def test_queue_without_state_db_is_a_clear_error(tmp_path: Path) -> None:
         "signingKeyFile": "/s", "caCertFile": "/ca", "mcpPublicKeys": ["ab" * 32],
         "deploymentMode": "direct", "stateDirectory": str(tmp_path / "nope"),
     }))
-    from reconciler.store import StoreError
+    from reconciler.store.database import StoreError
 
     with pytest.raises(StoreError, match="no state database"):
         run(["queue", "--config", str(cfg)])

@@ -10,10 +10,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from reconciler.delivery import Backoff, Deliverer
-from reconciler.mcp import ControlPlaneClient
-from reconciler.outbox import Outbox, OutboxState
-from reconciler.store import Store, open_store
+from reconciler.delivery.client import ControlPlaneClient
+from reconciler.delivery.deliverer import Backoff, Deliverer
+from reconciler.delivery.outbox import Outbox, OutboxState
+from reconciler.store.database import Store, open_store
 from specs.config import parse_config
 from tests.support.tls import make_tls
 
@@ -179,9 +179,9 @@ def test_oversized_answer_is_cut_off_and_retried(
     env: tuple[Store, Outbox, Callable[[Handler], ControlPlaneClient]],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    import reconciler.mcp
+    import reconciler.delivery.client
 
-    monkeypatch.setattr(reconciler.mcp, "MAX_RESPONSE_BYTES", 1000)
+    monkeypatch.setattr(reconciler.delivery.client, "MAX_RESPONSE_BYTES", 1000)
     _, outbox, make = env
     big = httpx.Response(200, content=b"x" * 5000)
     res = Deliverer(outbox, make(lambda r: big), clock).deliver_once()

@@ -11,8 +11,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from itertools import count
 
-from reconciler.actuator import ActionResult
-from reconciler.rebuild import execute_rebuild
+from reconciler.actuator.rebuild import execute_rebuild
+from reconciler.actuator.result import ActionResult
 from specs.actions import NixosRebuild
 from specs.host import CommandTimeout, Completed, FileStat
 from specs.status import Outcome

@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 from pydantic import BaseModel
 
-from reconciler.actuator import ActionResult
-from reconciler.agent import Agent, exit_code_for
+from reconciler.actuator.result import ActionResult
+from reconciler.runtime.agent import Agent, exit_code_for
 from specs.actions import Action, NixosRebuild, RestartUnit
 from specs.drift import Drift, Remedy
 from specs.host import Completed, FileStat
@@ -177,7 +177,7 @@ def test_disruptive_outside_window_deferred_nothing_runs(tmp_path: Path) -> None
 
 
 def exit_code_for_single(res: Any) -> int:
-    from reconciler.agent import PassReport
+    from reconciler.runtime.agent import PassReport
 
     rep = PassReport(started=NOON, finished=NOON, wall_seconds=0, cpu_seconds=0, results=[res])
     return exit_code_for(rep)

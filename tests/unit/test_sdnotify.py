@@ -3,7 +3,7 @@ from __future__ import annotations
 import socket
 from pathlib import Path
 
-from reconciler.sdnotify import Notifier
+from reconciler.ops.sdnotify import Notifier
 
 
 def test_notify_fields_and_watchdog_interval(tmp_path: Path) -> None:

@@ -10,7 +10,7 @@ import pytest
 from securesystemslib.dsse import Envelope
 from securesystemslib.signer import CryptoSigner, SSlibKey  # type: ignore[attr-defined]
 
-from reconciler.trust import (
+from reconciler.trust.dsse import (
     BadSignature,
     Malformed,
     Signer,

@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 
-from reconciler.cli_trust import register
-from reconciler.evidence import EvidenceIdentity, EvidenceWriter
-from reconciler.keys import load_signing_key, write_seed_file
-from reconciler.store import open_store
+from reconciler.cli.trust import register
+from reconciler.evidence.writer import EvidenceIdentity, EvidenceWriter
+from reconciler.store.database import open_store
+from reconciler.trust.keys import load_signing_key, write_seed_file
 from specs.config import load_config
 from tests.unit.test_trust_support import (
     AGENT_SIGNER,
@@ -62,7 +62,7 @@ def test_order_verify(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
 def test_order_verify_sees_replays_without_writing(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from reconciler.orders import NonceStore, OrderAdmission
+    from reconciler.trust.admission import NonceStore, OrderAdmission
 
     cfg_path = write_config(tmp_path)
     cfg = load_config(cfg_path)
@@ -181,7 +181,7 @@ def test_evidence_prune(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
     assert run(["evidence", "verify", "--all", "--config", str(cfg_path)]) == 0
     assert "pruned" in capsys.readouterr().out
     # The prune bundle was queued for delivery like any evidence.
-    from reconciler.outbox import Outbox
+    from reconciler.delivery.outbox import Outbox
 
     store = open_store(cfg.database_path)
     assert [i.bundle_id for i in Outbox(store).claim_batch(10)] == result["prune_bundles"]

@@ -13,7 +13,7 @@ from typing import Any
 
 from nacl.signing import SigningKey
 
-from reconciler.trust import Signer, envelope_bytes
+from reconciler.trust.dsse import Signer, envelope_bytes
 from specs.orders import ORDER_PAYLOAD_TYPE, format_rfc3339
 
 SITE = "clinic-1"

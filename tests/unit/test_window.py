@@ -5,7 +5,7 @@ from datetime import UTC, datetime, timedelta, timezone
 import pytest
 from freezegun import freeze_time
 
-from reconciler.window import MaintenanceWindow, WindowFormatError
+from specs.window import MaintenanceWindow, WindowFormatError
 
 
 def at(h: int, m: int, s: int = 0) -> datetime:

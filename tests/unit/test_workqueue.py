@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from reconciler.workqueue import Backoff, ShutDown, WorkQueue
+from reconciler.runtime.workqueue import Backoff, ShutDown, WorkQueue
 
 
 class FakeClock:

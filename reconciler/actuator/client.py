@@ -1,0 +1,197 @@
+"""The agent's side of the privileged actuator: same `execute` API, over a unix socket.
+
+`ActuatorClient(socket_path).execute(action)` returns the `ActionResult` the
+root actuator produced, exactly like `LocalActuator.execute` does in-process,
+so the reconcile loop does not care which one it holds. What can go wrong is
+a small hierarchy:
+
+* `ActuatorRefused`: the actuator's policy said no and nothing ran; `.reason`
+  is CamelCase (UnitNotInBaseline, OutsideMaintenanceWindow, ...) and goes
+  verbatim into evidence.
+* `ActuatorUnavailable`: the socket is missing, refused the connection, or
+  the actuator went away mid-request; whether the action ran is unknown only
+  in the last case, and the next level-triggered pass observes the truth.
+* `ActuatorProtocolError`: the reply was not a valid reply (a bug or a
+  version mismatch).
+
+`PrivilegedReadHost` is the `specs.host.Host` to hand the controllers in the
+privilege-separated deployment: the few reads that need root (listing
+nftables, the baseline-ruleset sandbox) go through the actuator, everything
+else runs locally as the agent's own user.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Sequence
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from reconciler.actuator.protocol import (
+    DEVICE_READS,
+    MAX_REPLY_BYTES,
+    NFT_SANDBOX_MODULE,
+    ActuatorReply,
+    ActuatorRequest,
+    FrameError,
+    ObserveRequest,
+    Refusal,
+    recv_frame,
+    send_json,
+)
+from reconciler.actuator.result import ActionResult, skipped_result
+from specs.actions import Action
+from specs.host import Completed, FileStat, Host, HostError
+from specs.status import Outcome
+
+# A rebuild (switch + health check + maybe rollback) can take minutes; the
+# actuator bounds every command itself, so this is only a backstop.
+DEFAULT_TIMEOUT = 1800.0
+
+
+class ActuatorError(Exception):
+    """Base of everything `ActuatorClient.execute` raises."""
+
+
+class ActuatorUnavailable(ActuatorError):
+    def __init__(self, socket_path: Path, detail: str) -> None:
+        self.socket_path = socket_path
+        super().__init__(
+            f"actuator at {socket_path} unavailable: {detail} "
+            "(is compliance-agent-actuator.socket running? 'systemctl status "
+            "compliance-agent-actuator.socket')"
+        )
+
+
+class ActuatorRefused(ActuatorError):
+    def __init__(self, reason: Refusal, message: str) -> None:
+        self.reason = reason
+        self.message = message
+        super().__init__(f"actuator refused ({reason}): {message}")
+
+
+class ActuatorProtocolError(ActuatorError):
+    pass
+
+
+class ActuatorClient:
+    """`errors_as_results=True` makes `execute` never raise: a refusal or an
+    unreachable actuator becomes a failed ActionResult (outcome `deferred` for
+    OutsideMaintenanceWindow) whose error says why, which is what a reconcile
+    loop records as evidence and retries with backoff."""
+
+    def __init__(
+        self,
+        socket_path: Path | str,
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        errors_as_results: bool = False,
+    ) -> None:
+        self.socket_path = Path(socket_path)
+        self.timeout = timeout
+        self.errors_as_results = errors_as_results
+
+    def execute(self, action: Action, step_start: int = 1) -> ActionResult:
+        if not self.errors_as_results:
+            return self._execute(action, step_start)
+        try:
+            return self._execute(action, step_start)
+        except ActuatorRefused as e:
+            outcome = Outcome.deferred if e.reason is Refusal.OutsideMaintenanceWindow else None
+            refused = skipped_result(action, "refused", f"{e.reason}: {e.message}", step_start)
+            return refused.model_copy(update={"outcome": outcome, "error": str(e)})
+        except ActuatorError as e:
+            failed = skipped_result(action, "failed", str(e), step_start)
+            return failed.model_copy(update={"error": str(e)})
+
+    def _execute(self, action: Action, step_start: int) -> ActionResult:
+        reply = self._roundtrip(ActuatorRequest(action=action, step_start=step_start))
+        if reply.status == "ok":
+            if reply.result is None:
+                raise ActuatorProtocolError("actuator replied ok without a result")
+            return reply.result
+        reason = reply.reason or Refusal.InternalError
+        if reply.status == "refused":
+            raise ActuatorRefused(reason, reply.message)
+        raise ActuatorProtocolError(f"actuator error ({reason}): {reply.message}")
+
+    def observe(self, argv: Sequence[str], timeout: float = 30.0) -> Completed:
+        """Run one allowlisted read-only command as root; ActuatorRefused if not allowlisted."""
+        reply = self._roundtrip(ObserveRequest(observe=list(argv), timeout=timeout))
+        if reply.status == "ok" and reply.completed is not None:
+            return reply.completed
+        reason = reply.reason or Refusal.InternalError
+        if reply.status == "refused":
+            raise ActuatorRefused(reason, reply.message)
+        raise ActuatorProtocolError(f"actuator error ({reason}): {reply.message}")
+
+    def _roundtrip(self, request: ActuatorRequest | ObserveRequest) -> ActuatorReply:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        try:
+            try:
+                sock.connect(str(self.socket_path))
+            except OSError as e:
+                raise ActuatorUnavailable(self.socket_path, e.strerror or str(e)) from None
+            # The actuator may reply and hang up before reading (e.g. a refused
+            # peer), so a failed send still gets a chance to read that reply.
+            send_error: OSError | None = None
+            try:
+                send_json(sock, request)
+            except OSError as e:
+                send_error = e
+            try:
+                body = recv_frame(sock, MAX_REPLY_BYTES)
+            except (FrameError, OSError) as e:  # OSError includes TimeoutError
+                detail = send_error or e
+                raise ActuatorUnavailable(
+                    self.socket_path, f"no complete reply: {detail or type(detail).__name__}"
+                ) from None
+        finally:
+            sock.close()
+        try:
+            return ActuatorReply.model_validate_json(body)
+        except ValidationError as e:
+            raise ActuatorProtocolError(f"invalid reply from actuator: {e}") from None
+
+
+def needs_privilege(argv: Sequence[str]) -> bool:
+    """Reads the unprivileged agent cannot do itself: nft needs CAP_NET_ADMIN, and
+    block devices are out of reach (PrivateDevices, root-only nodes)."""
+    args = list(argv)
+    return (
+        args[:3] == ["nft", "-j", "list"]
+        or args[1:3] == ["-m", NFT_SANDBOX_MODULE]
+        or args[:-1] in DEVICE_READS
+    )
+
+
+class PrivilegedReadHost:
+    """A Host that sends privileged reads to the actuator and runs the rest locally.
+
+    A refused read comes back as exit code 126 with the reason on stderr (the
+    controllers already report failed commands as observation problems); an
+    unreachable actuator is a HostError, like a command that cannot run.
+    """
+
+    def __init__(self, local: Host, client: ActuatorClient) -> None:
+        self.local = local
+        self.client = client
+
+    def run(self, argv: Sequence[str], timeout: float = 30.0) -> Completed:
+        if not needs_privilege(argv):
+            return self.local.run(argv, timeout)
+        try:
+            return self.client.observe(argv, min(timeout, 120.0))
+        except ActuatorRefused as e:
+            return Completed(argv=list(argv), exit_code=126, stdout="", stderr=str(e),
+                             duration=0.0)
+        except ActuatorError as e:
+            raise HostError(str(e)) from None
+
+    def read_text(self, path: str) -> str:
+        return self.local.read_text(path)
+
+    def stat(self, path: str) -> FileStat:
+        return self.local.stat(path)

@@ -1,0 +1,144 @@
+"""CLI: `queue` (outbox depth, oldest age, dead letters) and `queue retry`.
+
+`queue` opens the state database read-only, so it is safe next to the
+running daemon. `queue retry` writes (it moves dead letters back to queued);
+the daemon's next delivery round picks them up.
+
+Exit codes: 0 ok; 1 some named bundles were not dead letters (nothing done
+for those); 2 error (bad config, unreadable state).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from datetime import UTC, datetime
+from typing import Any
+
+EXIT_OK, EXIT_PARTIAL, EXIT_ERROR = 0, 1, 2
+DEFAULT_LIMIT = 50
+
+
+def _err(msg: str) -> int:
+    print(f"compliance-agent: {msg}", file=sys.stderr)
+    return EXIT_ERROR
+
+
+def _open(args: argparse.Namespace, readonly: bool) -> Any:
+    from pathlib import Path
+
+    from reconciler.delivery.outbox import Outbox
+    from reconciler.store.database import open_store
+    from specs.config import load_config
+
+    if not args.config:
+        raise SystemExit(_err("--config FILE is required (the agent's config JSON)"))
+    cfg = load_config(Path(args.config))
+    return Outbox(open_store(cfg.database_path, readonly=readonly))
+
+
+def _iso(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _age(seconds: float) -> str:
+    s = int(seconds)
+    if s < 120:
+        return f"{s}s"
+    if s < 7200:
+        return f"{s // 60}m{s % 60:02d}s"
+    if s < 172800:
+        return f"{s // 3600}h{(s % 3600) // 60:02d}m"
+    return f"{s // 86400}d{(s % 86400) // 3600:02d}h"
+
+
+def cmd_queue(args: argparse.Namespace) -> int:
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from reconciler.delivery.outbox import OutboxState
+
+    outbox = _open(args, readonly=True)
+    try:
+        stats = outbox.stats()
+        dead = outbox.entries(OutboxState.dead, limit=args.limit)
+        retrying = [e for e in outbox.entries(OutboxState.queued, limit=args.limit)
+                    if e.attempts > 0]
+    except SQLAlchemyError as exc:
+        return _err(f"{outbox.store.path}: cannot read the outbox (is the agent upgraded and "
+                    f"has it run once?): {exc.__class__.__name__}")
+    finally:
+        outbox.store.close()
+
+    def row(e: Any) -> dict[str, Any]:
+        return {"bundle_id": e.bundle_id, "state": e.state.value, "attempts": e.attempts,
+                "created_at": _iso(e.created_at), "next_attempt_at": _iso(e.next_attempt_at),
+                "last_error": e.last_error}
+
+    if args.output == "json":
+        print(json.dumps({
+            "depth": stats.depth, "oldest_age_seconds": round(stats.oldest_age_seconds, 3),
+            "dead": stats.dead, "delivered": stats.delivered, "attempts": stats.attempts,
+            "retrying": stats.retrying,
+            "dead_letters": [row(e) for e in dead], "retrying_bundles": [row(e) for e in retrying],
+        }, indent=2))
+        return EXIT_OK
+    print(f"queued      {stats.depth}" + (f" (oldest {_age(stats.oldest_age_seconds)})"
+                                          if stats.depth else ""))
+    print(f"retrying    {stats.retrying}")
+    print(f"dead        {stats.dead}")
+    print(f"delivered   {stats.delivered}")
+    for title, rows, when in (("DEAD LETTERS", dead, "created_at"),
+                              ("RETRYING", retrying, "next_attempt_at")):
+        if not rows:
+            continue
+        print(f"\n{title}")
+        print(f"{'BUNDLE_ID':<38} {'ATTEMPTS':>8}  {when.upper():<20}  LAST_ERROR")
+        for ent in rows:
+            r = row(ent)
+            print(f"{ent.bundle_id:<38} {ent.attempts:>8}  {r[when] or '-':<20}  "
+                  f"{(ent.last_error or '-')[:120]}")
+    if dead:
+        print("\nre-queue with: compliance-agent queue retry --all --config FILE"
+              " (or name bundle ids)")
+    return EXIT_OK
+
+
+def cmd_queue_retry(args: argparse.Namespace) -> int:
+    if args.all == bool(args.bundle_ids):
+        return _err("give either --all or one or more BUNDLE_IDs")
+    outbox = _open(args, readonly=False)
+    try:
+        if args.all:
+            n = outbox.retry_dead(None)
+            print(f"re-queued {n} dead letter(s)")
+            return EXIT_OK
+        ids = list(dict.fromkeys(args.bundle_ids))
+        n = outbox.retry_dead(ids)
+    finally:
+        outbox.store.close()
+    print(f"re-queued {n} of {len(ids)} bundle(s)")
+    if n < len(ids):
+        print("compliance-agent: some ids were not dead letters (unknown, queued or delivered);"
+              " see 'compliance-agent queue'", file=sys.stderr)
+        return EXIT_PARTIAL
+    return EXIT_OK
+
+
+def register(subparsers: Any) -> None:
+    q = subparsers.add_parser(
+        "queue", help="evidence outbox: depth, oldest age, dead letters; 'queue retry'"
+    )
+    q.add_argument("-o", "--output", choices=("table", "json"), default="table")
+    q.add_argument("--config", help="agent config JSON (from the NixOS module)")
+    q.add_argument("--limit", type=int, default=DEFAULT_LIMIT, help="rows listed per section")
+    q.set_defaults(func=cmd_queue)
+    qsub = q.add_subparsers(dest="queue_command", metavar="SUBCOMMAND")
+    r = qsub.add_parser("retry", help="re-queue dead letters (--all, or the named bundle ids)")
+    r.add_argument("bundle_ids", nargs="*", metavar="BUNDLE_ID")
+    r.add_argument("--all", action="store_true", help="re-queue every dead letter")
+    r.add_argument("--config", default=argparse.SUPPRESS,
+                   help="agent config JSON (from the NixOS module)")
+    r.set_defaults(func=cmd_queue_retry)

@@ -1,0 +1,314 @@
+"""CLI: `keygen`, `order verify`, `evidence list|show|verify|prune`.
+
+Exit codes follow reconciler.cli.main: 0 ok; 1 evidence problems found; 2 error
+(bad config, unreadable state or file); 3 order not admitted.
+
+`order verify` and `evidence list|show|verify` open the state database
+read-only: they never write, so they are safe next to the running daemon.
+`evidence prune` appends to the chain (it signs a prune bundle), so it needs
+the signing key and write access; the daemon's writer and the CLI serialize
+on SQLite's write lock.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from specs.config import AgentConfig, ConfigError, load_config
+
+EXIT_OK, EXIT_PROBLEMS, EXIT_ERROR, EXIT_NOT_ADMITTED = 0, 1, 2, 3
+
+
+def _err(msg: str, code: int = EXIT_ERROR) -> int:
+    print(f"compliance-agent: {msg}", file=sys.stderr)
+    return code
+
+
+def _config(path: str) -> AgentConfig:
+    return load_config(Path(path))
+
+
+def _config_error(e: ConfigError) -> int:
+    print(f"compliance-agent: invalid config {e.path}:", file=sys.stderr)
+    for p in e.problems:
+        print(f"  {p}", file=sys.stderr)
+    return EXIT_ERROR
+
+
+# -- keygen ------------------------------------------------------------------------
+def cmd_keygen(args: argparse.Namespace) -> int:
+    from reconciler.trust.keys import KeyFileError, generate_key_file
+
+    try:
+        signer = generate_key_file(Path(args.out), force=args.force)
+    except KeyFileError as e:
+        return _err(str(e))
+    print(signer.public_key_hex)
+    print(f"wrote {args.out} (mode 0600); keyid {signer.keyid}", file=sys.stderr)
+    return EXIT_OK
+
+
+# -- order verify --------------------------------------------------------------------
+def cmd_order_verify(args: argparse.Namespace) -> int:
+    from reconciler.store.database import StoreError, open_store
+    from reconciler.trust.admission import NonceStore, OrderAdmission
+    from specs.orders import parse_rfc3339_utc
+
+    try:
+        cfg = _config(args.config)
+    except ConfigError as e:
+        return _config_error(e)
+    try:
+        now = parse_rfc3339_utc(args.at) if args.at else datetime.now(UTC)
+    except ValueError as e:
+        return _err(f"--at: {e}")
+    try:
+        data = Path(args.file).read_bytes()
+    except OSError as e:
+        return _err(f"{args.file}: cannot read: {e.strerror}")
+    store = None
+    if cfg.database_path.exists():
+        try:
+            store = open_store(cfg.database_path, readonly=True)
+        except StoreError as e:
+            return _err(str(e))
+    admission = OrderAdmission.from_config(cfg, NonceStore(store, readonly=True))
+    try:
+        verdict = admission.admit(data, now=now)
+    finally:
+        if store is not None:
+            store.close()
+    print(json.dumps(verdict.to_json()))
+    if verdict.message and not verdict.admitted:
+        print(f"{verdict.reason}: {verdict.message}", file=sys.stderr)
+    return EXIT_OK if verdict.admitted else EXIT_NOT_ADMITTED
+
+
+# -- evidence ------------------------------------------------------------------------
+def _open_ro(cfg: AgentConfig) -> Any:
+    from reconciler.store.database import open_store
+
+    return open_store(cfg.database_path, readonly=True)
+
+
+def cmd_evidence_list(args: argparse.Namespace) -> int:
+    from reconciler.store.database import StoreError
+    from reconciler.store.evidence_index import list_bundles
+
+    try:
+        cfg = _config(args.config)
+        store = _open_ro(cfg)
+    except ConfigError as e:
+        return _config_error(e)
+    except StoreError as e:
+        return _err(str(e))
+    try:
+        rows = list_bundles(store, include_pruned=args.all, limit=args.limit)
+    finally:
+        store.close()
+    if args.output == "json":
+        print(json.dumps([r.to_json() for r in rows], indent=2))
+        return EXIT_OK
+    header = ("SEQ", "BUNDLE", "CHECK", "OUTCOME", "CREATED", "STATE")
+    table = [
+        (
+            str(r.sequence),
+            r.bundle_id,
+            r.check,
+            r.outcome,
+            r.created_at,
+            "pruned" if r.pruned else "stored",
+        )
+        for r in rows
+    ]
+    widths = [max([len(h), *(len(t[i]) for t in table)]) for i, h in enumerate(header)]
+    for line in (header, *table):
+        print("  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip())
+    return EXIT_OK
+
+
+def cmd_evidence_show(args: argparse.Namespace) -> int:
+    from reconciler.evidence.chain import verify_chain
+    from reconciler.store.database import StoreError
+    from reconciler.store.evidence_index import decode_statement, get_bundle
+
+    try:
+        cfg = _config(args.config)
+        store = _open_ro(cfg)
+    except ConfigError as e:
+        return _config_error(e)
+    except StoreError as e:
+        return _err(str(e))
+    try:
+        row = get_bundle(store, args.id)
+    finally:
+        store.close()
+    if row is None:
+        return _err(f"no evidence bundle {args.id!r} (see 'compliance-agent evidence list')")
+    out: dict[str, Any] = {"index": row.to_json()}
+    if row.pruned:
+        out["statement"] = None
+        out["note"] = f"pruned at {row.pruned_at} by prune bundle {row.pruned_by}"
+    else:
+        path = cfg.evidence_directory / row.file_name
+        try:
+            data = path.read_bytes()
+        except OSError as e:
+            return _err(f"{path}: cannot read: {e.strerror} (run 'evidence verify --all')")
+        key = _agent_public_key(cfg)
+        if key is not None:
+            report = verify_chain([(row.file_name, data)], [key])
+            out["signature"] = "ok" if report.ok else [str(p) for p in report.problems]
+        try:
+            out["statement"] = decode_statement(data)
+        except (ValueError, KeyError) as e:
+            return _err(f"{path}: not a readable envelope: {e}")
+    print(json.dumps(out, indent=2, sort_keys=True))
+    return EXIT_OK
+
+
+def _agent_public_key(cfg: AgentConfig) -> str | None:
+    """The evidence signing key's public half, or None if this user can't read the key."""
+    from reconciler.trust.keys import KeyFileError, load_signing_key
+
+    try:
+        return load_signing_key(cfg.signing_key_file).public_key_hex
+    except KeyFileError:
+        return None
+
+
+def cmd_evidence_verify(args: argparse.Namespace) -> int:
+    from reconciler.evidence.chain import verify_store
+    from reconciler.store.database import StoreError
+
+    try:
+        cfg = _config(args.config)
+    except ConfigError as e:
+        return _config_error(e)
+    if not args.all and not args.paths:
+        return _err("name bundle files to verify, or pass --all for the whole local chain")
+    if args.public_key:
+        keys = list(args.public_key)
+    else:
+        key = _agent_public_key(cfg)
+        if key is None:
+            return _err(
+                f"cannot read the signing key {cfg.signing_key_file} to learn the agent's "
+                "public key; pass --public-key HEX (printed by 'compliance-agent keygen')"
+            )
+        keys = [key]
+    try:
+        store = _open_ro(cfg)
+    except StoreError as e:
+        return _err(str(e))
+    try:
+        paths = None if args.all else [Path(p) for p in args.paths]
+        report = verify_store(store, cfg.evidence_directory, keys, paths)
+    except OSError as e:
+        return _err(f"{e.filename}: cannot read: {e.strerror}")
+    finally:
+        store.close()
+    if args.output == "json":
+        print(json.dumps(report.to_json(), indent=2))
+    else:
+        for p in report.problems:
+            print(f"PROBLEM {p}")
+        for n in report.notes:
+            print(f"note: {n}")
+        status = "intact" if report.ok else f"{len(report.problems)} problem(s)"
+        print(f"{report.checked} bundle(s) checked, seq {report.first}..{report.last}: {status}")
+    return EXIT_OK if report.ok else EXIT_PROBLEMS
+
+
+def cmd_evidence_prune(args: argparse.Namespace) -> int:
+    from reconciler.evidence.retention import Pruner, RetentionPolicy
+    from reconciler.evidence.writer import EvidenceIdentity, EvidenceWriter
+    from reconciler.store.database import StoreError, open_store
+    from reconciler.trust.keys import KeyFileError, load_signing_key
+
+    try:
+        cfg = _config(args.config)
+        signer = load_signing_key(cfg.signing_key_file)
+        store = open_store(cfg.database_path)
+    except ConfigError as e:
+        return _config_error(e)
+    except (KeyFileError, StoreError) as e:
+        return _err(str(e))
+    on_stored = []
+    if not args.no_queue:
+        # Prune evidence is evidence: it goes to the control plane like any other.
+        from reconciler.delivery.outbox import Outbox
+
+        on_stored.append(Outbox(store).on_stored)
+    try:
+        writer = EvidenceWriter(
+            store,
+            signer,
+            cfg.evidence_directory,
+            EvidenceIdentity.from_config(cfg),
+            on_stored=on_stored,
+        )
+        result = Pruner(writer, RetentionPolicy.from_config(cfg)).prune()
+        writer.close()
+    finally:
+        store.close()
+    print(json.dumps(result.to_json()))
+    return EXIT_OK
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add keygen, order and evidence subcommands; each sets `func(args) -> int`."""
+    kg = subparsers.add_parser(
+        "keygen", help="generate an Ed25519 signing key; print its public key"
+    )
+    kg.add_argument("--out", required=True, help="key file to create (mode 0600)")
+    kg.add_argument("--force", action="store_true", help="replace an existing file")
+    kg.set_defaults(func=cmd_keygen)
+
+    order = subparsers.add_parser("order", help="check signed orders without acting on them")
+    osub = order.add_subparsers(dest="order_command", required=True, metavar="SUBCOMMAND")
+    ov = osub.add_parser(
+        "verify", help="would this order be admitted? prints JSON; exit 0 yes, 3 no"
+    )
+    ov.add_argument("file", help="DSSE envelope file of the order")
+    ov.add_argument("--at", help="evaluate at this RFC 3339 UTC time instead of now")
+    ov.add_argument("--config", required=True)
+    ov.set_defaults(func=cmd_order_verify)
+
+    ev = subparsers.add_parser("evidence", help="list, show, verify and prune evidence bundles")
+    esub = ev.add_subparsers(dest="evidence_command", required=True, metavar="SUBCOMMAND")
+    ls = esub.add_parser("list", help="bundles, newest first")
+    ls.add_argument("-o", "--output", choices=("table", "json"), default="table")
+    ls.add_argument("--all", action="store_true", help="include pruned bundles (tombstones)")
+    ls.add_argument("--limit", type=int, default=None)
+    ls.add_argument("--config", required=True)
+    ls.set_defaults(func=cmd_evidence_list)
+
+    sh = esub.add_parser("show", help="one bundle's statement (by bundle id or sequence)")
+    sh.add_argument("id")
+    sh.add_argument("--config", required=True)
+    sh.set_defaults(func=cmd_evidence_show)
+
+    vf = esub.add_parser("verify", help="check signatures and the hash chain; exit 0 intact, 1 not")
+    vf.add_argument("paths", nargs="*", metavar="PATH", help="bundle files (default: none)")
+    vf.add_argument("--all", action="store_true", help="the whole local chain")
+    vf.add_argument(
+        "--public-key",
+        action="append",
+        help="agent public key hex (default: derived from signingKeyFile)",
+    )
+    vf.add_argument("-o", "--output", choices=("text", "json"), default="text")
+    vf.add_argument("--config", required=True)
+    vf.set_defaults(func=cmd_evidence_verify)
+
+    pr = esub.add_parser("prune", help="apply evidence retention now (writes a prune bundle)")
+    pr.add_argument("--config", required=True)
+    pr.add_argument(
+        "--no-queue", action="store_true", help="do not queue the prune bundle for delivery"
+    )
+    pr.set_defaults(func=cmd_evidence_prune)

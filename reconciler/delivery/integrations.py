@@ -1,0 +1,385 @@
+"""Reseller integrations (guardrail 10): RMM webhook (HMAC-signed) and syslog.
+
+In `deploymentMode = "reseller"` every stored evidence bundle is also
+announced, as a short JSON summary, to the MSP's RMM webhook and to
+`syslogTarget` when those are set. In `direct` mode nothing is built.
+
+These are *copies* for the reseller's tools; the evidence itself is always in
+the outbox. So each sink runs on its own background thread behind a bounded
+queue: it never blocks the reconcile loop, and when the queue is full the
+copy is dropped and counted (with a warning) rather than stalling evidence.
+
+Webhook: `POST` of the JSON body with header
+`X-Signature-256: sha256=<hex HMAC-SHA256(secret, exact body)>` (GitHub's
+scheme), retried with exponential backoff and full jitter on 5xx/408/429 and
+network errors. Syslog: RFC 5424, over TCP with octet-counting framing
+(RFC 6587) or one datagram per message over UDP. The secret is read from
+`webhookSecretFile` once and never logged.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import hashlib
+import hmac
+import json
+import logging
+import os
+import queue
+import socket
+import threading
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+from urllib.parse import urlsplit
+
+from sqlalchemy import Connection, event
+from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_random_exponential
+
+from reconciler.trust import keys
+
+if TYPE_CHECKING:
+    import httpx
+from specs.config import AgentConfig, DeploymentMode
+
+log = logging.getLogger(__name__)
+
+SIGNATURE_HEADER = "X-Signature-256"
+APP_NAME = "compliance-agent"
+SD_ID = "evidence@32473"  # 32473: the IANA example enterprise number (RFC 5612)
+FACILITY_LOCAL0 = 16
+SEVERITY = {
+    "success": 6,
+    "deferred": 5,
+    "expired": 5,
+    "reverted": 4,
+    "rejected": 4,
+    "alert": 4,
+    "failed": 3,
+}
+
+
+class IntegrationError(Exception):
+    def __init__(self, message: str, retryable: bool = True) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+
+
+@dataclass(frozen=True)
+class EvidenceSummary:
+    bundle_id: str
+    check: str
+    outcome: str
+    site: str
+    host: str
+    timestamp: str
+    sequence: int | None = None
+
+    def to_json(self) -> bytes:
+        return json.dumps(asdict(self), sort_keys=True, separators=(",", ":")).encode()
+
+
+def summarize(envelope: bytes) -> EvidenceSummary:
+    """The summary of an evidence envelope the agent itself signed and stored."""
+    try:
+        env = json.loads(envelope)
+        pred = json.loads(base64.b64decode(env["payload"]))["predicate"]
+    except (ValueError, KeyError, TypeError, binascii.Error) as e:
+        raise IntegrationError(f"not an evidence envelope: {e}", retryable=False) from None
+    seq = pred.get("sequence")
+    return EvidenceSummary(
+        bundle_id=str(pred.get("bundle_id", "")),
+        check=str(pred.get("check", "")),
+        outcome=str(pred.get("outcome", "")),
+        site=str(pred.get("site_id", "")),
+        host=str(pred.get("host_id", "")),
+        timestamp=str(pred.get("timestamp_end") or pred.get("timestamp_start") or ""),
+        sequence=seq if isinstance(seq, int) else None,
+    )
+
+
+class Sender(Protocol):
+    name: str
+
+    def send(self, summary: EvidenceSummary) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def sign_body(secret: bytes, body: bytes) -> str:
+    return "sha256=" + hmac.new(secret, body, hashlib.sha256).hexdigest()
+
+
+def read_secret_file(path: Path) -> bytes:
+    """Read the webhook secret with the private-key permission rule (0600/0400)."""
+    try:
+        data = keys.read_private_key_file(path)
+    except keys.KeyFileError as e:
+        raise IntegrationError(f"webhookSecretFile {e}", retryable=False) from None
+    secret = data.strip()
+    if not secret:
+        raise IntegrationError(f"webhookSecretFile {path}: the file is empty", retryable=False)
+    return secret
+
+
+class WebhookSender:
+    name = "webhook"
+
+    def __init__(
+        self,
+        url: str,
+        secret: bytes,
+        timeout: float = 10.0,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        import httpx  # only reseller webhooks pay for it at start-up
+
+        self.url = url
+        self._secret = secret
+        self._http = httpx.Client(
+            timeout=timeout,
+            trust_env=False,
+            follow_redirects=False,
+            headers={"User-Agent": f"{APP_NAME}/0.1"},
+            transport=transport,
+        )
+
+    def __repr__(self) -> str:  # never show the secret
+        return f"WebhookSender({self.url!r})"
+
+    def send(self, summary: EvidenceSummary) -> None:
+        import httpx
+
+        body = summary.to_json()
+        headers = {
+            "Content-Type": "application/json",
+            SIGNATURE_HEADER: sign_body(self._secret, body),
+        }
+        try:
+            resp = self._http.post(self.url, content=body, headers=headers)
+        except httpx.HTTPError as e:
+            raise IntegrationError(f"webhook {self.url}: {type(e).__name__}") from None
+        if resp.status_code >= 300:
+            retryable = resp.status_code >= 500 or resp.status_code in (408, 429)
+            raise IntegrationError(f"webhook {self.url}: HTTP {resp.status_code}", retryable)
+
+    def close(self) -> None:
+        self._http.close()
+
+
+def _sd_escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("]", "\\]")
+
+
+def _token(value: str, limit: int) -> str:
+    # HOSTNAME/APP-NAME etc. are PRINTUSASCII without spaces; "-" is NILVALUE.
+    cleaned = "".join(c for c in value if 33 <= ord(c) <= 126)[:limit]
+    return cleaned or "-"
+
+
+def format_rfc5424(summary: EvidenceSummary, pid: int | None = None) -> bytes:
+    """One RFC 5424 message: header, one SD element, BOM + JSON summary as MSG."""
+    pri = FACILITY_LOCAL0 * 8 + SEVERITY.get(summary.outcome, 5)
+    ts = summary.timestamp or datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    params = " ".join(
+        f'{k}="{_sd_escape(v)}"'
+        for k, v in (
+            ("bundle_id", summary.bundle_id),
+            ("check", summary.check),
+            ("outcome", summary.outcome),
+            ("site", summary.site),
+            ("host", summary.host),
+        )
+    )
+    header = (
+        f"<{pri}>1 {_token(ts, 64)} {_token(summary.host, 255)} {APP_NAME} "
+        f"{pid if pid is not None else os.getpid()} EVIDENCE [{SD_ID} {params}] "
+    )
+    return header.encode() + b"\xef\xbb\xbf" + summary.to_json()
+
+
+class SyslogSender:
+    name = "syslog"
+
+    def __init__(self, target: str, timeout: float = 5.0) -> None:
+        parts = urlsplit(target)
+        if parts.scheme not in ("tcp", "udp") or not parts.hostname or not parts.port:
+            raise IntegrationError(
+                f"syslogTarget {target!r}: use tcp://host:port or udp://host:port", retryable=False
+            )
+        self.target = target
+        self.proto = parts.scheme
+        self.addr = (parts.hostname, parts.port)
+        self.timeout = timeout
+        self._sock: socket.socket | None = None
+
+    def _connect(self) -> socket.socket:
+        if self._sock is None:
+            if self.proto == "tcp":
+                self._sock = socket.create_connection(self.addr, timeout=self.timeout)
+            else:
+                info = socket.getaddrinfo(*self.addr, type=socket.SOCK_DGRAM)[0]
+                s = socket.socket(info[0], socket.SOCK_DGRAM)
+                s.settimeout(self.timeout)
+                s.connect(info[4])
+                self._sock = s
+        return self._sock
+
+    def send(self, summary: EvidenceSummary) -> None:
+        msg = format_rfc5424(summary)
+        try:
+            sock = self._connect()
+            if self.proto == "tcp":
+                sock.sendall(b"%d " % len(msg) + msg)  # RFC 6587 octet counting
+            else:
+                sock.send(msg)
+        except OSError as e:
+            self.close()  # reconnect on the next try
+            raise IntegrationError(f"syslog {self.target}: {e.strerror or e}") from None
+
+    def close(self) -> None:
+        if self._sock is not None:
+            with contextlib.suppress(OSError):
+                self._sock.close()
+            self._sock = None
+
+
+class EvidenceSink:
+    """A sender on a background thread behind a bounded queue; never blocks callers."""
+
+    def __init__(
+        self,
+        sender: Sender,
+        maxsize: int = 1000,
+        attempts: int = 5,
+        initial_wait: float = 0.5,
+        max_wait: float = 30.0,
+    ) -> None:
+        self.sender = sender
+        self.name = sender.name
+        self._q: queue.Queue[EvidenceSummary | None] = queue.Queue(maxsize=maxsize)
+        self._stop = threading.Event()
+        self.sent = self.failed = self.dropped = 0
+        self._retrying = Retrying(
+            stop=stop_after_attempt(attempts),
+            wait=wait_random_exponential(multiplier=initial_wait, max=max_wait),
+            retry=retry_if_exception(lambda e: isinstance(e, IntegrationError) and e.retryable),
+            sleep=self._sleep,
+            reraise=True,
+        )
+        self._thread = threading.Thread(target=self._run, name=f"sink-{self.name}", daemon=True)
+        self._thread.start()
+
+    def _sleep(self, seconds: float) -> None:
+        # Interruptible, so close() does not wait out a backoff.
+        if self._stop.wait(seconds):
+            raise IntegrationError("shutting down", retryable=False)
+
+    def submit(self, summary: EvidenceSummary) -> bool:
+        try:
+            self._q.put_nowait(summary)
+            return True
+        except queue.Full:
+            self.dropped += 1
+            if self.dropped == 1 or self.dropped % 100 == 0:
+                log.warning(
+                    "%s queue full: dropped the %s copy of bundle %s (%d dropped so far;"
+                    " the evidence itself stays in the outbox)",
+                    self.name,
+                    self.name,
+                    summary.bundle_id,
+                    self.dropped,
+                )
+            return False
+
+    def _run(self) -> None:
+        while True:
+            item = self._q.get()
+            try:
+                if item is None:
+                    return
+                try:
+                    self._retrying(self.sender.send, item)
+                    self.sent += 1
+                except IntegrationError as e:
+                    self.failed += 1
+                    log.warning("%s: giving up on bundle %s: %s", self.name, item.bundle_id, e)
+                except Exception:  # a bug in a sender must not kill the thread
+                    self.failed += 1
+                    log.exception(
+                        "%s: unexpected error sending bundle %s", self.name, item.bundle_id
+                    )
+            finally:
+                self._q.task_done()
+
+    def flush(self, timeout: float) -> bool:
+        """Wait until everything queued so far was handled; True if it was in time."""
+        done = threading.Event()
+
+        def waiter() -> None:
+            self._q.join()
+            done.set()
+
+        threading.Thread(target=waiter, daemon=True).start()
+        return done.wait(timeout)
+
+    def close(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        with contextlib.suppress(queue.Full):
+            self._q.put_nowait(None)
+        self._thread.join(timeout)
+        self.sender.close()
+
+
+def build_integrations(cfg: AgentConfig, **sink_options: Any) -> list[EvidenceSink]:
+    """Sinks for this deployment: none in direct mode; webhook/syslog if set in reseller mode."""
+    if cfg.deployment_mode is not DeploymentMode.reseller:
+        return []
+    sinks: list[EvidenceSink] = []
+    if cfg.rmm_webhook_url:
+        assert cfg.webhook_secret_file is not None  # AgentConfig guarantees it
+        secret = read_secret_file(cfg.webhook_secret_file)
+        sinks.append(EvidenceSink(WebhookSender(cfg.rmm_webhook_url, secret), **sink_options))
+    if cfg.syslog_target:
+        sinks.append(EvidenceSink(SyslogSender(cfg.syslog_target), **sink_options))
+    return sinks
+
+
+class IntegrationHook:
+    """`EvidenceWriter(on_stored=[hook])`: hands each bundle's summary to every sink
+    once the evidence transaction commits (a rolled-back bundle is never announced)."""
+
+    def __init__(self, sinks: list[EvidenceSink]) -> None:
+        self.sinks = sinks
+
+    def __call__(self, conn: Connection, bundle_id: str, envelope: bytes) -> None:
+        if not self.sinks:
+            return
+        try:
+            summary = summarize(envelope)
+        except IntegrationError as e:
+            # Never let a reseller copy fail the evidence transaction itself.
+            log.warning("not announcing bundle %s: %s", bundle_id, e)
+            return
+        state = {"cancelled": False}
+
+        def on_commit(_conn: Connection) -> None:
+            if not state["cancelled"]:
+                self.emit(summary)
+
+        def on_rollback(_conn: Connection) -> None:
+            state["cancelled"] = True
+
+        event.listen(conn, "commit", on_commit, once=True)
+        event.listen(conn, "rollback", on_rollback, once=True)
+
+    def emit(self, summary: EvidenceSummary) -> None:
+        for sink in self.sinks:
+            sink.submit(summary)
+
+    def close(self, timeout: float = 5.0) -> None:
+        for sink in self.sinks:
+            sink.close(timeout)

@@ -1,0 +1,219 @@
+"""The control-plane thread: poll orders and the signed baseline, deliver evidence.
+
+It runs beside the reconcile loop so a slow or unreachable control plane never
+delays a pass or the watchdog: passes keep reconciling from the last good
+baseline and evidence queues in the outbox until delivery works again.
+
+Orders go through admission; every verdict becomes evidence; an admitted
+order becomes a trigger in desired state (reconciler.store.triggers) and wakes the
+reconcile loop. Nothing an order asks for bypasses the controllers or guards.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import random
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from sqlalchemy import text
+
+from reconciler.delivery.baseline_source import BaselineSource
+from reconciler.delivery.client import ControlPlaneClient, ControlPlaneError
+from reconciler.delivery.deliverer import Deliverer
+from reconciler.delivery.outbox import Outbox
+from reconciler.evidence.writer import EvidenceWriter
+from reconciler.store.database import Store
+from reconciler.store.triggers import TriggerStore
+from reconciler.trust.admission import OrderAdmission, Verdict, order_to_trigger
+from specs.status import Outcome
+
+log = logging.getLogger("compliance_agent.control_plane")
+
+CURSOR_KEY = "orders_cursor"
+
+
+@dataclass
+class ControlPlaneStats:
+    polls: int = 0
+    poll_errors: int = 0
+    orders_admitted: int = 0
+    orders_refused: dict[str, int] = field(default_factory=dict)
+    delivered: int = 0
+    last_error: str | None = None
+    last_contact: datetime | None = None
+    http_offset_ms: float | None = None
+
+
+class ControlPlaneLoop:
+    def __init__(
+        self,
+        *,
+        client: ControlPlaneClient,
+        admission: OrderAdmission,
+        triggers: TriggerStore,
+        writer: EvidenceWriter,
+        outbox: Outbox,
+        deliverer: Deliverer,
+        baseline_source: BaselineSource,
+        store: Store,
+        poll_interval: float,
+        on_admitted: Callable[[str | None, str], None],
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        rng: random.Random | None = None,
+    ) -> None:
+        self.client = client
+        self.admission = admission
+        self.triggers = triggers
+        self.writer = writer
+        self.outbox = outbox
+        self.deliverer = deliverer
+        self.baseline_source = baseline_source
+        self.store = store
+        self.poll_interval = poll_interval
+        self.on_admitted = on_admitted
+        self.clock = clock
+        self.rng = rng or random.Random()
+        self.stats = ControlPlaneStats()
+        self.recent_verdicts: deque[Verdict] = deque(maxlen=50)  # for status and the demo
+        self._stop = threading.Event()
+        self._kick = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # -- lifecycle ---------------------------------------------------------------
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="control-plane", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 0.5) -> None:
+        self._stop.set()
+        self._kick.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+        self.client.close()
+
+    def kick(self) -> None:
+        """Deliver now (e.g. right after a pass wrote bundles)."""
+        self._kick.set()
+
+    def _run(self) -> None:
+        next_poll = 0.0
+        while not self._stop.is_set():
+            now = time.monotonic()
+            if now >= next_poll:
+                self.poll_once()
+                next_poll = now + self.poll_interval * (1 + self.rng.uniform(-0.1, 0.1))
+            self.deliver_once()
+            self._kick.wait(min(5.0, max(0.2, next_poll - time.monotonic())))
+            self._kick.clear()
+
+    # -- one round ---------------------------------------------------------------
+    def poll_once(self) -> None:
+        self.stats.polls += 1
+        try:
+            self._poll_orders()
+        except ControlPlaneError as e:
+            self._note_error("orders", e)
+        try:
+            self.baseline_source.current()  # fetch (ETag), verify, store if newer
+            for rej in self.baseline_source.take_rejections():
+                self.writer.record(
+                    check="baseline", outcome=Outcome.rejected,
+                    pre_state={"version": rej.version, "etag": rej.etag},
+                    post_state={"applied": False, "reason": rej.reason},
+                    error=f"{rej.reason}: {rej.message}",
+                )
+        except Exception as e:
+            self._note_error("baseline", e)
+        self._note_server_clock()
+
+    def _poll_orders(self) -> None:
+        cursor = self._cursor()
+        page = self.client.fetch_orders(cursor)
+        self.stats.last_contact = self.clock()
+        self.stats.last_error = None
+        for envelope in page.orders:
+            # the signature covers the payload, not this JSON's formatting
+            self.handle_order(json.dumps(envelope, separators=(",", ":")).encode())
+        if page.cursor and page.cursor != cursor:
+            self._save_cursor(page.cursor)
+
+    def handle_order(self, raw: bytes) -> Verdict:
+        """Admit or refuse one order envelope; evidence either way."""
+        verdict = self.admission.admit(raw)
+        self.recent_verdicts.append(verdict)
+        order = verdict.order
+        if verdict.admitted and order is not None:
+            kind, trigger = order_to_trigger(order)
+            self.triggers.add(kind, trigger, self.clock())
+            self.stats.orders_admitted += 1
+            outcome = Outcome.success
+            log.info("order admitted", extra={"resource": kind or "all", "reason": "Admitted",
+                                              "detail": f"{order.order_id} {order.action.value}"})
+        else:
+            self.stats.orders_refused[verdict.reason] = (
+                self.stats.orders_refused.get(verdict.reason, 0) + 1)
+            outcome = Outcome(verdict.outcome or "rejected")
+            log.warning("order refused", extra={"reason": verdict.reason,
+                                                "detail": verdict.message[:300]})
+        self.writer.record(
+            check="order",
+            outcome=outcome,
+            order_id=verdict.order_id,
+            pre_state={"order_id": verdict.order_id,
+                       "action": order.action.value if order else None,
+                       "envelope_sha256": _sha256(raw), "size": len(raw)},
+            post_state={"admitted": verdict.admitted, "reason": verdict.reason},
+            error=None if verdict.admitted else f"{verdict.reason}: {verdict.message}"[:1000],
+        )
+        if verdict.admitted and order is not None:
+            kind, _ = order_to_trigger(order)
+            self.on_admitted(kind, order.action.value)
+        return verdict
+
+    def deliver_once(self) -> None:
+        try:
+            result = self.deliverer.deliver_once()
+        except Exception as e:  # the deliverer handles network trouble; this is a bug guard
+            self._note_error("delivery", e)
+            return
+        self.stats.delivered += result.delivered
+
+    # -- helpers ---------------------------------------------------------------------
+    def _note_error(self, what: str, e: Exception) -> None:
+        self.stats.poll_errors += 1
+        self.stats.last_error = f"{what}: {e}"
+        log.warning("control plane unreachable or refusing", extra={
+            "reason": "ControlPlaneError", "detail": f"{what}: {e}"[:500]})
+
+    def _note_server_clock(self) -> None:
+        server = getattr(self.client, "last_server_date", None)
+        if server is None:
+            return
+        # The header has 1 s resolution: centre it in its second.
+        offset = (server.timestamp() + 0.5 - self.clock().timestamp()) * 1000.0
+        self.stats.http_offset_ms = offset
+
+    def _cursor(self) -> str | None:
+        with self.store.begin() as conn:
+            row = conn.execute(text("SELECT value FROM meta WHERE key = :k"),
+                               {"k": CURSOR_KEY}).first()
+        return row[0] if row else None
+
+    def _save_cursor(self, cursor: str) -> None:
+        with self.store.begin() as conn:
+            conn.execute(
+                text("INSERT INTO meta (key, value) VALUES (:k, :v)"
+                     " ON CONFLICT(key) DO UPDATE SET value = excluded.value"),
+                {"k": CURSOR_KEY, "v": cursor},
+            )
+
+
+def _sha256(raw: bytes) -> str:
+    return hashlib.sha256(raw).hexdigest()

@@ -1,0 +1,114 @@
+"""Turns reconcile results and order verdicts into evidence bundles.
+
+A bundle is written for every condition transition, every action outcome
+(run, failed, or held by a guard — a hold is recorded when it starts or its
+reason changes, not on every pass it persists), and a periodic snapshot per
+resource. The write is durable (fsync + commit, outbox row in the same
+transaction) before the reconcile that made it returns.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+from reconciler.evidence.writer import EvidenceWriter
+from reconciler.runtime.reconcile import ReconcileResult
+
+log = logging.getLogger("compliance_agent.evidence")
+
+
+class EvidenceRecorder:
+    def __init__(
+        self,
+        writer: EvidenceWriter,
+        snapshot_interval: float,
+        clock_offset_ms: Callable[[], float | None],
+    ) -> None:
+        self.writer = writer
+        self.snapshot_interval = snapshot_interval
+        self.clock_offset_ms = clock_offset_ms
+        self._last_bundle: dict[str, datetime] = {}
+        self._holds: dict[str, frozenset[tuple[str, str]]] = {}
+        self._force: set[str] = set()
+        self._lock = threading.Lock()
+        self.failures = 0
+
+    def request_snapshot(self, kinds: list[str] | None = None) -> None:
+        """Next reconcile of these kinds (all, if None) writes a bundle (collect_evidence)."""
+        with self._lock:
+            self._force.add("*") if kinds is None else self._force.update(kinds)
+
+    def why(self, res: ReconcileResult) -> str | None:
+        """The reason this result deserves a bundle, or None."""
+        with self._lock:
+            holds = frozenset(
+                (a.action.key, next(v.reason for v in vs if not v.allowed))
+                for a, vs in zip(res.results, res.verdicts, strict=False)
+                if vs and not all(v.allowed for v in vs)
+            )
+            held_changed = holds != self._holds.get(res.kind, frozenset())
+            self._holds[res.kind] = holds
+            forced = res.kind in self._force or "*" in self._force
+            self._force.discard(res.kind)
+            last = self._last_bundle.get(res.kind)
+        if res.transitions:
+            return "condition transition"
+        if res.executed:
+            return "action outcome"
+        if holds and held_changed:
+            return "action held by a guard"
+        if forced:
+            return "requested by order"
+        if last is None or (res.finished - last).total_seconds() >= self.snapshot_interval:
+            return "periodic snapshot"
+        return None
+
+    def __call__(self, res: ReconcileResult) -> None:
+        if res.dry_run:
+            return
+        reason = self.why(res)
+        if reason is None:
+            return
+        facts: dict[str, Any] = dict(res.facts)
+        offset = self.clock_offset_ms()
+        if offset is not None:
+            facts.setdefault("ntp_offset_ms", offset)
+        for r in res.results:
+            if r.rollback_generation is not None:
+                facts["rollback_generation"] = r.rollback_generation
+                facts.setdefault("rollback_available", True)
+        facts["evidence_reason"] = reason
+        order_id = next((a.action.order_id for a in res.results if a.action.order_id), None)
+        verdicts = [v.model_dump(mode="json") for vs in res.verdicts for v in vs]
+        try:
+            self.writer.record(
+                check=res.kind,
+                outcome=res.outcome,
+                pre_state=res.pre_observed,
+                post_state=res.observed,
+                actions=res.action_records,
+                order_id=order_id,
+                error=res.error or _remaining_summary(res),
+                facts=facts,
+                guard_verdicts=verdicts,
+                timestamp_start=res.started,
+                timestamp_end=res.finished,
+            )
+        except Exception:
+            # Disk full or a broken store: loud, counted, and the pass goes on.
+            self.failures += 1
+            log.exception("cannot write evidence", extra={"resource": res.kind,
+                                                          "reason": "EvidenceWriteFailed"})
+            return
+        with self._lock:
+            self._last_bundle[res.kind] = res.finished
+
+
+def _remaining_summary(res: ReconcileResult) -> str | None:
+    if not res.remaining:
+        return None
+    return "; ".join(f"{d.reason}: {d.field}" for d in res.remaining)[:2000]

@@ -1,0 +1,327 @@
+"""Signed, hash-chained evidence bundles (the writer side).
+
+`EvidenceWriter.record(...)` turns one reconcile outcome into an in-toto
+Statement (specs.evidence), signs it as a DSSE envelope and makes it durable
+before returning its bundle_id:
+
+1. under a process lock and a SQLite write transaction (BEGIN IMMEDIATE, so
+   another process appending, e.g. `evidence prune` from the CLI, waits), read
+   the chain head (last sequence and digest) from the index;
+2. build the statement with sequence = head + 1 and prev_digest = head digest,
+   sign it, write the envelope file (tmp + fsync + rename + fsync dir);
+3. in the same transaction insert the index row and call every `on_stored`
+   hook with the connection (the outbox enqueues there), then commit.
+
+A crash after 2 and before the commit leaves a file without an index row: an
+orphan. Chain state comes only from the index, so the next bundle reuses that
+sequence and the orphan is never part of the chain; `EvidenceWriter()`
+deletes orphans at start (`remove_orphans`). If a hook raises, the
+transaction rolls back and the file is removed: the bundle did not happen.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel
+from pydantic_core import to_jsonable_python
+from sqlalchemy import Connection
+
+from reconciler.store.database import Store
+from reconciler.store.evidence_index import (
+    EvidenceDir,
+    IndexRow,
+    chain_head,
+    file_name_for,
+    insert_rows,
+    remove_orphans,
+)
+from reconciler.trust.dsse import Signer, envelope_bytes
+from specs.evidence import (
+    EVIDENCE_PAYLOAD_TYPE,
+    PREDICATE_TYPE,
+    STATEMENT_TYPE,
+    hipaa_controls_for,
+)
+from specs.orders import format_rfc3339
+from specs.resource import canonical_json
+from specs.status import ActionRecord, Outcome
+
+if TYPE_CHECKING:
+    from specs.config import AgentConfig
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], datetime]
+OnStored = Callable[[Connection, str, bytes], None]
+
+# facts keys that have their own predicate field; anything else goes to `facts`.
+FACT_FIELDS = ("ruleset_hash", "nixos_revision", "derivation_digest", "ntp_offset_ms")
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class EvidenceIdentity:
+    """Who the evidence is about; stamped into every predicate."""
+
+    site_id: str
+    host_id: str
+    deployment_mode: str | None = None
+    reseller_id: str | None = None
+    policy_version: str | None = None
+
+    @classmethod
+    def from_config(cls, cfg: AgentConfig) -> EvidenceIdentity:
+        return cls(
+            site_id=cfg.site_id,
+            host_id=cfg.host_id,
+            deployment_mode=cfg.deployment_mode.value,
+            reseller_id=cfg.reseller_id,
+            policy_version=cfg.policy_version,
+        )
+
+
+@dataclass(frozen=True)
+class EvidenceRequest:
+    """One outcome to record; fields as `EvidenceWriter.record` takes them."""
+
+    check: str
+    outcome: Outcome | str
+    pre_state: Any = None
+    post_state: Any = None
+    actions: Sequence[ActionRecord | Mapping[str, Any]] = ()
+    order_id: str | None = None
+    error: str | None = None
+    facts: Mapping[str, Any] | None = None
+    guard_verdicts: Sequence[Any] = ()
+    timestamp_start: datetime | str | None = None
+    timestamp_end: datetime | str | None = None
+
+
+def _json(value: Any) -> Any:
+    return to_jsonable_python(value)
+
+
+def _ts(value: datetime | str | None, default: str) -> str:
+    if value is None:
+        return default
+    if isinstance(value, str):
+        return value
+    return format_rfc3339(value)
+
+
+class EvidenceWriter:
+    """Appends bundles to this host's evidence chain. Thread-safe."""
+
+    def __init__(
+        self,
+        store: Store,
+        signer: Signer,
+        evidence_dir: Path,
+        identity: EvidenceIdentity,
+        clock: Clock = utc_now,
+        on_stored: Sequence[OnStored] = (),
+    ) -> None:
+        self.store = store
+        self.signer = signer
+        self.dir = EvidenceDir(Path(evidence_dir))
+        self.identity = identity
+        self.clock = clock
+        self.on_stored = list(on_stored)
+        self._lock = threading.Lock()
+        self.orphans_removed = self.cleanup()
+
+    def cleanup(self) -> list[str]:
+        """Delete orphan files (see module doc); returns their names."""
+        with self._lock, self.store.begin() as conn:
+            removed = remove_orphans(conn, self.dir)
+        if removed:
+            log.info("removed %d orphan evidence file(s) with no index row", len(removed))
+        return removed
+
+    def close(self) -> None:
+        self.dir.close()
+
+    def record(
+        self,
+        *,
+        check: str,
+        outcome: Outcome | str,
+        pre_state: Any = None,
+        post_state: Any = None,
+        actions: Sequence[ActionRecord | Mapping[str, Any]] = (),
+        order_id: str | None = None,
+        error: str | None = None,
+        facts: Mapping[str, Any] | None = None,
+        guard_verdicts: Sequence[Any] = (),
+        timestamp_start: datetime | str | None = None,
+        timestamp_end: datetime | str | None = None,
+    ) -> str:
+        """Sign, store and enqueue one bundle; returns its bundle_id once durable."""
+        req = EvidenceRequest(
+            check=check,
+            outcome=outcome,
+            pre_state=pre_state,
+            post_state=post_state,
+            actions=actions,
+            order_id=order_id,
+            error=error,
+            facts=facts,
+            guard_verdicts=guard_verdicts,
+            timestamp_start=timestamp_start,
+            timestamp_end=timestamp_end,
+        )
+        return self.record_many([req])[0]
+
+    def record_many(self, requests: Sequence[EvidenceRequest]) -> list[str]:
+        """Like `record` for several bundles, in order, with one commit and one
+        filesystem sync: the way to reach the throughput budget when a pass
+        produces many outcomes at once. All or none become durable."""
+        if not requests:
+            return []
+        with self._lock:
+            try:
+                with self.store.begin() as conn:
+                    return self.append(conn, requests)
+            except BaseException:
+                self.forget_uncommitted()
+                raise
+
+    def forget_uncommitted(self) -> None:
+        """After a failed commit: delete files whose rows never committed.
+
+        `append` already removes its files when it fails itself; this covers a
+        failure of the COMMIT after it returned. Best effort: if the database
+        is unusable, the files stay orphans until the next start.
+        """
+        try:
+            with self.store.begin() as conn:
+                remove_orphans(conn, self.dir)
+        except Exception as e:
+            log.warning("could not remove uncommitted evidence files: %s", type(e).__name__)
+
+    def append(
+        self,
+        conn: Connection,
+        requests: Sequence[EvidenceRequest],
+        extra: Callable[[Connection, str], None] | None = None,
+    ) -> list[str]:
+        """`record_many` inside the caller's write transaction (caller holds `_lock`).
+
+        `extra(conn, bundle_id)` runs for each bundle after its index insert,
+        before the hooks (retention marks its tombstones there, atomically
+        with its bundle).
+        """
+        now = format_rfc3339(self.clock())
+        seq, prev = chain_head(conn)
+        built: list[tuple[IndexRow, bytes]] = []
+        for req in requests:
+            seq += 1
+            row, data = self._build(req, seq, prev, now)
+            prev = row.digest
+            built.append((row, data))
+        batch = len(built) > 1
+        written: list[str] = []
+        try:
+            for row, data in built:
+                # One fsync pair per file for a single bundle; one syncfs for a batch.
+                self.dir.write(row.file_name, data, sync=not batch)
+                written.append(row.file_name)
+            if batch:
+                self.dir.sync_filesystem()
+            insert_rows(conn, [row for row, _ in built])
+            for row, data in built:
+                if extra is not None:
+                    extra(conn, row.bundle_id)
+                for hook in self.on_stored:
+                    hook(conn, row.bundle_id, data)
+        except BaseException:
+            # The transaction will roll back: these bundles never happened, so
+            # neither may their files (the sequences will be reused).
+            for name in written:
+                self.dir.unlink(name)
+            raise
+        return [row.bundle_id for row, _ in built]
+
+    def _build(
+        self, req: EvidenceRequest, seq: int, prev: str | None, now: str
+    ) -> tuple[IndexRow, bytes]:
+        bundle_id = str(uuid.uuid4())
+        facts = dict(req.facts or {})
+        rollback_generation = facts.pop("rollback_generation", None)
+        rollback_available = bool(facts.pop("rollback_available", rollback_generation is not None))
+        post_json = _json(req.post_state)
+        ident = self.identity
+        outcome = Outcome(req.outcome).value
+        predicate = {
+            "bundle_id": bundle_id,
+            "site_id": ident.site_id,
+            "host_id": ident.host_id,
+            "deployment_mode": ident.deployment_mode,
+            "reseller_id": ident.reseller_id,
+            "policy_version": ident.policy_version,
+            "timestamp_start": _ts(req.timestamp_start, now),
+            "timestamp_end": _ts(req.timestamp_end, now),
+            "check": req.check,
+            "hipaa_controls": hipaa_controls_for(req.check),
+            "pre_state": _json(req.pre_state),
+            "post_state": post_json,
+            "action_taken": [
+                (a if isinstance(a, ActionRecord) else ActionRecord.model_validate(a)).model_dump(
+                    mode="json"
+                )
+                for a in req.actions
+            ],
+            "rollback_available": rollback_available,
+            "rollback_generation": _json(rollback_generation),
+            "outcome": outcome,
+            "error": req.error,
+            "order_id": req.order_id,
+            **{k: _json(facts.pop(k, None)) for k in FACT_FIELDS},
+            "guard_verdicts": [
+                g.model_dump(mode="json") if isinstance(g, BaseModel) else _json(g)
+                for g in req.guard_verdicts
+            ],
+            "facts": _json(facts),
+            "sequence": seq,
+            "prev_digest": prev,
+        }
+        statement = {
+            "_type": STATEMENT_TYPE,
+            "subject": [
+                {
+                    "name": f"{ident.site_id}/{ident.host_id}/{req.check}",
+                    "digest": {"sha256": hashlib.sha256(canonical_json(post_json)).hexdigest()},
+                }
+            ],
+            "predicateType": PREDICATE_TYPE,
+            "predicate": predicate,
+        }
+        data = envelope_bytes(
+            self.signer.sign_envelope(canonical_json(statement), EVIDENCE_PAYLOAD_TYPE)
+        )
+        row = IndexRow(
+            bundle_id=bundle_id,
+            sequence=seq,
+            check=req.check,
+            outcome=outcome,
+            created_at=now,
+            digest=hashlib.sha256(data).hexdigest(),
+            prev_digest=prev,
+            file_name=file_name_for(seq, bundle_id),
+            order_id=req.order_id,
+            pruned_at=None,
+            pruned_by=None,
+        )
+        return row, data

@@ -1,0 +1,257 @@
+"""The long-running service: workers over a workqueue, passes on a jittered
+timer, systemd notify/watchdog, the status socket, clean SIGTERM.
+
+Threads: N workers (never two on one key, by the workqueue), the status
+server, and the main thread, which schedules passes and pings the watchdog.
+The watchdog is pinged only while the loop is healthy: if a worker has been
+stuck on one key for longer than the watchdog interval, pings stop and
+systemd restarts the service (a hung loop must not look alive).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from types import FrameType
+
+from reconciler.ops.sdnotify import Notifier
+from reconciler.ops.status_server import StatusServer
+from reconciler.runtime.agent import Agent, PassReport
+from reconciler.runtime.conditions import host_summary
+from reconciler.runtime.reconcile import ReconcileResult
+from reconciler.runtime.workqueue import Backoff, ShutDown, WorkQueue
+from specs.baseline import BaselineError
+from specs.resource import ResourceSpec
+from specs.status import HostSummary, Outcome
+
+log = logging.getLogger("compliance_agent.daemon")
+
+
+def jittered(interval: float, rng: random.Random, fraction: float = 0.1) -> float:
+    """interval +- fraction, so a fleet started together does not poll in lockstep."""
+    return interval * (1 + rng.uniform(-fraction, fraction))
+
+
+@dataclass
+class _Pass:
+    started: datetime
+    t0: float
+    c0: float
+    pending: set[str]
+    results: dict[str, ReconcileResult] = field(default_factory=dict)
+
+
+class Daemon:
+    def __init__(
+        self,
+        agent: Agent,
+        *,
+        notifier: Notifier | None = None,
+        rng: random.Random | None = None,
+        background: list[Callable[[], None]] | None = None,
+    ) -> None:
+        self.agent = agent
+        self.cfg = agent.cfg
+        self.notifier = notifier or Notifier()
+        self.rng = rng or random.Random()
+        self.queue = WorkQueue(Backoff(base=2.0, cap=float(max(self.cfg.poll_interval, 10))))
+        self.stop_event = threading.Event()
+        self.wake_event = threading.Event()
+        self._specs: dict[str, ResourceSpec] = {}
+        self._lock = threading.Lock()
+        self._pass: _Pass | None = None
+        self._busy_since: dict[str, float] = {}
+        self._retries_seen = 0
+        self.background = background or []  # extra periodic jobs (MCP poll, delivery)
+        self.status_server: StatusServer | None = None
+        self.passes_completed = 0
+        self.on_stop: list[Callable[[], None]] = []  # run after the loop ends, in order
+        self.on_pass_done: list[Callable[[], None]] = []  # e.g. deliver the new evidence
+        self.after_ready: list[Callable[[], None]] = []  # start-up work READY need not wait for
+
+    # -- lifecycle -------------------------------------------------------------
+    def install_signal_handlers(self) -> None:
+        def on_term(signum: int, _frame: FrameType | None) -> None:
+            log.info("stopping", extra={"reason": signal.Signals(signum).name})
+            self.stop()
+
+        signal.signal(signal.SIGTERM, on_term)
+        signal.signal(signal.SIGINT, on_term)
+        signal.signal(signal.SIGHUP, lambda *_: self.wake_event.set())  # reload = pass now
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        self.wake_event.set()
+        self.queue.shutdown()
+
+    def run(self) -> int:
+        if self.cfg.status_socket is not None:
+            self.status_server = StatusServer(
+                self.cfg.status_socket, self.agent.metrics.exposition, self.live_status
+            )
+            self.status_server.start()
+        self.agent.metrics.up.set(1)
+        workers = [
+            threading.Thread(target=self._worker, name=f"worker-{i}", daemon=True)
+            for i in range(self.cfg.workers)
+        ]
+        for w in workers:
+            w.start()
+        self.notifier.ready("started; first pass running")
+        for hook in self.after_ready:
+            hook()
+        log.info("started", extra={"detail": f"poll {self.cfg.poll_interval}s, "
+                                             f"{self.cfg.workers} workers"})
+        try:
+            self._schedule_loop()
+        finally:
+            self.notifier.stopping()
+            self.queue.shutdown()
+            deadline = time.monotonic() + 0.8
+            for w in workers:
+                w.join(max(0.0, deadline - time.monotonic()))
+            if self.status_server is not None:
+                self.status_server.stop()
+            self.agent.metrics.up.set(0)
+            self.agent.write_metrics()
+            for hook in self.on_stop:
+                try:
+                    hook()
+                except Exception:
+                    log.exception("shutdown hook failed")
+            self.agent.close()
+            log.info("stopped")
+        return 0
+
+    # -- scheduling --------------------------------------------------------------
+    def _schedule_loop(self) -> None:
+        next_pass = time.monotonic()
+        tick = 1.0
+        if self.notifier.watchdog_interval:
+            tick = min(tick, self.notifier.watchdog_interval / 3)
+        while not self.stop_event.is_set():
+            now = time.monotonic()
+            if self.wake_event.is_set():
+                self.wake_event.clear()
+                next_pass = now
+            if now >= next_pass and self._pass is None:
+                self._start_pass()
+                next_pass = now + jittered(self.cfg.poll_interval, self.rng)
+            for job in self.background:
+                try:
+                    job()
+                except Exception:
+                    log.exception("background job failed", extra={"reason": "BackgroundError"})
+            self._maybe_watchdog()
+            self._update_queue_metrics()
+            self.stop_event.wait(min(tick, max(0.05, next_pass - time.monotonic())))
+
+    def request_pass(self) -> None:
+        """Run a pass as soon as possible (e.g. after an order was admitted)."""
+        self.wake_event.set()
+
+    def _start_pass(self) -> None:
+        try:
+            specs = self.agent.specs()
+        except (BaselineError, KeyError) as e:
+            log.error("no valid desired state", extra={"reason": "BaselineInvalid",
+                                                       "detail": str(e)})
+            self.notifier.status(f"Failed: {e}")
+            return
+        self.agent.status_store.forget_kinds_except(set(specs))
+        with self._lock:
+            self._specs = specs
+            self._pass = _Pass(datetime.now(UTC), time.perf_counter(), time.process_time(),
+                               set(specs))
+        if not specs:
+            self._finish_pass()
+        for kind in specs:
+            self.queue.add(kind)
+
+    def _finish_pass(self) -> None:
+        with self._lock:
+            p, self._pass = self._pass, None
+        if p is None:
+            return
+        statuses = self.agent.status_store.load_all()
+        report = PassReport(started=p.started, finished=p.started, wall_seconds=0, cpu_seconds=0,
+                            summary=host_summary(statuses) if statuses else HostSummary.Current)
+        report.results = list(p.results.values())
+        self.agent.finish_pass(report, p.t0, p.c0, dry_run=False)
+        self.passes_completed += 1
+        self.notifier.status(report.one_line())
+        for hook in self.on_pass_done:
+            hook()
+
+    # -- workers -------------------------------------------------------------------
+    def _worker(self) -> None:
+        while True:
+            try:
+                key = self.queue.get(timeout=0.5)
+            except ShutDown:
+                return
+            if key is None:
+                continue
+            self._busy_since[key] = time.monotonic()
+            try:
+                self._process(key)
+            finally:
+                self._busy_since.pop(key, None)
+                self.queue.done(key)
+
+    def _process(self, kind: str) -> None:
+        with self._lock:
+            spec = self._specs.get(kind)
+        if spec is None:
+            self.queue.forget(kind)
+            return
+        try:
+            result = self.agent.reconcile(kind, spec)
+        except Exception:  # runtime.reconcile already contains controller faults
+            log.exception("worker error", extra={"resource": kind, "reason": "WorkerError"})
+            self.queue.add_rate_limited(kind)
+            return
+        if result.outcome is Outcome.failed:
+            self.queue.add_rate_limited(kind)
+        else:
+            self.queue.forget(kind)
+        finish = False
+        with self._lock:
+            if self._pass is not None and kind in self._pass.pending:
+                self._pass.pending.discard(kind)
+                self._pass.results[kind] = result
+                finish = not self._pass.pending
+        if finish:
+            self._finish_pass()
+
+    # -- health ----------------------------------------------------------------------
+    def loop_healthy(self) -> bool:
+        limit = self.notifier.watchdog_interval or 300.0
+        now = time.monotonic()
+        return all(now - since < limit for since in list(self._busy_since.values()))
+
+    def _maybe_watchdog(self) -> None:
+        if self.notifier.watchdog_interval and self.loop_healthy():
+            self.notifier.watchdog()
+
+    def _update_queue_metrics(self) -> None:
+        m = self.agent.metrics
+        m.queue_depth.set(self.queue.depth() + self.queue.waiting())
+        delta = self.queue.retries_total - self._retries_seen
+        if delta > 0:
+            m.queue_retries.inc(delta)
+            self._retries_seen = self.queue.retries_total
+
+    def live_status(self) -> dict[str, object]:
+        doc = self.agent.status_snapshot()
+        doc["workqueue"] = {"depth": self.queue.depth(), "waiting": self.queue.waiting(),
+                            "processing": sorted(self.queue.processing()),
+                            "retries": self.queue.retries_total}
+        doc["loop_healthy"] = self.loop_healthy()
+        return doc

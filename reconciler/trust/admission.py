@@ -1,0 +1,354 @@
+"""Order admission (guardrail 1): is this signed order for us, fresh, and new?
+
+`OrderAdmission.admit(envelope_bytes)` runs these checks in this order and
+stops at the first failure; the verdict's `reason` names it:
+
+    TooLarge          envelope over 64 KiB
+    Malformed         not JSON / not a DSSE envelope / payload not an order
+    WrongPayloadType  payloadType is not the order type
+    UnknownKey        no signature by a key in mcpPublicKeys
+    BadSignature      a trusted key's signature does not verify
+    WrongSite         site_id is not this site
+    WrongHost         host_id is not this host
+    NotYetValid       issued_at later than now + max skew
+    Expired           now >= issued_at + min(ttl_seconds, orderTtl)   (outcome "expired")
+    Replayed          nonce already admitted
+    UnsupportedAction action not in the closed set
+    InvalidParams     params do not fit the action
+
+Every other verdict has outcome "rejected". Nothing raises out of `admit`:
+an unexpected exception becomes `Malformed`, because a hostile envelope must
+never crash the loop. Only an admitted order records its nonce; a rejected
+order changes nothing (the caller records rejection evidence from the verdict).
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Literal
+
+from pydantic import ValidationError
+from sqlalchemy import text
+
+from reconciler.store.database import Store
+from reconciler.trust.dsse import TrustedKeys, TrustError, loads_strict, verify_envelope
+from specs.orders import (
+    MAX_ORDER_BYTES,
+    ORDER_PAYLOAD_TYPE,
+    Order,
+    OrderAction,
+    OrderPayload,
+    parse_params,
+)
+from specs.resource import Trigger
+
+if TYPE_CHECKING:
+    from specs.config import AgentConfig
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], datetime]
+VerdictOutcome = Literal["rejected", "expired"]
+
+# Expired nonces are deleted at most this often: a DELETE per admission is wasted work.
+NONCE_PRUNE_INTERVAL = timedelta(seconds=60)
+
+
+# Built once: constructing text() per call costs more than the query.
+_SEEN_NONCE_SQL = "SELECT 1 FROM order_nonces WHERE nonce = ?"
+_INSERT_NONCE = text(
+    "INSERT INTO order_nonces (nonce, order_id, admitted_at, expires_at)"
+    " VALUES (:n, :o, :a, :e) ON CONFLICT (nonce) DO NOTHING"
+)
+_PRUNE_NONCES = text("DELETE FROM order_nonces WHERE expires_at < :now")
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    admitted: bool
+    reason: str  # CamelCase; "Admitted" when admitted
+    order: Order | None = None
+    outcome: VerdictOutcome | None = None  # evidence outcome for a refusal
+    message: str = ""  # operator detail (never contains key material)
+    order_id: str | None = None  # known once the payload parsed, even when refused
+
+    def to_json(self) -> dict[str, object]:
+        return {"admitted": self.admitted, "reason": self.reason}
+
+
+class NonceStore:
+    """Seen nonces in the state DB (table order_nonces, migration 0010).
+
+    `readonly=True` (the CLI's `order verify`) checks but never writes; with a
+    None store it behaves as an empty store, so verifying works before the
+    agent has ever run.
+    """
+
+    def __init__(self, store: Store | None, readonly: bool = False) -> None:
+        self.store = store
+        self.readonly = readonly or store is None or store.readonly
+        self._last_prune: datetime | None = None
+        self._local = threading.local()
+
+    def _reader(self) -> sqlite3.Connection:
+        # A per-thread read-only autocommit connection: a SQLAlchemy
+        # transaction would take the write lock (BEGIN IMMEDIATE) and cost a
+        # commit per order, and a pool checkout costs more than the SELECT.
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            assert self.store is not None
+            conn = sqlite3.connect(
+                f"file:{self.store.path}?mode=ro", uri=True, isolation_level=None
+            )
+            conn.execute("PRAGMA busy_timeout=5000")
+            self._local.conn = conn
+        return conn
+
+    def seen(self, nonce: str) -> bool:
+        if self.store is None:
+            return False
+        try:
+            return self._reader().execute(_SEEN_NONCE_SQL, (nonce,)).fetchone() is not None
+        except sqlite3.OperationalError as e:
+            # A read-only look at a database the daemon has not migrated yet:
+            # no nonce was ever recorded there.
+            if self.readonly and "no such table" in str(e):
+                return False
+            raise
+
+    def close(self) -> None:
+        """Close this thread's read connection (others close when their thread's
+        NonceStore is garbage collected)."""
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
+
+    def record(self, nonce: str, order_id: str, now: datetime, keep_until: datetime) -> bool:
+        """Atomically record `nonce`; False if it was already there (a replay).
+
+        In read-only mode nothing is written and the answer is `not seen()`.
+        """
+        return self.record_many([(nonce, order_id, keep_until)], now)[0]
+
+    def record_many(
+        self, entries: Sequence[tuple[str, str, datetime]], now: datetime
+    ) -> list[bool]:
+        """`record` for (nonce, order_id, keep_until) entries in ONE transaction.
+
+        A nonce repeated within `entries` counts as a replay from its second use.
+        """
+        if self.readonly or self.store is None:
+            fresh: set[str] = set()
+            out = []
+            for nonce, _, _ in entries:
+                out.append(nonce not in fresh and not self.seen(nonce))
+                fresh.add(nonce)
+            return out
+        with self.store.begin() as conn:
+            out = [
+                bool(
+                    conn.execute(
+                        _INSERT_NONCE,
+                        {"n": n, "o": o, "a": now.timestamp(), "e": keep.timestamp()},
+                    ).rowcount
+                )
+                for n, o, keep in entries
+            ]
+            if self._last_prune is None or now - self._last_prune >= NONCE_PRUNE_INTERVAL:
+                conn.execute(_PRUNE_NONCES, {"now": now.timestamp()})
+                self._last_prune = now
+        return out
+
+
+class OrderAdmission:
+    """Decides whether a signed order envelope is admitted (see module doc).
+
+    Thread-safe: the nonce insert is atomic in SQLite, so two concurrent
+    admissions of one order admit it at most once.
+    """
+
+    def __init__(
+        self,
+        trusted_keys: Sequence[str] | TrustedKeys,
+        site_id: str,
+        host_id: str,
+        order_ttl: int,
+        max_skew_seconds: float,
+        nonce_store: NonceStore,
+        clock: Clock = utc_now,
+        max_bytes: int = MAX_ORDER_BYTES,
+    ) -> None:
+        self.keys = (
+            trusted_keys if isinstance(trusted_keys, TrustedKeys) else TrustedKeys(trusted_keys)
+        )
+        self.site_id = site_id
+        self.host_id = host_id
+        self.order_ttl = order_ttl
+        self.max_skew = timedelta(seconds=max_skew_seconds)
+        self.nonces = nonce_store
+        self.clock = clock
+        self.max_bytes = max_bytes
+
+    @classmethod
+    def from_config(
+        cls, cfg: AgentConfig, nonce_store: NonceStore, clock: Clock = utc_now
+    ) -> OrderAdmission:
+        """The admission the daemon and `order verify` share, so they always agree.
+
+        Allowed clock skew for `issued_at` is `ntpMaxSkewMs`: the same tolerance
+        the clock-sanity guard applies before it distrusts this host's clock.
+        """
+        return cls(
+            cfg.mcp_public_keys,
+            site_id=cfg.site_id,
+            host_id=cfg.host_id,
+            order_ttl=cfg.order_ttl,
+            max_skew_seconds=cfg.ntp_max_skew_ms / 1000,
+            nonce_store=nonce_store,
+            clock=clock,
+        )
+
+    def admit(self, envelope_bytes: bytes, now: datetime | None = None) -> Verdict:
+        """Admit or refuse one order envelope (see module doc). Never raises."""
+        return self.admit_many([envelope_bytes], now)[0]
+
+    def admit_many(self, envelopes: Sequence[bytes], now: datetime | None = None) -> list[Verdict]:
+        """`admit` for a batch (e.g. one control-plane poll), verdicts in input order.
+
+        Every check runs per envelope; the nonces of all admissible orders are
+        then recorded in one transaction, so a batch costs one commit.
+        """
+        when = now or self.clock()
+        verdicts: list[Verdict | None] = []
+        pending: list[tuple[int, Order, datetime]] = []
+        for i, env in enumerate(envelopes):
+            try:
+                checked = self._check(env, when)
+            except Exception as e:  # a hostile envelope must never take the loop down
+                log.warning("order admission failed unexpectedly: %s", type(e).__name__)
+                checked = _reject("Malformed", type(e).__name__)
+            if isinstance(checked, Verdict):
+                verdicts.append(checked)
+            else:
+                verdicts.append(None)
+                pending.append((i, *checked))
+        if pending:
+            # Keep each nonce past the last instant its order could pass the
+            # Expired check even with the clock stepped back by the allowed skew.
+            entries = [(o.nonce, o.order_id, exp + self.max_skew) for _, o, exp in pending]
+            try:
+                fresh = self.nonces.record_many(entries, when)
+            except Exception as e:
+                log.warning("recording order nonces failed: %s", type(e).__name__)
+                fresh = [False] * len(pending)
+                for i, o, _ in pending:
+                    verdicts[i] = _reject("Malformed", "nonce store unavailable", o.order_id)
+            for (i, o, _), ok in zip(pending, fresh, strict=True):
+                if verdicts[i] is None:
+                    verdicts[i] = (
+                        Verdict(True, "Admitted", order=o, order_id=o.order_id)
+                        if ok
+                        else _reject("Replayed", "nonce already admitted", o.order_id)
+                    )
+        return [v for v in verdicts if v is not None]
+
+    def _check(self, envelope_bytes: bytes, now: datetime) -> Verdict | tuple[Order, datetime]:
+        """Every check but recording the nonce: a refusal, or (order, expires_at)."""
+        if not isinstance(envelope_bytes, bytes | bytearray | memoryview):
+            return _reject("Malformed", "order envelope must be bytes")
+        try:
+            payload = verify_envelope(
+                bytes(envelope_bytes), ORDER_PAYLOAD_TYPE, self.keys, self.max_bytes
+            )
+        except TrustError as e:
+            return _reject(e.reason, e.message)
+        try:
+            p = OrderPayload.model_validate(loads_strict(payload, "order payload"))
+        except TrustError as e:
+            return _reject("Malformed", e.message)
+        except ValidationError as e:
+            return _reject("Malformed", _first_error(e))
+        oid = p.order_id
+        if p.site_id != self.site_id:
+            return _reject("WrongSite", f"order is for site {p.site_id[:64]!r}", oid)
+        if p.host_id != self.host_id:
+            return _reject("WrongHost", f"order is for host {p.host_id[:64]!r}", oid)
+        if p.issued_at > now + self.max_skew:
+            return _reject(
+                "NotYetValid", f"issued_at {p.issued_at.isoformat()} is in the future", oid
+            )
+        expires = p.expires_at(self.order_ttl)
+        if now >= expires:
+            return Verdict(
+                False,
+                "Expired",
+                outcome="expired",
+                order_id=oid,
+                message=f"expired at {expires.isoformat()}",
+            )
+        if self.nonces.seen(p.nonce):
+            return _reject("Replayed", "nonce already admitted", oid)
+        try:
+            action = OrderAction(p.action)
+        except ValueError:
+            return _reject("UnsupportedAction", f"unknown action {p.action[:64]!r}", oid)
+        try:
+            params = parse_params(action, p.params)
+        except ValidationError as e:
+            return _reject("InvalidParams", _first_error(e), oid)
+        order = Order(
+            order_id=oid,
+            site_id=p.site_id,
+            host_id=p.host_id,
+            nonce=p.nonce,
+            issued_at=p.issued_at,
+            ttl_seconds=p.ttl_seconds,
+            action=action,
+            params=params,
+        )
+        return order, expires
+
+
+def _reject(reason: str, message: str, order_id: str | None = None) -> Verdict:
+    return Verdict(False, reason, outcome="rejected", message=message, order_id=order_id)
+
+
+def _first_error(e: ValidationError) -> str:
+    errs = e.errors()
+    if not errs:
+        return "invalid"
+    first = errs[0]
+    loc = ".".join(str(p) for p in first["loc"]) or "(top level)"
+    return f"{loc}: {first['msg']}"[:300]
+
+
+# Which resource kind an order concerns; None means every managed kind.
+ACTION_KIND: dict[OrderAction, str | None] = {
+    OrderAction.reconcile_now: None,
+    OrderAction.collect_evidence: None,
+    OrderAction.run_backup: "backup",
+    OrderAction.restart_service: "services",
+    OrderAction.rebuild: "patching",
+    OrderAction.restore_firewall: "firewall",
+    OrderAction.refresh_egress: "egress",
+}
+
+
+def order_to_trigger(order: Order) -> tuple[str | None, Trigger]:
+    """The resource kind an admitted order affects (None = all) and its Trigger."""
+    return ACTION_KIND[order.action], Trigger(
+        order_id=order.order_id,
+        action=order.action.value,
+        params=order.params.model_dump(mode="json"),
+        requested_at=order.issued_at,
+    )
