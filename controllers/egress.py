@@ -30,6 +30,7 @@ from pydantic import BaseModel, ConfigDict
 from controllers.base import ControllerBase
 from specs.actions import Action, UpdateEgressSet
 from specs.drift import Drift, Remedy
+from specs.errors import ComplianceAgentError
 from specs.host import CommandTimeout, Host, HostError
 from specs.kinds.egress import EgressSpec
 
@@ -46,7 +47,7 @@ REASON_TABLE_MISSING = "EgressTableMissing"
 REASON_SET_MISSING = "EgressSetMissing"
 
 
-class EgressObserveError(Exception):
+class EgressObserveError(ComplianceAgentError):
     """nft could not be asked about the sets (not: the table is missing)."""
 
 

@@ -29,6 +29,8 @@ import json
 from collections.abc import Iterable
 from typing import Any
 
+from specs.errors import ComplianceAgentError
+
 # Keys whose value is runtime state, not configuration, wherever they occur.
 STATE_KEYS = frozenset({"handle", "used", "used_unit", "expires"})
 # Counter values; only inside counters: a named quota's "bytes" is its limit.
@@ -42,7 +44,7 @@ OBJECT_KINDS = (
 )  # fmt: skip
 
 
-class RulesetFormatError(ValueError):
+class RulesetFormatError(ComplianceAgentError, ValueError):
     """The text is not `nft -j list ruleset` output."""
 
 

@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict
 from controllers.base import ControllerBase
 from specs.actions import Action
 from specs.drift import Drift, Remedy
+from specs.errors import ComplianceAgentError
 from specs.host import Host, HostError
 from specs.kinds.time_ import TimeSpec
 
@@ -53,7 +54,7 @@ _UNIT_MS: dict[str, float] = {
 _SPAN_PART_RE = re.compile(r"(\d+(?:\.\d+)?)(month|min|ms|us|μs|µs|ns|y|w|d|h|s)")
 
 
-class ClockParseError(ValueError):
+class ClockParseError(ComplianceAgentError, ValueError):
     """Output of a time tool that does not have the expected shape."""
 
 

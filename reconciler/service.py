@@ -23,6 +23,7 @@ from reconciler.evidence.retention import Pruner, RetentionPolicy
 from reconciler.runtime.agent import Agent
 from reconciler.runtime.daemon import Daemon
 from specs.config import AgentConfig
+from specs.errors import ComplianceAgentError
 from specs.host import Host
 
 if TYPE_CHECKING:
@@ -36,7 +37,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("compliance_agent.service")
 
 
-class StartupError(Exception):
+class StartupError(ComplianceAgentError):
     """The agent must not start; the message says what to fix."""
 
 

@@ -13,6 +13,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from specs.errors import ComplianceAgentError
 from specs.kinds.av_edr import AvEdrSpec
 from specs.kinds.backup import BackupSpec
 from specs.kinds.egress import EgressSpec
@@ -52,7 +53,7 @@ class Baseline(BaseModel):
         return out
 
 
-class BaselineError(Exception):
+class BaselineError(ComplianceAgentError):
     def __init__(self, source: str, problems: list[str]) -> None:
         self.source = source
         self.problems = problems

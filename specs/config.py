@@ -25,6 +25,8 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
+from specs.errors import ComplianceAgentError
+
 WINDOW_RE = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)-([01]\d|2[0-3]):([0-5]\d)$")
 HEX_KEY_RE = re.compile(r"^[0-9a-f]{64}$")
 
@@ -230,7 +232,7 @@ class AgentConfig(BaseModel):
         return self.state_directory / "evidence"
 
 
-class ConfigError(Exception):
+class ConfigError(ComplianceAgentError):
     """The configuration file is missing, unreadable or invalid.
 
     `problems` lists one human-readable line per offending key.

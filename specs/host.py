@@ -12,6 +12,8 @@ from typing import Protocol
 
 from pydantic import BaseModel, ConfigDict
 
+from specs.errors import ComplianceAgentError
+
 
 class Completed(BaseModel):
     model_config = ConfigDict(frozen=True)
@@ -36,7 +38,7 @@ class FileStat(BaseModel):
     link_target: str | None = None
 
 
-class HostError(Exception):
+class HostError(ComplianceAgentError):
     """Base of Host failures (not a non-zero exit: that is a Completed)."""
 
 

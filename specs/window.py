@@ -10,9 +10,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, time, timedelta
 
 from specs.config import WINDOW_RE
+from specs.errors import ComplianceAgentError
 
 
-class WindowFormatError(ValueError):
+class WindowFormatError(ComplianceAgentError, ValueError):
     pass
 
 

@@ -2,7 +2,7 @@
 
 Owns the `Host` implementation (subprocess, no shell), the in-process actuator,
 the NixOS rebuild transaction, the nft sandbox, and the root actuator's wire
-protocol, server and client. The root actuator's import closure is this wing,
-`trust` (signature checks), `store` (read-only) and `specs`: no network
-client, no evidence writer.
+protocol, server and client. Imports: trust (signature checks), store
+(read-only), specs. Never the network client, the evidence writer or the loop:
+the root actuator's import closure stays small.
 """

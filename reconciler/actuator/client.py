@@ -42,6 +42,7 @@ from reconciler.actuator.protocol import (
 )
 from reconciler.actuator.result import ActionResult, skipped_result
 from specs.actions import Action
+from specs.errors import ComplianceAgentError
 from specs.host import Completed, FileStat, Host, HostError
 from specs.status import Outcome
 
@@ -50,7 +51,7 @@ from specs.status import Outcome
 DEFAULT_TIMEOUT = 1800.0
 
 
-class ActuatorError(Exception):
+class ActuatorError(ComplianceAgentError):
     """Base of everything `ActuatorClient.execute` raises."""
 
 

@@ -31,12 +31,14 @@ import os
 import subprocess
 import sys
 
+from specs.errors import ComplianceAgentError
+
 CLONE_NEWNET = 0x40000000
 CLONE_NEWUSER = 0x10000000
 NFT_TIMEOUT = 30.0
 
 
-class SandboxError(Exception):
+class SandboxError(ComplianceAgentError):
     pass
 
 

@@ -63,6 +63,7 @@ from specs.actions import (
     UpdateEgressSet,
 )
 from specs.baseline import Baseline
+from specs.errors import ComplianceAgentError
 from specs.host import Completed
 from specs.window import MaintenanceWindow
 
@@ -115,7 +116,7 @@ class ActuatorReply(BaseModel):
     completed: Completed | None = None
 
 
-class FrameError(Exception):
+class FrameError(ComplianceAgentError):
     """A frame was truncated, oversized or not JSON."""
 
     def __init__(self, reason: Refusal, message: str) -> None:

@@ -31,12 +31,13 @@ import httpx
 
 from reconciler.trust import keys
 from specs.config import AgentConfig
+from specs.errors import ComplianceAgentError
 
 USER_AGENT = "compliance-agent/0.1"
 MAX_RESPONSE_BYTES = 16 * 1024 * 1024
 
 
-class ControlPlaneError(Exception):
+class ControlPlaneError(ComplianceAgentError):
     """Base of every error this client raises."""
 
 

@@ -13,19 +13,17 @@ outcomes in the outbox:
 * transient (5xx/408/429/transport)  -> stays `queued`, next attempt after an
   exponential backoff with full jitter, capped.
 
-Why tenacity only computes the delay instead of wrapping the call in
-`tenacity.Retrying`: retries must survive a restart and must not block the
-reconcile loop while the control plane is down, so the schedule lives in the
-outbox row (`attempts`, `next_attempt_at`); tenacity's `wait_random_exponential`
-is the (well-tested) full-jitter formula applied to that persisted count.
+Retries must survive a restart and must not block the reconcile loop while
+the control plane is down, so the schedule lives in the outbox row
+(`attempts`, `next_attempt_at`): the shared full-jitter backoff applied to
+that persisted count.
 """
 
 from __future__ import annotations
 
 import logging
+import random
 from dataclasses import dataclass
-
-from tenacity import RetryCallState, wait_random_exponential
 
 from reconciler.delivery.client import (
     ControlPlaneClient,
@@ -34,6 +32,7 @@ from reconciler.delivery.client import (
     TransientError,
 )
 from reconciler.delivery.outbox import Clock, Outbox, OutboxItem, Retry, utc_now
+from specs.backoff import Backoff
 
 log = logging.getLogger(__name__)
 
@@ -56,20 +55,6 @@ class DeliveryResult:
         )
 
 
-class Backoff:
-    """Full-jitter exponential delay for the n-th failed attempt (n >= 1), capped."""
-
-    def __init__(self, base: float = 1.0, cap: float = 300.0) -> None:
-        # uniform(0, min(cap, base * 2**(n-1))): AWS's "full jitter".
-        self._wait = wait_random_exponential(multiplier=base, max=cap)
-        self.cap = cap
-
-    def delay(self, attempt: int) -> float:
-        state = RetryCallState(retry_object=None, fn=None, args=(), kwargs={})  # type: ignore[arg-type]
-        state.attempt_number = max(1, attempt)
-        return float(self._wait(state))
-
-
 class Deliverer:
     """Drains the outbox through one `ControlPlaneClient` (one kept-alive connection)."""
 
@@ -82,6 +67,7 @@ class Deliverer:
         max_batch_bytes: int = 4 * 1024 * 1024,
         max_batches: int = 100,
         backoff: Backoff | None = None,
+        rng: random.Random | None = None,
         keep_delivered_seconds: float = 30 * 86400,
     ) -> None:
         if batch_size < 1 or max_batches < 1:
@@ -93,6 +79,7 @@ class Deliverer:
         self.max_batch_bytes = max_batch_bytes
         self.max_batches = max_batches
         self.backoff = backoff or Backoff()
+        self._rng = rng or random.Random()
         self.keep_delivered_seconds = keep_delivered_seconds
         self._last_prune: float | None = None
 
@@ -133,7 +120,7 @@ class Deliverer:
                      self.keep_delivered_seconds)
 
     def _retry(self, item: OutboxItem, error: str) -> Retry:
-        next_at = self.clock().timestamp() + self.backoff.delay(item.attempts + 1)
+        next_at = self.clock().timestamp() + self.backoff.full_jitter(item.attempts + 1, self._rng)
         return Retry(item.bundle_id, error, next_at)
 
     def _deliver_batch(self, items: list[OutboxItem]) -> tuple[DeliveryResult, bool]:

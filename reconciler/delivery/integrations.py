@@ -40,6 +40,7 @@ from sqlalchemy import Connection, event
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_random_exponential
 
 from reconciler.trust import keys
+from specs.errors import ComplianceAgentError
 
 if TYPE_CHECKING:
     import httpx
@@ -62,7 +63,7 @@ SEVERITY = {
 }
 
 
-class IntegrationError(Exception):
+class IntegrationError(ComplianceAgentError):
     def __init__(self, message: str, retryable: bool = True) -> None:
         super().__init__(message)
         self.retryable = retryable

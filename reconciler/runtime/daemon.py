@@ -25,7 +25,8 @@ from reconciler.ops.status_server import StatusServer
 from reconciler.runtime.agent import Agent, PassReport
 from reconciler.runtime.conditions import host_summary
 from reconciler.runtime.reconcile import ReconcileResult
-from reconciler.runtime.workqueue import Backoff, ShutDown, WorkQueue
+from reconciler.runtime.workqueue import ShutDown, WorkQueue
+from specs.backoff import Backoff
 from specs.baseline import BaselineError
 from specs.resource import ResourceSpec
 from specs.status import HostSummary, Outcome

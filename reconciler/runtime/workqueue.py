@@ -17,22 +17,13 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+
+from specs.backoff import Backoff
+from specs.errors import ComplianceAgentError
 
 
-class ShutDown(Exception):
+class ShutDown(ComplianceAgentError):
     """The queue was shut down; workers should exit."""
-
-
-@dataclass(frozen=True)
-class Backoff:
-    base: float = 1.0
-    cap: float = 300.0
-
-    def ceiling(self, failures: int) -> float:
-        """Upper bound of the delay after `failures` consecutive failures (>= 1)."""
-        exp = min(failures - 1, 62)
-        return float(min(self.cap, self.base * (2.0**exp)))
 
 
 class WorkQueue:
@@ -84,7 +75,7 @@ class WorkQueue:
             failures = self._failures.get(key, 0) + 1
             self._failures[key] = failures
             self.retries_total += 1
-            delay = self._rng.uniform(0, self._backoff.ceiling(failures))
+            delay = self._backoff.full_jitter(failures, self._rng)
         self.add_after(key, delay)
         return delay
 

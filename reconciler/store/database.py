@@ -24,9 +24,10 @@ from typing import Any
 from sqlalchemy import Connection, Engine, create_engine, event, text
 
 from reconciler.store import migrations as migrations_pkg
+from specs.errors import ComplianceAgentError
 
 
-class StoreError(Exception):
+class StoreError(ComplianceAgentError):
     """The state database cannot be opened or migrated."""
 
 

@@ -11,6 +11,7 @@ from pydantic import TypeAdapter
 from sqlalchemy import Connection, text
 
 from reconciler.store.database import Store
+from specs.backoff import Backoff
 from specs.status import ActionRecord, Condition, Outcome, ResourceStatus
 
 _conditions = TypeAdapter(list[Condition])
@@ -153,7 +154,7 @@ class StatusStore:
                 text("SELECT attempts FROM action_backoff WHERE key = :k"), {"k": key}
             ).first()
             attempts = (row[0] if row else 0) + 1
-            delay = min(cap, base * (2 ** min(attempts - 1, 30)))
+            delay = Backoff(base, cap).ceiling(attempts)
             nxt = now + timedelta(seconds=delay)
             conn.execute(
                 text(

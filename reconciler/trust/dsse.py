@@ -33,12 +33,14 @@ from typing import Any
 from nacl.exceptions import BadSignatureError
 from nacl.signing import SigningKey, VerifyKey
 
+from specs.errors import ComplianceAgentError
+
 # An envelope with more signatures than this is a resource attack, not key rotation.
 MAX_SIGNATURES = 8
 ED25519_SIG_LEN = 64
 
 
-class TrustError(Exception):
+class TrustError(ComplianceAgentError):
     """An envelope was not accepted. `reason` is CamelCase and stable."""
 
     reason = "Untrusted"

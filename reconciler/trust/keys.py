@@ -24,12 +24,13 @@ from pathlib import Path
 from nacl.signing import SigningKey
 
 from reconciler.trust.dsse import Signer
+from specs.errors import ComplianceAgentError
 
 MAX_KEY_FILE_BYTES = 16 * 1024
 PEM_MARKER = b"-----BEGIN"
 
 
-class KeyFileError(Exception):
+class KeyFileError(ComplianceAgentError):
     """A private key file is missing, unsafe or unreadable; the message says what to do."""
 
     def __init__(self, path: Path, problem: str) -> None:

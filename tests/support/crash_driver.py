@@ -15,11 +15,12 @@ import time
 from pathlib import Path
 
 from reconciler.delivery.client import ControlPlaneClient
-from reconciler.delivery.deliverer import Backoff, Deliverer
+from reconciler.delivery.deliverer import Deliverer
 from reconciler.delivery.outbox import Outbox
 from reconciler.evidence.writer import EvidenceIdentity, EvidenceWriter
 from reconciler.store.database import open_store
 from reconciler.trust.keys import load_signing_key
+from specs.backoff import Backoff
 from specs.config import load_config
 
 

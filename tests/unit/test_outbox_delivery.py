@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -11,9 +12,10 @@ import httpx
 import pytest
 
 from reconciler.delivery.client import ControlPlaneClient
-from reconciler.delivery.deliverer import Backoff, Deliverer
+from reconciler.delivery.deliverer import Deliverer
 from reconciler.delivery.outbox import Outbox, OutboxState
 from reconciler.store.database import Store, open_store
+from specs.backoff import Backoff
 from specs.config import parse_config
 from tests.support.tls import make_tls
 
@@ -133,11 +135,11 @@ def test_garbled_answer_and_transport_error_retry(
 
 
 def test_backoff_is_capped_full_jitter() -> None:
-    b = Backoff(base=1, cap=30)
-    samples = [b.delay(n) for n in range(1, 40) for _ in range(20)]
+    b, rng = Backoff(base=1, cap=30), random.Random(7)
+    samples = [b.full_jitter(n, rng) for n in range(1, 40) for _ in range(20)]
     assert all(0 <= s <= 30 for s in samples)
-    assert max(b.delay(1) for _ in range(200)) <= 1
-    assert max(b.delay(20) for _ in range(200)) > 15  # reaches toward the cap
+    assert max(b.full_jitter(1, rng) for _ in range(200)) <= 1
+    assert max(b.full_jitter(20, rng) for _ in range(200)) > 15  # reaches toward the cap
 
 
 def test_old_receipts_are_pruned_hourly(

@@ -6,7 +6,8 @@ import time
 
 import pytest
 
-from reconciler.runtime.workqueue import Backoff, ShutDown, WorkQueue
+from reconciler.runtime.workqueue import ShutDown, WorkQueue
+from specs.backoff import Backoff
 
 
 class FakeClock:
