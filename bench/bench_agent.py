@@ -105,8 +105,8 @@ def bench_pass(passes: int) -> None:
             # the production wiring (evidence, outbox), no network
             agent = build_service(
                 cfg, host=box, actuator=LocalActuator(box), with_control_plane=False,
-                controllers={"firewall": FirewallController(
-                                 ["python3", "-I", "/opt/ca/reconciler/nft_sandbox.py"]),
+                controllers={"firewall": FirewallController(sandbox_argv=[
+                                 "python3", "-I", "/opt/ca/reconciler/actuator/nft_sandbox.py"]),
                              "services": ServicesController()}).agent
             agent.run_pass()  # warm caches (expected ruleset digest, imports)
             walls, cpus, child_cpus = [], [], []

@@ -10,7 +10,7 @@ observe, through the Host only:
 2. the live ruleset: ``nft -j list ruleset``, normalized
    (controllers.nft_normalize) and hashed -> ``live_digest``.
 3. the expected ruleset: the file loaded into a throwaway network namespace
-   by the stdlib-only helper ``reconciler/actuator/nft_sandbox.py`` and listed the
+   by a stdlib-only sandbox helper (its argv is given at construction) and listed the
    same way, so both sides are the kernel's own rendering (no second nft
    parser to get wrong).
    Memoised per (file hash, unmanaged lists): the file is immutable under
@@ -26,9 +26,7 @@ made (``RulesetUnverifiable``) is alert-only: nothing is applied blind.
 from __future__ import annotations
 
 import hashlib
-import sys
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict
@@ -48,7 +46,7 @@ from specs.kinds.firewall import FirewallSpec
 
 LIST_TIMEOUT = 15.0
 SANDBOX_TIMEOUT = 60.0
-SANDBOX_NFT_REJECTED = 3  # reconciler.actuator.nft_sandbox exit codes: nft refused the file,
+SANDBOX_NFT_REJECTED = 3  # the sandbox helper's exit codes: nft refused the file,
 SANDBOX_NO_NAMESPACE = 4  # no private network namespace could be made
 CACHE_SIZE = 8
 
@@ -71,25 +69,13 @@ class FirewallObserved(BaseModel):
     difference: str = ""  # where live and expected differ, for the operator
 
 
-def default_sandbox_argv() -> list[str]:
-    """Run reconciler/nft_sandbox.py as a script with this interpreter, isolated (-I).
-
-    By file path rather than `-m`: a wrapped install (e.g. a Nix Python
-    application) puts our packages on sys.path inside the agent process only,
-    so a child `python -m reconciler...` might not find them. The helper is
-    stdlib-only, so it needs no sys.path at all.
-    """
-    script = Path(__file__).resolve().parent.parent / "reconciler" / "nft_sandbox.py"
-    if script.is_file():
-        return [sys.executable, "-I", str(script)]
-    return [sys.executable, "-m", "reconciler.actuator.nft_sandbox"]
-
-
 class FirewallController(ControllerBase[FirewallSpec]):
     kind = "firewall"
 
-    def __init__(self, sandbox_argv: Sequence[str] | None = None) -> None:
-        self._sandbox_argv = list(sandbox_argv or default_sandbox_argv())
+    def __init__(self, *, sandbox_argv: Sequence[str]) -> None:
+        # How to start the ruleset sandbox (the composition root knows where it lives;
+        # a controller only runs it through the Host).
+        self._sandbox_argv = list(sandbox_argv)
         # (file sha256, unmanaged tables, unmanaged sets) -> (digest, normalized)
         self._expected: dict[tuple[str, tuple[str, ...], tuple[str, ...]],
                              tuple[str, dict[str, Any]]] = {}

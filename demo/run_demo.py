@@ -42,7 +42,8 @@ table inet filter {
   }
 }
 """
-SANDBOX_IN_CONTAINER = ["python3", "/opt/compliance-agent/reconciler/nft_sandbox.py"]
+SANDBOX_IN_CONTAINER = [
+    "python3", "-I", "/opt/compliance-agent/reconciler/actuator/nft_sandbox.py"]
 T0 = time.monotonic()
 
 
@@ -136,7 +137,8 @@ def story(state: Path, config: Path, cp: ControlPlane, box: Any, pki: Any,
     write_baseline(state, baseline)
     cfg = load_config(config)
     svc = build_service(cfg, host=box, actuator=LocalActuator(box, rebuild_health_timeout=20),
-                        controllers={"firewall": FirewallController(SANDBOX_IN_CONTAINER)})
+                        controllers={"firewall": FirewallController(
+                            sandbox_argv=SANDBOX_IN_CONTAINER)})
     agent, loop = svc.agent, svc.control_plane
     assert loop is not None, "control plane client could not be built"
 

@@ -30,6 +30,7 @@ import hashlib
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 from specs.errors import ComplianceAgentError
 
@@ -86,6 +87,17 @@ def load_and_list(ruleset: bytes, nft: str = "nft") -> subprocess.CompletedProce
     return subprocess.run(
         [nft, "-j", "list", "ruleset"], capture_output=True, timeout=NFT_TIMEOUT, check=False
     )
+
+
+def script_argv() -> list[str]:
+    """How to start this sandbox: as a script, by file path, isolated (-I).
+
+    Packaged interpreters (Nix's wrapped python) do not carry the
+    application's import path into `python -m` children, and the sandbox needs
+    only the standard library, so the path of this file is the one reliable
+    handle. The agent's firewall controller and the root actuator both use it.
+    """
+    return [sys.executable, "-I", str(Path(__file__).resolve())]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -41,6 +41,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from reconciler.actuator import nft_sandbox
 from reconciler.actuator.local import LocalActuator
 from reconciler.actuator.protocol import (
     MAX_REQUEST_BYTES,
@@ -210,7 +211,8 @@ class RequestHandler:
         return ActuatorReply(status="ok", result=result), what
 
     def _observe(self, request: ObserveRequest, baselines: list[Baseline]) -> ActuatorReply:
-        argv, verdict = self.policy.check_observe(request.observe, baselines, sandbox_argv())
+        argv, verdict = self.policy.check_observe(
+            request.observe, baselines, nft_sandbox.script_argv())
         if verdict is not None or argv is None:
             return _refused(verdict or Verdict(Refusal.ObservationNotAllowed, "not allowed"))
         try:
@@ -220,15 +222,6 @@ class RequestHandler:
         # Report the argv the agent asked for, so its parsers and evidence stay unchanged.
         shown = done.model_copy(update={"argv": request.observe})
         return ActuatorReply(status="ok", completed=shown)
-
-
-def sandbox_argv() -> list[str]:
-    """The ruleset sandbox run as a script: packaged interpreters (Nix's wrapped
-    python) do not carry the app's import path into `python -m` children, and
-    the sandbox needs only the standard library."""
-    from reconciler.actuator import nft_sandbox
-
-    return [sys.executable, str(Path(nft_sandbox.__file__).resolve())]
 
 
 def _refused(verdict: Verdict) -> ActuatorReply:

@@ -1,9 +1,11 @@
-"""Which controller reconciles which kind. Imported lazily: a host that does
-not manage a kind never pays for importing its controller."""
+"""Which controller reconciles which kind, and how it is built. Imported
+lazily: a host that does not manage a kind never pays for importing its
+controller."""
 
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from typing import Any
 
 CONTROLLERS: dict[str, str] = {
@@ -18,6 +20,16 @@ CONTROLLERS: dict[str, str] = {
     "encryption": "controllers.encryption:EncryptionController",
 }
 
+
+def _firewall_args() -> dict[str, Any]:
+    from reconciler.actuator.nft_sandbox import script_argv
+
+    return {"sandbox_argv": script_argv()}
+
+
+# Constructor arguments a controller needs from the runtime's side.
+CONSTRUCTOR_ARGS: dict[str, Callable[[], dict[str, Any]]] = {"firewall": _firewall_args}
+
 # `time` first: its observation feeds the clock-sanity guard of every other kind.
 ORDER = list(CONTROLLERS)
 
@@ -28,4 +40,5 @@ def load_controller(kind: str) -> Any:
     except KeyError:
         raise KeyError(f"no controller for kind {kind!r}") from None
     module, _, cls = target.partition(":")
-    return getattr(importlib.import_module(module), cls)()
+    args = CONSTRUCTOR_ARGS.get(kind, dict)()
+    return getattr(importlib.import_module(module), cls)(**args)

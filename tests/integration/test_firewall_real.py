@@ -19,6 +19,7 @@ import pytest
 
 from controllers.firewall import FirewallController
 from reconciler.actuator.local import LocalActuator
+from reconciler.actuator.nft_sandbox import script_argv
 from specs.actions import Action, ApplyNftRuleset
 from specs.drift import Remedy
 from specs.host import Host
@@ -55,7 +56,7 @@ def drift_reasons(ctrl: FirewallController, ns: Host, spec: FirewallSpec) -> lis
 
 def test_baseline_applied_matches(netns: NetNamespace, baseline: FirewallSpec) -> None:
     netns.check(["nft", "-f", baseline.ruleset_path])
-    ctrl = FirewallController()
+    ctrl = FirewallController(sandbox_argv=script_argv())
     obs = ctrl.observe(netns, baseline)
     assert obs.expected_digest is not None
     assert obs.live_digest == obs.expected_digest
@@ -66,7 +67,7 @@ def test_baseline_applied_matches(netns: NetNamespace, baseline: FirewallSpec) -
 def test_empty_ruleset_drifts_and_apply_repairs_it(
     netns: NetNamespace, baseline: FirewallSpec
 ) -> None:
-    ctrl = FirewallController()
+    ctrl = FirewallController(sandbox_argv=script_argv())
     obs = ctrl.observe(netns, baseline)
     drifts = ctrl.diff(baseline, obs)
     assert [d.reason for d in drifts] == ["RulesetDrifted"]
@@ -81,7 +82,7 @@ def test_empty_ruleset_drifts_and_apply_repairs_it(
 def test_added_and_removed_rules_drift_and_are_repaired(
     netns: NetNamespace, baseline: FirewallSpec
 ) -> None:
-    ctrl = FirewallController()
+    ctrl = FirewallController(sandbox_argv=script_argv())
     netns.check(["nft", "-f", baseline.ruleset_path])
     assert drift_reasons(ctrl, netns, baseline) == []
 
@@ -113,7 +114,7 @@ def test_added_and_removed_rules_drift_and_are_repaired(
 def test_traffic_changes_counters_but_is_not_drift(
     netns: NetNamespace, baseline: FirewallSpec
 ) -> None:
-    ctrl = FirewallController()
+    ctrl = FirewallController(sandbox_argv=script_argv())
     netns.check(["nft", "-f", baseline.ruleset_path])
     before = ctrl.observe(netns, baseline)
     netns.check([sys.executable, "-c", UDP_TRAFFIC])
@@ -127,7 +128,7 @@ def test_traffic_changes_counters_but_is_not_drift(
 
 
 def test_tampered_file_is_never_applied(netns: NetNamespace, baseline: FirewallSpec) -> None:
-    ctrl = FirewallController()
+    ctrl = FirewallController(sandbox_argv=script_argv())
     Path(baseline.ruleset_path).write_text(
         Path(baseline.ruleset_path).read_text().replace("policy drop", "policy accept")
     )
@@ -149,7 +150,7 @@ def test_invalid_ruleset_is_alert_only(netns: NetNamespace, tmp_path: Path) -> N
     bad.write_text("table inet filter { chain input { this is not nft } }\n")
     spec = FirewallSpec(ruleset_path=str(bad),
                         ruleset_sha256=hashlib.sha256(bad.read_bytes()).hexdigest())
-    ctrl = FirewallController()
+    ctrl = FirewallController(sandbox_argv=script_argv())
     obs = ctrl.observe(netns, spec)
     drifts = ctrl.diff(spec, obs)
     assert [(d.reason, d.remedy) for d in drifts] == [("RulesetInvalid", Remedy.alert)]
@@ -171,7 +172,7 @@ def test_sandbox_works_unprivileged_too(baseline: FirewallSpec) -> None:
         # so is the checkout (a CI clone may live in a 0700 directory): run a copy
         # of the stdlib-only helper by path, as the controller does
         helper = Path(tmp) / "nft_sandbox.py"
-        shutil.copy(Path(__file__).resolve().parents[2] / "reconciler" / "nft_sandbox.py", helper)
+        shutil.copy(Path(__file__).resolve().parents[2] / "reconciler" / "actuator" / "nft_sandbox.py", helper)
         helper.chmod(0o644)
         done = LocalHost().run([
             "setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
@@ -201,7 +202,7 @@ def test_in_a_systemd_container_with_its_own_network(
         spec = FirewallSpec(ruleset_path="/etc/nftables.rules",
                             ruleset_sha256=hashlib.sha256(text.encode()).hexdigest())
         ctrl = FirewallController(
-            sandbox_argv=["python3", "-I", "/opt/ca/reconciler/nft_sandbox.py"]
+            sandbox_argv=["python3", "-I", "/opt/ca/reconciler/actuator/nft_sandbox.py"]
         )
         obs = ctrl.observe(box, spec)
         drifts = ctrl.diff(spec, obs)

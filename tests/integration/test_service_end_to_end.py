@@ -23,6 +23,7 @@ from controllers.firewall import FirewallController
 from demo.control_plane.app import build_summary
 from demo.control_plane.dsse import sign
 from reconciler.actuator.local import LocalActuator
+from reconciler.actuator.nft_sandbox import script_argv
 from reconciler.service import build_service
 from reconciler.trust.keys import generate_key_file
 from specs.config import parse_config
@@ -78,7 +79,7 @@ def test_orders_evidence_and_outage_through_the_real_service(
             "stateDirectory": str(tmp_path / "state"), "statusSocket": None,
         })
         svc = build_service(cfg, host=netns, actuator=LocalActuator(netns),
-                            controllers={"firewall": FirewallController()})
+                            controllers={"firewall": FirewallController(sandbox_argv=script_argv())})
         loop = svc.control_plane
         assert loop is not None
         try:

@@ -417,7 +417,8 @@ def test_ruleset_sandbox_runs_with_the_actuators_interpreter(env: Env) -> None:
     from reconciler.actuator import nft_sandbox
 
     sandbox = str(Path(nft_sandbox.__file__).resolve())
-    assert env.host.ran == [[sys.executable, sandbox, "--sha256", env.sha, str(env.ruleset)]]
+    assert env.host.ran == [[sys.executable, "-I", sandbox, "--sha256", env.sha,
+                             str(env.ruleset)]]
 
     wrong = [*argv[:4], "0" * 64, argv[5]]
 
