@@ -30,7 +30,8 @@ sys.path.insert(0, str(REPO))
 from nacl.signing import SigningKey  # noqa: E402
 
 from reconciler.store.database import open_store  # noqa: E402
-from reconciler.trust.admission import NonceStore, OrderAdmission  # noqa: E402
+from reconciler.store.nonces import NonceStore  # noqa: E402
+from reconciler.trust.admission import OrderAdmission  # noqa: E402
 from reconciler.trust.dsse import Signer, envelope_bytes  # noqa: E402
 from specs.orders import ORDER_PAYLOAD_TYPE, format_rfc3339  # noqa: E402
 

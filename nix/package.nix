@@ -5,7 +5,7 @@
 
 python3Packages.buildPythonApplication {
   pname = "compliance-agent";
-  version = "0.1.0";
+  version = (lib.importTOML ../pyproject.toml).project.version;  # the one place it is written
   format = "pyproject";
 
   src = lib.cleanSourceWith {
@@ -25,7 +25,6 @@ python3Packages.buildPythonApplication {
     pydantic
     httpx
     pynacl
-    tenacity
     sqlalchemy
     prometheus-client
     cryptography

@@ -29,7 +29,7 @@ from specs.host import Host
 if TYPE_CHECKING:
     from reconciler.actuator.result import Actuator
     from reconciler.delivery.loop import ControlPlaneLoop
-    from reconciler.delivery.outbox import Outbox
+    from reconciler.store.outbox import Outbox
     from reconciler.evidence.recorder import EvidenceRecorder
     from reconciler.evidence.writer import EvidenceWriter
     from reconciler.store.triggers import TriggerStore
@@ -70,13 +70,13 @@ def build_service(
     controllers: dict[str, Any] | None = None,
 ) -> Service:
     """The full agent: runtime + evidence + outbox + triggers (+ control plane)."""
-    from reconciler.delivery.baseline_source import BaselineSource
+    from reconciler.delivery.baseline_resolver import BaselineResolver
     from reconciler.delivery.integrations import (
         IntegrationError,
         IntegrationHook,
         build_integrations,
     )
-    from reconciler.delivery.outbox import Outbox
+    from reconciler.store.outbox import Outbox
     from reconciler.evidence.recorder import EvidenceRecorder
     from reconciler.evidence.writer import EvidenceIdentity, EvidenceWriter
     from reconciler.store.triggers import TriggerStore
@@ -106,7 +106,7 @@ def build_service(
     agent.metrics.add_collect_hook(lambda: _outbox_metrics(agent, outbox))
     # Passes read the local file and the stored signed baseline; only the
     # control-plane thread talks to the network.
-    local_source = BaselineSource(cfg, None, agent.store, cfg.mcp_public_keys, clock=clock)
+    local_source = BaselineResolver(cfg, None, agent.store, cfg.mcp_public_keys, clock=clock)
     agent.desired.baseline_loader = local_source.current
 
     svc = Service(agent=agent, writer=writer, outbox=outbox, recorder=recorder,
@@ -119,11 +119,12 @@ def build_service(
 def _control_plane(
     cfg: AgentConfig, svc: Service, clock: Callable[[], datetime]
 ) -> ControlPlaneLoop | None:
-    from reconciler.delivery.baseline_source import BaselineSource
+    from reconciler.delivery.baseline_resolver import BaselineResolver
     from reconciler.delivery.client import ControlPlaneClient, ControlPlaneError
     from reconciler.delivery.deliverer import Deliverer
     from reconciler.delivery.loop import ControlPlaneLoop
-    from reconciler.trust.admission import NonceStore, OrderAdmission
+    from reconciler.store.nonces import NonceStore
+    from reconciler.trust.admission import OrderAdmission
 
     agent = svc.agent
     try:
@@ -142,8 +143,8 @@ def _control_plane(
     loop = ControlPlaneLoop(
         client=client, admission=admission, triggers=svc.triggers, writer=svc.writer,
         outbox=svc.outbox, deliverer=Deliverer(svc.outbox, client, clock=clock),
-        baseline_source=BaselineSource(cfg, client, agent.store, cfg.mcp_public_keys,
-                                       clock=clock),
+        baseline_resolver=BaselineResolver(cfg, client, agent.store, cfg.mcp_public_keys,
+                                           clock=clock),
         store=agent.store, poll_interval=float(cfg.poll_interval),
         on_admitted=on_admitted, clock=clock,
     )

@@ -14,7 +14,10 @@ import argparse
 import json
 import sys
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from reconciler.store.database import Store
 
 EXIT_OK, EXIT_PARTIAL, EXIT_ERROR = 0, 1, 2
 DEFAULT_LIMIT = 50
@@ -25,17 +28,16 @@ def _err(msg: str) -> int:
     return EXIT_ERROR
 
 
-def _open(args: argparse.Namespace, readonly: bool) -> Any:
+def _open_store(args: argparse.Namespace, readonly: bool) -> Store:
     from pathlib import Path
 
-    from reconciler.delivery.outbox import Outbox
     from reconciler.store.database import open_store
     from specs.config import load_config
 
     if not args.config:
         raise SystemExit(_err("--config FILE is required (the agent's config JSON)"))
     cfg = load_config(Path(args.config))
-    return Outbox(open_store(cfg.database_path, readonly=readonly))
+    return open_store(cfg.database_path, readonly=readonly)
 
 
 def _iso(ts: float | None) -> str | None:
@@ -56,21 +58,20 @@ def _age(seconds: float) -> str:
 
 
 def cmd_queue(args: argparse.Namespace) -> int:
-    from sqlalchemy.exc import SQLAlchemyError
+    from reconciler.store.database import StoreError
+    from reconciler.store.outbox import OutboxState, OutboxView
 
-    from reconciler.delivery.outbox import OutboxState
-
-    outbox = _open(args, readonly=True)
+    store = _open_store(args, readonly=True)
+    outbox = OutboxView(store)
     try:
         stats = outbox.stats()
         dead = outbox.entries(OutboxState.dead, limit=args.limit)
         retrying = [e for e in outbox.entries(OutboxState.queued, limit=args.limit)
                     if e.attempts > 0]
-    except SQLAlchemyError as exc:
-        return _err(f"{outbox.store.path}: cannot read the outbox (is the agent upgraded and "
-                    f"has it run once?): {exc.__class__.__name__}")
+    except StoreError as exc:
+        return _err(f"{exc} (is the agent upgraded and has it run once?)")
     finally:
-        outbox.store.close()
+        store.close()
 
     def row(e: Any) -> dict[str, Any]:
         return {"bundle_id": e.bundle_id, "state": e.state.value, "attempts": e.attempts,
@@ -109,7 +110,10 @@ def cmd_queue(args: argparse.Namespace) -> int:
 def cmd_queue_retry(args: argparse.Namespace) -> int:
     if args.all == bool(args.bundle_ids):
         return _err("give either --all or one or more BUNDLE_IDs")
-    outbox = _open(args, readonly=False)
+    from reconciler.store.outbox import Outbox
+
+    store = _open_store(args, readonly=False)
+    outbox = Outbox(store)
     try:
         if args.all:
             n = outbox.retry_dead(None)
@@ -118,7 +122,7 @@ def cmd_queue_retry(args: argparse.Namespace) -> int:
         ids = list(dict.fromkeys(args.bundle_ids))
         n = outbox.retry_dead(ids)
     finally:
-        outbox.store.close()
+        store.close()
     print(f"re-queued {n} of {len(ids)} bundle(s)")
     if n < len(ids):
         print("compliance-agent: some ids were not dead letters (unknown, queued or delivered);"

@@ -84,10 +84,10 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
 # -- status / describe ---------------------------------------------------------
 def _readonly_status(cfg: AgentConfig) -> tuple[Any, Any]:
     from reconciler.store.database import open_store
-    from reconciler.store.status import StatusStore
+    from reconciler.store.status import StatusView
 
     store = open_store(cfg.database_path, readonly=True)
-    return store, StatusStore(store)
+    return store, StatusView(store)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -112,11 +112,12 @@ def _queue_summary(store: Any) -> dict[str, Any] | None:
     """Outbox depth and dead letters, so `status` shows undelivered evidence too."""
     import dataclasses
 
-    from reconciler.delivery.outbox import Outbox
+    from reconciler.store.database import StoreError
+    from reconciler.store.outbox import OutboxView
 
     try:
-        return dataclasses.asdict(Outbox(store).stats())
-    except Exception:  # an agent that never ran delivery has no outbox table yet
+        return dataclasses.asdict(OutboxView(store).stats())
+    except StoreError:  # an agent that never ran delivery has no outbox table yet
         return None
 
 

@@ -56,7 +56,8 @@ def cmd_keygen(args: argparse.Namespace) -> int:
 # -- order verify --------------------------------------------------------------------
 def cmd_order_verify(args: argparse.Namespace) -> int:
     from reconciler.store.database import StoreError, open_store
-    from reconciler.trust.admission import NonceStore, OrderAdmission
+    from reconciler.store.nonces import NonceStore
+    from reconciler.trust.admission import OrderAdmission
     from specs.orders import parse_rfc3339_utc
 
     try:
@@ -242,7 +243,7 @@ def cmd_evidence_prune(args: argparse.Namespace) -> int:
     on_stored = []
     if not args.no_queue:
         # Prune evidence is evidence: it goes to the control plane like any other.
-        from reconciler.delivery.outbox import Outbox
+        from reconciler.store.outbox import Outbox
 
         on_stored.append(Outbox(store).on_stored)
     try:

@@ -32,8 +32,8 @@ import httpx
 from reconciler.trust import keys
 from specs.config import AgentConfig
 from specs.errors import ComplianceAgentError
+from specs.version import user_agent
 
-USER_AGENT = "compliance-agent/0.1"
 MAX_RESPONSE_BYTES = 16 * 1024 * 1024
 
 
@@ -173,7 +173,7 @@ class ControlPlaneClient:
             limits=httpx.Limits(
                 max_connections=1, max_keepalive_connections=1, keepalive_expiry=60
             ),
-            headers={"User-Agent": USER_AGENT},
+            headers={"User-Agent": user_agent()},
             transport=transport,
         )
 

@@ -31,7 +31,7 @@ from reconciler.delivery.client import (
     PermanentError,
     TransientError,
 )
-from reconciler.delivery.outbox import Clock, Outbox, OutboxItem, Retry, utc_now
+from reconciler.store.outbox import Clock, Outbox, OutboxItem, Retry, utc_now
 from specs.backoff import Backoff
 
 log = logging.getLogger(__name__)

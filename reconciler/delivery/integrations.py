@@ -28,6 +28,7 @@ import json
 import logging
 import os
 import queue
+import random
 import socket
 import threading
 from dataclasses import asdict, dataclass
@@ -36,15 +37,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlsplit
 
-from sqlalchemy import Connection, event
-from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_random_exponential
-
+from reconciler.store.database import Transaction, after_commit
 from reconciler.trust import keys
+from specs.backoff import Backoff
+from specs.config import AgentConfig, DeploymentMode
 from specs.errors import ComplianceAgentError
+from specs.version import user_agent
 
 if TYPE_CHECKING:
     import httpx
-from specs.config import AgentConfig, DeploymentMode
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +145,7 @@ class WebhookSender:
             timeout=timeout,
             trust_env=False,
             follow_redirects=False,
-            headers={"User-Agent": f"{APP_NAME}/0.1"},
+            headers={"User-Agent": user_agent()},
             transport=transport,
         )
 
@@ -258,19 +259,18 @@ class EvidenceSink:
         attempts: int = 5,
         initial_wait: float = 0.5,
         max_wait: float = 30.0,
+        rng: random.Random | None = None,
     ) -> None:
+        if attempts < 1:
+            raise ValueError("attempts must be at least 1")
         self.sender = sender
         self.name = sender.name
         self._q: queue.Queue[EvidenceSummary | None] = queue.Queue(maxsize=maxsize)
         self._stop = threading.Event()
         self.sent = self.failed = self.dropped = 0
-        self._retrying = Retrying(
-            stop=stop_after_attempt(attempts),
-            wait=wait_random_exponential(multiplier=initial_wait, max=max_wait),
-            retry=retry_if_exception(lambda e: isinstance(e, IntegrationError) and e.retryable),
-            sleep=self._sleep,
-            reraise=True,
-        )
+        self.attempts = attempts
+        self.backoff = Backoff(initial_wait, max_wait)
+        self._rng = rng or random.Random()
         self._thread = threading.Thread(target=self._run, name=f"sink-{self.name}", daemon=True)
         self._thread.start()
 
@@ -278,6 +278,18 @@ class EvidenceSink:
         # Interruptible, so close() does not wait out a backoff.
         if self._stop.wait(seconds):
             raise IntegrationError("shutting down", retryable=False)
+
+    def _send_with_retries(self, summary: EvidenceSummary) -> None:
+        """Up to `attempts` tries; a retryable failure waits a full-jitter backoff
+        first. The last failure (or a non-retryable one) is raised."""
+        for failures in range(1, self.attempts + 1):
+            try:
+                self.sender.send(summary)
+                return
+            except IntegrationError as e:
+                if not e.retryable or failures == self.attempts:
+                    raise
+            self._sleep(self.backoff.full_jitter(failures, self._rng))
 
     def submit(self, summary: EvidenceSummary) -> bool:
         try:
@@ -303,7 +315,7 @@ class EvidenceSink:
                 if item is None:
                     return
                 try:
-                    self._retrying(self.sender.send, item)
+                    self._send_with_retries(item)
                     self.sent += 1
                 except IntegrationError as e:
                     self.failed += 1
@@ -356,7 +368,7 @@ class IntegrationHook:
     def __init__(self, sinks: list[EvidenceSink]) -> None:
         self.sinks = sinks
 
-    def __call__(self, conn: Connection, bundle_id: str, envelope: bytes) -> None:
+    def __call__(self, conn: Transaction, bundle_id: str, envelope: bytes) -> None:
         if not self.sinks:
             return
         try:
@@ -365,17 +377,7 @@ class IntegrationHook:
             # Never let a reseller copy fail the evidence transaction itself.
             log.warning("not announcing bundle %s: %s", bundle_id, e)
             return
-        state = {"cancelled": False}
-
-        def on_commit(_conn: Connection) -> None:
-            if not state["cancelled"]:
-                self.emit(summary)
-
-        def on_rollback(_conn: Connection) -> None:
-            state["cancelled"] = True
-
-        event.listen(conn, "commit", on_commit, once=True)
-        event.listen(conn, "rollback", on_rollback, once=True)
+        after_commit(conn, lambda: self.emit(summary))
 
     def emit(self, summary: EvidenceSummary) -> None:
         for sink in self.sinks:

@@ -22,22 +22,18 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from sqlalchemy import text
-
-from reconciler.delivery.baseline_source import BaselineSource
+from reconciler.delivery.baseline_resolver import BaselineResolver
 from reconciler.delivery.client import ControlPlaneClient, ControlPlaneError
 from reconciler.delivery.deliverer import Deliverer
-from reconciler.delivery.outbox import Outbox
+from reconciler.store.outbox import Outbox
 from reconciler.evidence.writer import EvidenceWriter
 from reconciler.store.database import Store
+from reconciler.store.meta import ORDERS_CURSOR, MetaStore
 from reconciler.store.triggers import TriggerStore
-from reconciler.trust.admission import OrderAdmission, Verdict, order_to_trigger
+from reconciler.trust.admission import OrderAdmission, AdmissionVerdict, order_to_trigger
 from specs.status import Outcome
 
 log = logging.getLogger("compliance_agent.control_plane")
-
-CURSOR_KEY = "orders_cursor"
-
 
 @dataclass
 class ControlPlaneStats:
@@ -61,7 +57,7 @@ class ControlPlaneLoop:
         writer: EvidenceWriter,
         outbox: Outbox,
         deliverer: Deliverer,
-        baseline_source: BaselineSource,
+        baseline_resolver: BaselineResolver,
         store: Store,
         poll_interval: float,
         on_admitted: Callable[[str | None, str], None],
@@ -74,14 +70,14 @@ class ControlPlaneLoop:
         self.writer = writer
         self.outbox = outbox
         self.deliverer = deliverer
-        self.baseline_source = baseline_source
-        self.store = store
+        self.baseline_resolver = baseline_resolver
+        self.meta = MetaStore(store)
         self.poll_interval = poll_interval
         self.on_admitted = on_admitted
         self.clock = clock
         self.rng = rng or random.Random()
         self.stats = ControlPlaneStats()
-        self.recent_verdicts: deque[Verdict] = deque(maxlen=50)  # for status and the demo
+        self.recent_verdicts: deque[AdmissionVerdict] = deque(maxlen=50)  # for status and the demo
         self._stop = threading.Event()
         self._kick = threading.Event()
         self._thread: threading.Thread | None = None
@@ -121,8 +117,8 @@ class ControlPlaneLoop:
         except ControlPlaneError as e:
             self._note_error("orders", e)
         try:
-            self.baseline_source.current()  # fetch (ETag), verify, store if newer
-            for rej in self.baseline_source.take_rejections():
+            self.baseline_resolver.current()  # fetch (ETag), verify, store if newer
+            for rej in self.baseline_resolver.take_rejections():
                 self.writer.record(
                     check="baseline", outcome=Outcome.rejected,
                     pre_state={"version": rej.version, "etag": rej.etag},
@@ -144,7 +140,7 @@ class ControlPlaneLoop:
         if page.cursor and page.cursor != cursor:
             self._save_cursor(page.cursor)
 
-    def handle_order(self, raw: bytes) -> Verdict:
+    def handle_order(self, raw: bytes) -> AdmissionVerdict:
         """Admit or refuse one order envelope; evidence either way."""
         verdict = self.admission.admit(raw)
         self.recent_verdicts.append(verdict)
@@ -201,18 +197,10 @@ class ControlPlaneLoop:
         self.stats.http_offset_ms = offset
 
     def _cursor(self) -> str | None:
-        with self.store.begin() as conn:
-            row = conn.execute(text("SELECT value FROM meta WHERE key = :k"),
-                               {"k": CURSOR_KEY}).first()
-        return row[0] if row else None
+        return self.meta.get(ORDERS_CURSOR)
 
     def _save_cursor(self, cursor: str) -> None:
-        with self.store.begin() as conn:
-            conn.execute(
-                text("INSERT INTO meta (key, value) VALUES (:k, :v)"
-                     " ON CONFLICT(key) DO UPDATE SET value = excluded.value"),
-                {"k": CURSOR_KEY, "v": cursor},
-            )
+        self.meta.put(ORDERS_CURSOR, cursor)
 
 
 def _sha256(raw: bytes) -> str:

@@ -26,10 +26,11 @@ from specs.config import AgentConfig
 from specs.host import Host
 from specs.resource import ResourceSpec
 from specs.status import HostSummary, Outcome, ResourceStatus
+from specs.version import agent_version
 
 log = logging.getLogger("compliance_agent.agent")
 
-VERSION = "0.1.0"
+VERSION = agent_version()
 
 
 @dataclass

@@ -26,9 +26,33 @@ from sqlalchemy import Connection, Engine, create_engine, event, text
 from reconciler.store import migrations as migrations_pkg
 from specs.errors import ComplianceAgentError
 
+# An open transaction of the state database, as repositories receive it when a
+# caller makes several writes atomic (e.g. the evidence index row and its outbox
+# entry). Outside reconciler.store it is opaque: only handed back to the store.
+Transaction = Connection
+
 
 class StoreError(ComplianceAgentError):
-    """The state database cannot be opened or migrated."""
+    """The state database cannot be opened, migrated or read."""
+
+
+def after_commit(tx: Transaction, on_commit: Callable[[], None]) -> None:
+    """Run `on_commit` once `tx` commits; never if it rolls back.
+
+    For side effects that must not announce what did not happen (e.g. a copy of
+    an evidence bundle sent to a reseller's tools).
+    """
+    state = {"cancelled": False}
+
+    def committed(_conn: Connection) -> None:
+        if not state["cancelled"]:
+            on_commit()
+
+    def rolled_back(_conn: Connection) -> None:
+        state["cancelled"] = True
+
+    event.listen(tx, "commit", committed, once=True)
+    event.listen(tx, "rollback", rolled_back, once=True)
 
 
 @dataclass(frozen=True)

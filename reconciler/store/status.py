@@ -1,5 +1,8 @@
 """Persistence of reconcile status: resource conditions, their history,
-pass records and per-action backoff, in the state database."""
+pass records and per-action backoff, in the state database.
+
+`StatusView` only reads (the CLI's `status` and `describe` use it on a read-only
+store, next to the running daemon); `StatusStore` adds the daemon's writes."""
 
 from __future__ import annotations
 
@@ -18,11 +21,12 @@ _conditions = TypeAdapter(list[Condition])
 _records = TypeAdapter(list[ActionRecord])
 
 
-class StatusStore:
+class StatusView:
+    """Read-only access to status, history, passes and backoff."""
+
     def __init__(self, store: Store) -> None:
         self.store = store
 
-    # -- resource status ------------------------------------------------------
     def load(self, kind: str) -> ResourceStatus:
         with self.store.begin() as conn:
             return self._load(conn, kind) or ResourceStatus(kind=kind)
@@ -52,6 +56,42 @@ class StatusStore:
             observed=json.loads(row[4]) if row[4] else None,
             last_actions=_records.validate_json(row[5]),
         )
+
+    def history(self, kind: str, limit: int = 50) -> list[dict[str, Any]]:
+        with self.store.begin() as conn:
+            rows = conn.execute(
+                text(
+                    "SELECT type, status, reason, message, at, generation FROM condition_history"
+                    " WHERE kind = :k ORDER BY id DESC LIMIT :n"
+                ),
+                {"k": kind, "n": limit},
+            ).all()
+        keys = ("type", "status", "reason", "message", "at", "generation")
+        return [dict(zip(keys, r, strict=True)) for r in rows]
+
+    def last_pass(self) -> dict[str, Any] | None:
+        with self.store.begin() as conn:
+            row = conn.execute(
+                text(
+                    "SELECT started_at, finished_at, duration_sec, cpu_sec, summary FROM passes"
+                    " WHERE dry_run = 0 ORDER BY id DESC LIMIT 1"
+                )
+            ).first()
+        if row is None:
+            return None
+        return {"started_at": row[0], "finished_at": row[1], "duration_sec": row[2],
+                "cpu_sec": row[3], "summary": row[4]}
+
+    def backoff_until(self, key: str) -> datetime | None:
+        with self.store.begin() as conn:
+            row = conn.execute(
+                text("SELECT next_allowed_at FROM action_backoff WHERE key = :k"), {"k": key}
+            ).first()
+        return datetime.fromisoformat(row[0]) if row else None
+
+
+class StatusStore(StatusView):
+    """The daemon's writes of status, history, passes and backoff."""
 
     def save(self, status: ResourceStatus, transitions: list[Condition]) -> None:
         with self.store.begin() as conn:
@@ -88,18 +128,6 @@ class StatusStore:
                     },
                 )
 
-    def history(self, kind: str, limit: int = 50) -> list[dict[str, Any]]:
-        with self.store.begin() as conn:
-            rows = conn.execute(
-                text(
-                    "SELECT type, status, reason, message, at, generation FROM condition_history"
-                    " WHERE kind = :k ORDER BY id DESC LIMIT :n"
-                ),
-                {"k": kind, "n": limit},
-            ).all()
-        keys = ("type", "status", "reason", "message", "at", "generation")
-        return [dict(zip(keys, r, strict=True)) for r in rows]
-
     def forget_kinds_except(self, kinds: set[str]) -> None:
         """Drop status of kinds no longer in the baseline (history is kept)."""
         with self.store.begin() as conn:
@@ -107,7 +135,6 @@ class StatusStore:
                 if kind not in kinds:
                     conn.execute(text("DELETE FROM resource_status WHERE kind = :k"), {"k": kind})
 
-    # -- passes --------------------------------------------------------------
     def record_pass(
         self, started: datetime, finished: datetime, duration: float, cpu: float,
         summary: str, dry_run: bool,
@@ -125,27 +152,6 @@ class StatusStore:
             conn.execute(
                 text("DELETE FROM passes WHERE id <= (SELECT MAX(id) FROM passes) - 1000")
             )
-
-    def last_pass(self) -> dict[str, Any] | None:
-        with self.store.begin() as conn:
-            row = conn.execute(
-                text(
-                    "SELECT started_at, finished_at, duration_sec, cpu_sec, summary FROM passes"
-                    " WHERE dry_run = 0 ORDER BY id DESC LIMIT 1"
-                )
-            ).first()
-        if row is None:
-            return None
-        return {"started_at": row[0], "finished_at": row[1], "duration_sec": row[2],
-                "cpu_sec": row[3], "summary": row[4]}
-
-    # -- per-action backoff ----------------------------------------------------
-    def backoff_until(self, key: str) -> datetime | None:
-        with self.store.begin() as conn:
-            row = conn.execute(
-                text("SELECT next_allowed_at FROM action_backoff WHERE key = :k"), {"k": key}
-            ).first()
-        return datetime.fromisoformat(row[0]) if row else None
 
     def note_attempt(self, key: str, now: datetime, base: float, cap: float) -> datetime:
         """Record that `key` ran; the next attempt waits base*2^(n-1), capped."""
@@ -180,7 +186,3 @@ class StatusStore:
                 text("DELETE FROM action_backoff WHERE key LIKE :p AND last_at <= :c"),
                 {"p": f"{kind}/%", "c": cutoff},
             )
-
-    def backoff_keys(self) -> list[str]:
-        with self.store.begin() as conn:
-            return [r[0] for r in conn.execute(text("SELECT key FROM action_backoff")).all()]

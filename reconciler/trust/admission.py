@@ -25,17 +25,14 @@ order changes nothing (the caller records rejection evidence from the verdict).
 from __future__ import annotations
 
 import logging
-import sqlite3
-import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Literal
 
 from pydantic import ValidationError
-from sqlalchemy import text
 
-from reconciler.store.database import Store
+from reconciler.store.nonces import NonceStore
 from reconciler.trust.dsse import TrustedKeys, TrustError, loads_strict, verify_envelope
 from specs.orders import (
     MAX_ORDER_BYTES,
@@ -53,19 +50,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 Clock = Callable[[], datetime]
-VerdictOutcome = Literal["rejected", "expired"]
-
-# Expired nonces are deleted at most this often: a DELETE per admission is wasted work.
-NONCE_PRUNE_INTERVAL = timedelta(seconds=60)
-
-
-# Built once: constructing text() per call costs more than the query.
-_SEEN_NONCE_SQL = "SELECT 1 FROM order_nonces WHERE nonce = ?"
-_INSERT_NONCE = text(
-    "INSERT INTO order_nonces (nonce, order_id, admitted_at, expires_at)"
-    " VALUES (:n, :o, :a, :e) ON CONFLICT (nonce) DO NOTHING"
-)
-_PRUNE_NONCES = text("DELETE FROM order_nonces WHERE expires_at < :now")
+AdmissionOutcome = Literal["rejected", "expired"]
 
 
 def utc_now() -> datetime:
@@ -73,101 +58,16 @@ def utc_now() -> datetime:
 
 
 @dataclass(frozen=True)
-class Verdict:
+class AdmissionVerdict:
     admitted: bool
     reason: str  # CamelCase; "Admitted" when admitted
     order: Order | None = None
-    outcome: VerdictOutcome | None = None  # evidence outcome for a refusal
+    outcome: AdmissionOutcome | None = None  # evidence outcome for a refusal
     message: str = ""  # operator detail (never contains key material)
     order_id: str | None = None  # known once the payload parsed, even when refused
 
     def to_json(self) -> dict[str, object]:
         return {"admitted": self.admitted, "reason": self.reason}
-
-
-class NonceStore:
-    """Seen nonces in the state DB (table order_nonces, migration 0010).
-
-    `readonly=True` (the CLI's `order verify`) checks but never writes; with a
-    None store it behaves as an empty store, so verifying works before the
-    agent has ever run.
-    """
-
-    def __init__(self, store: Store | None, readonly: bool = False) -> None:
-        self.store = store
-        self.readonly = readonly or store is None or store.readonly
-        self._last_prune: datetime | None = None
-        self._local = threading.local()
-
-    def _reader(self) -> sqlite3.Connection:
-        # A per-thread read-only autocommit connection: a SQLAlchemy
-        # transaction would take the write lock (BEGIN IMMEDIATE) and cost a
-        # commit per order, and a pool checkout costs more than the SELECT.
-        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
-        if conn is None:
-            assert self.store is not None
-            conn = sqlite3.connect(
-                f"file:{self.store.path}?mode=ro", uri=True, isolation_level=None
-            )
-            conn.execute("PRAGMA busy_timeout=5000")
-            self._local.conn = conn
-        return conn
-
-    def seen(self, nonce: str) -> bool:
-        if self.store is None:
-            return False
-        try:
-            return self._reader().execute(_SEEN_NONCE_SQL, (nonce,)).fetchone() is not None
-        except sqlite3.OperationalError as e:
-            # A read-only look at a database the daemon has not migrated yet:
-            # no nonce was ever recorded there.
-            if self.readonly and "no such table" in str(e):
-                return False
-            raise
-
-    def close(self) -> None:
-        """Close this thread's read connection (others close when their thread's
-        NonceStore is garbage collected)."""
-        conn = getattr(self._local, "conn", None)
-        if conn is not None:
-            conn.close()
-            self._local.conn = None
-
-    def record(self, nonce: str, order_id: str, now: datetime, keep_until: datetime) -> bool:
-        """Atomically record `nonce`; False if it was already there (a replay).
-
-        In read-only mode nothing is written and the answer is `not seen()`.
-        """
-        return self.record_many([(nonce, order_id, keep_until)], now)[0]
-
-    def record_many(
-        self, entries: Sequence[tuple[str, str, datetime]], now: datetime
-    ) -> list[bool]:
-        """`record` for (nonce, order_id, keep_until) entries in ONE transaction.
-
-        A nonce repeated within `entries` counts as a replay from its second use.
-        """
-        if self.readonly or self.store is None:
-            fresh: set[str] = set()
-            out = []
-            for nonce, _, _ in entries:
-                out.append(nonce not in fresh and not self.seen(nonce))
-                fresh.add(nonce)
-            return out
-        with self.store.begin() as conn:
-            out = [
-                bool(
-                    conn.execute(
-                        _INSERT_NONCE,
-                        {"n": n, "o": o, "a": now.timestamp(), "e": keep.timestamp()},
-                    ).rowcount
-                )
-                for n, o, keep in entries
-            ]
-            if self._last_prune is None or now - self._last_prune >= NONCE_PRUNE_INTERVAL:
-                conn.execute(_PRUNE_NONCES, {"now": now.timestamp()})
-                self._last_prune = now
-        return out
 
 
 class OrderAdmission:
@@ -218,18 +118,18 @@ class OrderAdmission:
             clock=clock,
         )
 
-    def admit(self, envelope_bytes: bytes, now: datetime | None = None) -> Verdict:
+    def admit(self, envelope_bytes: bytes, now: datetime | None = None) -> AdmissionVerdict:
         """Admit or refuse one order envelope (see module doc). Never raises."""
         return self.admit_many([envelope_bytes], now)[0]
 
-    def admit_many(self, envelopes: Sequence[bytes], now: datetime | None = None) -> list[Verdict]:
+    def admit_many(self, envelopes: Sequence[bytes], now: datetime | None = None) -> list[AdmissionVerdict]:
         """`admit` for a batch (e.g. one control-plane poll), verdicts in input order.
 
         Every check runs per envelope; the nonces of all admissible orders are
         then recorded in one transaction, so a batch costs one commit.
         """
         when = now or self.clock()
-        verdicts: list[Verdict | None] = []
+        verdicts: list[AdmissionVerdict | None] = []
         pending: list[tuple[int, Order, datetime]] = []
         for i, env in enumerate(envelopes):
             try:
@@ -237,7 +137,7 @@ class OrderAdmission:
             except Exception as e:  # a hostile envelope must never take the loop down
                 log.warning("order admission failed unexpectedly: %s", type(e).__name__)
                 checked = _reject("Malformed", type(e).__name__)
-            if isinstance(checked, Verdict):
+            if isinstance(checked, AdmissionVerdict):
                 verdicts.append(checked)
             else:
                 verdicts.append(None)
@@ -256,13 +156,13 @@ class OrderAdmission:
             for (i, o, _), ok in zip(pending, fresh, strict=True):
                 if verdicts[i] is None:
                     verdicts[i] = (
-                        Verdict(True, "Admitted", order=o, order_id=o.order_id)
+                        AdmissionVerdict(True, "Admitted", order=o, order_id=o.order_id)
                         if ok
                         else _reject("Replayed", "nonce already admitted", o.order_id)
                     )
         return [v for v in verdicts if v is not None]
 
-    def _check(self, envelope_bytes: bytes, now: datetime) -> Verdict | tuple[Order, datetime]:
+    def _check(self, envelope_bytes: bytes, now: datetime) -> AdmissionVerdict | tuple[Order, datetime]:
         """Every check but recording the nonce: a refusal, or (order, expires_at)."""
         if not isinstance(envelope_bytes, bytes | bytearray | memoryview):
             return _reject("Malformed", "order envelope must be bytes")
@@ -289,7 +189,7 @@ class OrderAdmission:
             )
         expires = p.expires_at(self.order_ttl)
         if now >= expires:
-            return Verdict(
+            return AdmissionVerdict(
                 False,
                 "Expired",
                 outcome="expired",
@@ -319,8 +219,8 @@ class OrderAdmission:
         return order, expires
 
 
-def _reject(reason: str, message: str, order_id: str | None = None) -> Verdict:
-    return Verdict(False, reason, outcome="rejected", message=message, order_id=order_id)
+def _reject(reason: str, message: str, order_id: str | None = None) -> AdmissionVerdict:
+    return AdmissionVerdict(False, reason, outcome="rejected", message=message, order_id=order_id)
 
 
 def _first_error(e: ValidationError) -> str:

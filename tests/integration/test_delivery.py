@@ -12,7 +12,7 @@ from sqlalchemy import text
 
 from reconciler.delivery.client import ControlPlaneClient
 from reconciler.delivery.deliverer import Deliverer
-from reconciler.delivery.outbox import Outbox, OutboxState
+from reconciler.store.outbox import Outbox, OutboxState
 from reconciler.store.database import Store, open_store
 from tests.support.agent import ChainedBundles, load, write_agent_config
 from tests.support.control_plane import ControlPlaneThread

@@ -1,4 +1,4 @@
-"""BaselineSource against the real mTLS demo control plane (signed baselines, ETag)."""
+"""BaselineResolver against the real mTLS demo control plane (signed baselines, ETag)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from nacl.signing import SigningKey
 
 from demo.control_plane.app import publish_baseline
-from reconciler.delivery.baseline_source import BaselineSource
+from reconciler.delivery.baseline_resolver import BaselineResolver
 from reconciler.delivery.client import ControlPlaneClient
 from reconciler.store.database import open_store
 from specs.config import AgentConfig
@@ -50,7 +50,7 @@ def test_signed_baseline_lifecycle(tmp_path: Path, tls: TlsFiles) -> None:
         cfg = config(tmp_path, tls, cp.url(), cp_key)
         store = open_store(cfg.database_path)
         client = CountingClient(ControlPlaneClient(cfg))
-        src = BaselineSource(cfg, client, store, cfg.mcp_public_keys)
+        src = BaselineResolver(cfg, client, store, cfg.mcp_public_keys)
 
         # Nothing published (404): the local file applies, no rejection.
         base, where = src.current()
@@ -93,15 +93,15 @@ def test_signed_baseline_lifecycle(tmp_path: Path, tls: TlsFiles) -> None:
     # Restart with the control plane unreachable: the stored signed baseline is used.
     store.close()
     store = open_store(cfg.database_path)
-    offline = BaselineSource(cfg, ControlPlaneClient(cfg), store, cfg.mcp_public_keys)
+    offline = BaselineResolver(cfg, ControlPlaneClient(cfg), store, cfg.mcp_public_keys)
     base, where = offline.current()
     assert base.version == 6 and "control plane" in where
     assert offline.last_fetch_error is not None
     # Without a client at all, same answer.
-    assert BaselineSource(cfg, None, store, cfg.mcp_public_keys).current()[0].version == 6
+    assert BaselineResolver(cfg, None, store, cfg.mcp_public_keys).current()[0].version == 6
     # A revoked control-plane key makes the stored one unusable: local file again.
-    revoked = BaselineSource(cfg, None, store, ["22" * 32])
+    revoked = BaselineResolver(cfg, None, store, ["22" * 32])
     assert revoked.current()[0].version == 1
     # A local baseline with a higher version wins over the remote one.
     cfg.baseline_path.write_text(json.dumps({"version": 7, "policy_version": "local"}))
-    assert BaselineSource(cfg, None, store, cfg.mcp_public_keys).current()[0].version == 7
+    assert BaselineResolver(cfg, None, store, cfg.mcp_public_keys).current()[0].version == 7

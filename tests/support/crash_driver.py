@@ -16,7 +16,7 @@ from pathlib import Path
 
 from reconciler.delivery.client import ControlPlaneClient
 from reconciler.delivery.deliverer import Deliverer
-from reconciler.delivery.outbox import Outbox
+from reconciler.store.outbox import Outbox
 from reconciler.evidence.writer import EvidenceIdentity, EvidenceWriter
 from reconciler.store.database import open_store
 from reconciler.trust.keys import load_signing_key

@@ -242,7 +242,7 @@ def test_failing_hook_rolls_back_row_and_file(store: Store, tmp_path: Path) -> N
 
 
 def test_outbox_hook_enqueues_atomically(store: Store, tmp_path: Path) -> None:
-    from reconciler.delivery.outbox import Outbox
+    from reconciler.store.outbox import Outbox
 
     ob = Outbox(store)
     w = writer(store, tmp_path, on_stored=[ob.on_stored])

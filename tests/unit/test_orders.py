@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 
 from reconciler.store.database import Store, open_store
-from reconciler.trust.admission import NonceStore, OrderAdmission, order_to_trigger
+from reconciler.store.nonces import NonceStore
+from reconciler.trust.admission import OrderAdmission, order_to_trigger
 from reconciler.trust.dsse import envelope_bytes
 from specs.orders import (
     MAX_ORDER_BYTES,

@@ -14,7 +14,8 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from reconciler.trust.admission import NonceStore, OrderAdmission
+from reconciler.store.nonces import NonceStore
+from reconciler.trust.admission import OrderAdmission
 from tests.unit.test_trust_support import (
     HOST,
     MCP_SIGNER,

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text
 
-from reconciler.delivery.outbox import Outbox, OutboxState, Retry
+from reconciler.store.outbox import Outbox, OutboxState, Retry
 from reconciler.store.database import Store, open_store
 
 

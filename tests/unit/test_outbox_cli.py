@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from reconciler.cli import delivery as cli_delivery
-from reconciler.delivery.outbox import Outbox
+from reconciler.store.outbox import Outbox
 from reconciler.store.database import open_store
 
 

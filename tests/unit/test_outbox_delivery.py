@@ -13,7 +13,7 @@ import pytest
 
 from reconciler.delivery.client import ControlPlaneClient
 from reconciler.delivery.deliverer import Deliverer
-from reconciler.delivery.outbox import Outbox, OutboxState
+from reconciler.store.outbox import Outbox, OutboxState
 from reconciler.store.database import Store, open_store
 from specs.backoff import Backoff
 from specs.config import parse_config

@@ -62,7 +62,8 @@ def test_order_verify(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
 def test_order_verify_sees_replays_without_writing(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from reconciler.trust.admission import NonceStore, OrderAdmission
+    from reconciler.store.nonces import NonceStore
+    from reconciler.trust.admission import OrderAdmission
 
     cfg_path = write_config(tmp_path)
     cfg = load_config(cfg_path)
@@ -181,7 +182,7 @@ def test_evidence_prune(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
     assert run(["evidence", "verify", "--all", "--config", str(cfg_path)]) == 0
     assert "pruned" in capsys.readouterr().out
     # The prune bundle was queued for delivery like any evidence.
-    from reconciler.delivery.outbox import Outbox
+    from reconciler.store.outbox import Outbox
 
     store = open_store(cfg.database_path)
     assert [i.bundle_id for i in Outbox(store).claim_batch(10)] == result["prune_bundles"]

@@ -22,9 +22,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
 
-from sqlalchemy import Connection, text
+from sqlalchemy import text
+from sqlalchemy.exc import SQLAlchemyError
 
-from reconciler.store.database import Store
+from reconciler.store.database import Store, StoreError, Transaction
 
 Clock = Callable[[], datetime]
 
@@ -93,8 +94,10 @@ def _clip(error: str) -> str:
     return error if len(error) <= MAX_ERROR_CHARS else error[: MAX_ERROR_CHARS - 1] + "…"
 
 
-class Outbox:
-    """The `outbox` table (migration 0020) behind a small typed API."""
+class OutboxView:
+    """Read-only access to the `outbox` table (migration 0020): what operators
+    see (`compliance-agent queue`, `status`). Works on a read-only store, so it is
+    safe next to the running daemon."""
 
     def __init__(self, store: Store, clock: Clock = utc_now) -> None:
         self.store = store
@@ -103,9 +106,80 @@ class Outbox:
     def _now(self) -> float:
         return self.clock().timestamp()
 
+    def entries(self, state: OutboxState | None = None, limit: int = 100) -> list[OutboxEntry]:
+        """Rows for display, oldest first, without envelopes."""
+        sql = (
+            "SELECT bundle_id, state, created_at, attempts, next_attempt_at, last_error,"
+            " receipt_id, delivered_at FROM outbox"
+        )
+        params: dict[str, object] = {"limit": limit}
+        if state is not None:
+            sql += " WHERE state = :state"
+            params["state"] = state.value
+        sql += " ORDER BY rowid LIMIT :limit"
+        try:
+            with self.store.begin() as conn:
+                rows = conn.execute(text(sql), params).all()
+        except SQLAlchemyError as e:
+            raise self._unreadable(e) from e
+        return [
+            OutboxEntry(
+                bundle_id=r[0],
+                state=OutboxState(r[1]),
+                created_at=float(r[2]),
+                attempts=int(r[3]),
+                next_attempt_at=float(r[4]),
+                last_error=r[5],
+                receipt_id=r[6],
+                delivered_at=None if r[7] is None else float(r[7]),
+            )
+            for r in rows
+        ]
+
+    def stats(self) -> OutboxStats:
+        try:
+            with self.store.begin() as conn:
+                row = conn.execute(
+                    text(
+                        "SELECT"
+                        " COALESCE(SUM(state = 'queued'), 0),"
+                        " MIN(CASE WHEN state = 'queued' THEN created_at END),"
+                        " COALESCE(SUM(state = 'dead'), 0),"
+                        " COALESCE(SUM(state = 'delivered'), 0),"
+                        " COALESCE(SUM(attempts), 0),"
+                        " COALESCE(SUM(state = 'queued' AND attempts > 0), 0)"
+                        " FROM outbox"
+                    )
+                ).one()
+        except SQLAlchemyError as e:
+            raise self._unreadable(e) from e
+        oldest = 0.0 if row[1] is None else max(0.0, self._now() - float(row[1]))
+        return OutboxStats(
+            depth=int(row[0]),
+            oldest_age_seconds=oldest,
+            dead=int(row[2]),
+            delivered=int(row[3]),
+            attempts=int(row[4]),
+            retrying=int(row[5]),
+        )
+
+    def _unreadable(self, e: SQLAlchemyError) -> StoreError:
+        # e.g. a database of an agent that never ran delivery has no outbox table yet
+        return StoreError(f"{self.store.path}: cannot read the outbox: {type(e).__name__}")
+
+
+class Outbox(OutboxView):
+    """The `outbox` table behind a small typed API: the producer (evidence
+    writer hook), the deliverer and the operator's re-queue."""
+
+    def __init__(self, store: Store, clock: Clock = utc_now) -> None:
+        if store.readonly:
+            raise StoreError(f"{store.path}: the outbox needs a writable store (use OutboxView)")
+        super().__init__(store, clock)
+
     # -- producer side -------------------------------------------------------
 
-    def enqueue(self, conn: Connection, bundle_id: str, envelope: bytes) -> bool:
+    def enqueue(self, conn: Transaction, bundle_id: str, envelope: bytes) -> bool:
         """Queue `envelope` in the caller's transaction. Idempotent on `bundle_id`.
 
         Returns False when the bundle was already known (queued, delivered or
@@ -117,7 +191,7 @@ class Outbox:
         result = conn.exec_driver_sql(_ENQUEUE_SQL, (bundle_id, bytes(envelope), now, now))
         return bool(result.rowcount)
 
-    def on_stored(self, conn: Connection, bundle_id: str, envelope: bytes) -> None:
+    def on_stored(self, conn: Transaction, bundle_id: str, envelope: bytes) -> None:
         """Hook for `EvidenceWriter(on_stored=[outbox.on_stored])`."""
         self.enqueue(conn, bundle_id, envelope)
 
@@ -222,57 +296,6 @@ class Outbox:
                 )
                 count += int(res.rowcount)
             return count
-
-    def entries(self, state: OutboxState | None = None, limit: int = 100) -> list[OutboxEntry]:
-        """Rows for display, oldest first, without envelopes."""
-        sql = (
-            "SELECT bundle_id, state, created_at, attempts, next_attempt_at, last_error,"
-            " receipt_id, delivered_at FROM outbox"
-        )
-        params: dict[str, object] = {"limit": limit}
-        if state is not None:
-            sql += " WHERE state = :state"
-            params["state"] = state.value
-        sql += " ORDER BY rowid LIMIT :limit"
-        with self.store.begin() as conn:
-            rows = conn.execute(text(sql), params).all()
-        return [
-            OutboxEntry(
-                bundle_id=r[0],
-                state=OutboxState(r[1]),
-                created_at=float(r[2]),
-                attempts=int(r[3]),
-                next_attempt_at=float(r[4]),
-                last_error=r[5],
-                receipt_id=r[6],
-                delivered_at=None if r[7] is None else float(r[7]),
-            )
-            for r in rows
-        ]
-
-    def stats(self) -> OutboxStats:
-        with self.store.begin() as conn:
-            row = conn.execute(
-                text(
-                    "SELECT"
-                    " COALESCE(SUM(state = 'queued'), 0),"
-                    " MIN(CASE WHEN state = 'queued' THEN created_at END),"
-                    " COALESCE(SUM(state = 'dead'), 0),"
-                    " COALESCE(SUM(state = 'delivered'), 0),"
-                    " COALESCE(SUM(attempts), 0),"
-                    " COALESCE(SUM(state = 'queued' AND attempts > 0), 0)"
-                    " FROM outbox"
-                )
-            ).one()
-        oldest = 0.0 if row[1] is None else max(0.0, self._now() - float(row[1]))
-        return OutboxStats(
-            depth=int(row[0]),
-            oldest_age_seconds=oldest,
-            dead=int(row[2]),
-            delivered=int(row[3]),
-            attempts=int(row[4]),
-            retrying=int(row[5]),
-        )
 
     def prune_delivered(self, older_than_seconds: float) -> int:
         """Drop delivered rows (receipts) older than the given age. The evidence

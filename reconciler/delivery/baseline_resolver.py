@@ -1,6 +1,9 @@
 """Where the desired state comes from: the local baseline or a newer signed one.
 
-`BaselineSource.current()` answers "which baseline applies now?":
+`BaselineResolver.current()` answers "which ONE baseline applies now?" for the
+agent, fetching and storing a newer signed one. (The root actuator asks a
+different question, "which baselines may the agent be enforcing?", and accepts
+the local file or the stored signed baseline; it never fetches.)
 
 1. The local file (`baselinePath`, from the NixOS configuration) is always
    read; it is the fallback.
@@ -26,12 +29,12 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Protocol
 
-from sqlalchemy import text
-
-from reconciler.delivery.outbox import Clock, utc_now
+from reconciler.store.baselines import RemoteBaselineStore, StoredBaseline
 from reconciler.store.database import Store
 from reconciler.trust.dsse import TrustedKeys, TrustError, verify_envelope
 from specs.baseline import (
@@ -63,26 +66,22 @@ class BaselineRejection:
     etag: str | None = None
 
 
-@dataclass(frozen=True)
-class _Stored:
-    version: int
-    envelope: bytes
-    etag: str | None
-    rejected_etag: str | None
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
 
 
-class BaselineSource:
+class BaselineResolver:
     def __init__(
         self,
         cfg: AgentConfig,
         client: BaselineClient | None,
         store: Store,
         trusted_keys: Sequence[str] | TrustedKeys,
-        clock: Clock = utc_now,
+        clock: Callable[[], datetime] = _utc_now,
     ) -> None:
         self.cfg = cfg
         self.client = client
-        self.store = store
+        self.stored = RemoteBaselineStore(store)
         self.keys = (
             trusted_keys
             if isinstance(trusted_keys, TrustedKeys)
@@ -100,28 +99,7 @@ class BaselineSource:
 
     # -- persistence ----------------------------------------------------------------
 
-    def _load_stored(self) -> _Stored | None:
-        with self.store.begin() as conn:
-            row = conn.execute(
-                text("SELECT version, envelope, etag, rejected_etag FROM remote_baseline")
-            ).first()
-        if row is None:
-            return None
-        return _Stored(int(row[0]), bytes(row[1]), row[2], row[3])
-
-    def _save(self, version: int, envelope: bytes, etag: str | None) -> None:
-        with self.store.begin() as conn:
-            conn.execute(
-                text(
-                    "INSERT INTO remote_baseline (id, version, envelope, etag, fetched_at)"
-                    " VALUES (1, :v, :env, :etag, :now) ON CONFLICT (id) DO UPDATE SET"
-                    " version = :v, envelope = :env, etag = :etag, fetched_at = :now,"
-                    " rejected_etag = NULL, last_rejection = NULL"
-                ),
-                {"v": version, "env": envelope, "etag": etag, "now": self.clock().timestamp()},
-            )
-
-    def _record_rejection(self, rej: BaselineRejection, stored: _Stored | None) -> None:
+    def _record_rejection(self, rej: BaselineRejection, stored: StoredBaseline | None) -> None:
         if rej.etag is not None and rej.etag in (
             self._rejected_etag,
             stored.rejected_etag if stored else None,
@@ -134,14 +112,7 @@ class BaselineSource:
         self.rejections.append(rej)
         if stored is None:
             return  # nothing stored yet: no row to remember the ETag in
-        with self.store.begin() as conn:
-            conn.execute(
-                text(
-                    "UPDATE remote_baseline SET rejected_etag = :etag, last_rejection = :why"
-                    " WHERE id = 1"
-                ),
-                {"etag": rej.etag, "why": f"{rej.reason}: {rej.message}"[:500]},
-            )
+        self.stored.note_rejection(rej.etag, f"{rej.reason}: {rej.message}")
 
     # -- verification -------------------------------------------------------------------
 
@@ -169,7 +140,7 @@ class BaselineSource:
 
     def _remote(self) -> Baseline | None:
         """The newest valid remote baseline (stored or freshly fetched), or None."""
-        stored = self._load_stored()
+        stored = self.stored.load()
         current: Baseline | None = None
         if stored is not None:
             checked = self._verify(stored.envelope, stored.etag)
@@ -216,7 +187,9 @@ class BaselineSource:
                     stored,
                 )
             return current
-        self._save(result.version, fetched.envelope, fetched.etag)
+        self.stored.replace(
+            result.version, fetched.envelope, fetched.etag, self.clock().timestamp()
+        )
         log.info("applied signed baseline version %d from the control plane", result.version)
         return result
 
