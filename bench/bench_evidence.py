@@ -26,9 +26,9 @@ sys.path.insert(0, str(REPO))
 from nacl.signing import SigningKey  # noqa: E402
 from sqlalchemy import text  # noqa: E402
 
-from reconciler.store.outbox import Outbox  # noqa: E402
 from reconciler.evidence.writer import EvidenceIdentity, EvidenceRequest, EvidenceWriter  # noqa: E402
 from reconciler.store.database import open_store  # noqa: E402
+from reconciler.store.outbox import Outbox  # noqa: E402
 from reconciler.trust.dsse import Signer  # noqa: E402
 from specs.status import ActionRecord  # noqa: E402
 

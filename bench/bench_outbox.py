@@ -24,8 +24,8 @@ from nacl.signing import SigningKey  # noqa: E402
 
 from reconciler.delivery.client import ControlPlaneClient  # noqa: E402
 from reconciler.delivery.deliverer import Deliverer  # noqa: E402
-from reconciler.store.outbox import Outbox  # noqa: E402
 from reconciler.store.database import open_store  # noqa: E402
+from reconciler.store.outbox import Outbox  # noqa: E402
 from tests.support.agent import ChainedBundles, load, write_agent_config  # noqa: E402
 from tests.support.control_plane import ControlPlaneProcess  # noqa: E402
 from tests.support.tls import make_tls  # noqa: E402

@@ -29,9 +29,9 @@ from specs.host import Host
 if TYPE_CHECKING:
     from reconciler.actuator.result import Actuator
     from reconciler.delivery.loop import ControlPlaneLoop
-    from reconciler.store.outbox import Outbox
     from reconciler.evidence.recorder import EvidenceRecorder
     from reconciler.evidence.writer import EvidenceWriter
+    from reconciler.store.outbox import Outbox
     from reconciler.store.triggers import TriggerStore
 
 log = logging.getLogger("compliance_agent.service")
@@ -76,9 +76,9 @@ def build_service(
         IntegrationHook,
         build_integrations,
     )
-    from reconciler.store.outbox import Outbox
     from reconciler.evidence.recorder import EvidenceRecorder
     from reconciler.evidence.writer import EvidenceIdentity, EvidenceWriter
+    from reconciler.store.outbox import Outbox
     from reconciler.store.triggers import TriggerStore
     from reconciler.trust.keys import KeyFileError, load_signing_key
 

@@ -25,12 +25,12 @@ from datetime import UTC, datetime
 from reconciler.delivery.baseline_resolver import BaselineResolver
 from reconciler.delivery.client import ControlPlaneClient, ControlPlaneError
 from reconciler.delivery.deliverer import Deliverer
-from reconciler.store.outbox import Outbox
 from reconciler.evidence.writer import EvidenceWriter
 from reconciler.store.database import Store
 from reconciler.store.meta import ORDERS_CURSOR, MetaStore
+from reconciler.store.outbox import Outbox
 from reconciler.store.triggers import TriggerStore
-from reconciler.trust.admission import OrderAdmission, AdmissionVerdict, order_to_trigger
+from reconciler.trust.admission import AdmissionVerdict, OrderAdmission, order_to_trigger
 from specs.status import Outcome
 
 log = logging.getLogger("compliance_agent.control_plane")

@@ -122,7 +122,9 @@ class OrderAdmission:
         """Admit or refuse one order envelope (see module doc). Never raises."""
         return self.admit_many([envelope_bytes], now)[0]
 
-    def admit_many(self, envelopes: Sequence[bytes], now: datetime | None = None) -> list[AdmissionVerdict]:
+    def admit_many(
+        self, envelopes: Sequence[bytes], now: datetime | None = None
+    ) -> list[AdmissionVerdict]:
         """`admit` for a batch (e.g. one control-plane poll), verdicts in input order.
 
         Every check runs per envelope; the nonces of all admissible orders are
@@ -162,7 +164,9 @@ class OrderAdmission:
                     )
         return [v for v in verdicts if v is not None]
 
-    def _check(self, envelope_bytes: bytes, now: datetime) -> AdmissionVerdict | tuple[Order, datetime]:
+    def _check(
+        self, envelope_bytes: bytes, now: datetime
+    ) -> AdmissionVerdict | tuple[Order, datetime]:
         """Every check but recording the nonce: a refusal, or (order, expires_at)."""
         if not isinstance(envelope_bytes, bytes | bytearray | memoryview):
             return _reject("Malformed", "order envelope must be bytes")

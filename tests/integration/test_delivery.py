@@ -12,8 +12,8 @@ from sqlalchemy import text
 
 from reconciler.delivery.client import ControlPlaneClient
 from reconciler.delivery.deliverer import Deliverer
-from reconciler.store.outbox import Outbox, OutboxState
 from reconciler.store.database import Store, open_store
+from reconciler.store.outbox import Outbox, OutboxState
 from tests.support.agent import ChainedBundles, load, write_agent_config
 from tests.support.control_plane import ControlPlaneThread
 from tests.support.tls import TlsFiles, make_tls

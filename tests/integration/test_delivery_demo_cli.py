@@ -14,8 +14,8 @@ from nacl.signing import SigningKey
 
 from reconciler.delivery.client import ControlPlaneClient, TransientError
 from reconciler.delivery.deliverer import Deliverer
-from reconciler.store.outbox import Outbox
 from reconciler.store.database import open_store
+from reconciler.store.outbox import Outbox
 from reconciler.trust.dsse import verify_envelope
 from tests.support.agent import ChainedBundles, load, write_agent_config
 from tests.support.control_plane import REPO_ROOT, ControlPlaneProcess

@@ -19,9 +19,9 @@ import pytest
 from reconciler.delivery.client import ControlPlaneClient
 from reconciler.delivery.deliverer import Deliverer
 from reconciler.delivery.integrations import IntegrationHook, build_integrations
-from reconciler.store.outbox import Outbox
 from reconciler.evidence.writer import EvidenceIdentity, EvidenceWriter
 from reconciler.store.database import open_store
+from reconciler.store.outbox import Outbox
 from reconciler.trust.keys import load_signing_key
 from tests.support.agent import load, write_agent_config
 from tests.support.control_plane import ControlPlaneThread, wait_for

@@ -16,9 +16,9 @@ from pathlib import Path
 
 from reconciler.delivery.client import ControlPlaneClient
 from reconciler.delivery.deliverer import Deliverer
-from reconciler.store.outbox import Outbox
 from reconciler.evidence.writer import EvidenceIdentity, EvidenceWriter
 from reconciler.store.database import open_store
+from reconciler.store.outbox import Outbox
 from reconciler.trust.keys import load_signing_key
 from specs.backoff import Backoff
 from specs.config import load_config

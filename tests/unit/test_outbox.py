@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text
 
-from reconciler.store.outbox import Outbox, OutboxState, Retry
 from reconciler.store.database import Store, open_store
+from reconciler.store.outbox import Outbox, OutboxState, Retry
 
 
 class FakeClock:

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from reconciler.cli import delivery as cli_delivery
-from reconciler.store.outbox import Outbox
 from reconciler.store.database import open_store
+from reconciler.store.outbox import Outbox
 
 
 def run(argv: list[str]) -> int:

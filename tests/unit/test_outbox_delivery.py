@@ -13,8 +13,8 @@ import pytest
 
 from reconciler.delivery.client import ControlPlaneClient
 from reconciler.delivery.deliverer import Deliverer
-from reconciler.store.outbox import Outbox, OutboxState
 from reconciler.store.database import Store, open_store
+from reconciler.store.outbox import Outbox, OutboxState
 from specs.backoff import Backoff
 from specs.config import parse_config
 from tests.support.tls import make_tls
