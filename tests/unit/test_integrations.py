@@ -6,9 +6,12 @@ import hashlib
 import hmac
 import json
 import logging
+import random
 import re
 import threading
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -24,6 +27,7 @@ from reconciler.delivery.integrations import (
     summarize,
 )
 from reconciler.store.database import open_store
+from specs.backoff import Backoff
 from specs.config import parse_config
 
 SUMMARY = EvidenceSummary("b-1", "firewall", "failed", "clinic-1", "host-a",
@@ -130,6 +134,52 @@ def test_retries_then_succeeds() -> None:
     assert sink.flush(10)
     sink.close()
     assert rec.got == [SUMMARY] and rec.calls == 3 and sink.sent == 1
+
+
+class TopOfRange(random.Random):
+    """Draws the largest allowed delay, so the backoff ceilings are visible."""
+
+    def uniform(self, a: float, b: float) -> float:
+        return b
+
+
+class RecordingSink(EvidenceSink):
+    def __init__(self, *args: Any, **kw: Any) -> None:
+        self.slept: list[float] = []
+        super().__init__(*args, **kw)
+
+    def _sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+
+
+def test_retry_waits_follow_the_one_backoff_formula_and_stop_after_attempts() -> None:
+    rec = Recorder(fail_times=10)
+    sink = RecordingSink(rec, attempts=5, initial_wait=0.5, max_wait=3.0, rng=TopOfRange())
+    sink.submit(SUMMARY)
+    assert sink.flush(10)
+    sink.close()
+    backoff = Backoff(0.5, 3.0)
+    # four waits between five tries: 0.5, 1, 2, then capped at 3
+    assert sink.slept == [backoff.ceiling(n) for n in (1, 2, 3, 4)] == [0.5, 1.0, 2.0, 3.0]
+    assert rec.calls == 5 and sink.failed == 1 and sink.sent == 0
+
+
+def test_close_interrupts_a_long_backoff() -> None:
+    rec = Recorder(fail_times=10)
+    sink = EvidenceSink(rec, attempts=5, initial_wait=600.0, max_wait=600.0, rng=TopOfRange())
+    sink.submit(SUMMARY)
+    deadline = time.monotonic() + 10
+    while rec.calls == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert rec.calls == 1  # now waiting 600 s before the second try
+    sink.close(timeout=10)
+    assert not sink._thread.is_alive()
+    assert rec.calls == 1 and sink.failed == 1
+
+
+def test_attempts_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="attempts"):
+        EvidenceSink(Recorder(), attempts=0)
 
 
 def test_permanent_failure_is_not_retried() -> None:
