@@ -67,6 +67,19 @@ class Outcome(StrEnum):
     expired = "expired"
 
 
+class StepResult(StrEnum):
+    """What became of one command of an action (`ActionRecord.result`): a closed set."""
+
+    ok = "ok"  # ran and succeeded
+    failed = "failed"  # ran and failed, or could not be started
+    timeout = "timeout"  # ran and was stopped at its deadline
+    dry_run = "dry_run"  # would have run (dry run): nothing touched
+    deferred = "deferred"  # held by a guard until later (maintenance window, backoff)
+    skipped = "skipped"  # held by a guard for good this pass (e.g. alert-only)
+    rejected = "rejected"  # held by a guard as not allowed (e.g. order not admitted)
+    refused = "refused"  # the root actuator refused the request
+
+
 class ActionRecord(BaseModel):
     """One executed (or dry-run) action, as evidence `action_taken` lists it."""
 
@@ -75,7 +88,7 @@ class ActionRecord(BaseModel):
     command: list[str]
     exit_code: int | None
     duration_sec: float
-    result: str  # ok | failed | dry_run | deferred | skipped | timeout
+    result: StepResult
     detail: str = ""
 
 

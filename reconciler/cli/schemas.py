@@ -17,6 +17,7 @@ from typing import Any
 
 from specs.baseline import Baseline
 from specs.config import AgentConfig
+from specs.evidence import EvidencePredicate
 
 
 def _config_schema() -> dict[str, Any]:
@@ -30,6 +31,15 @@ def _config_schema() -> dict[str, Any]:
 def _baseline_schema() -> dict[str, Any]:
     schema = Baseline.model_json_schema()
     schema["$id"] = "https://compliance-agent.dev/schemas/baseline.json"
+    return schema
+
+
+def _evidence_predicate_schema() -> dict[str, Any]:
+    """The predicate of every evidence bundle (in-toto Statement, DSSE-signed), for
+    receivers that validate what agents deliver: outcomes and step results are
+    closed sets."""
+    schema = EvidencePredicate.model_json_schema()
+    schema["$id"] = "https://compliance-agent.dev/schemas/evidence-predicate.json"
     return schema
 
 
@@ -82,6 +92,7 @@ def _type_of(prop: dict[str, Any]) -> str:
 SCHEMAS: dict[str, Callable[[], dict[str, Any] | str]] = {
     "agent-config.schema.json": _config_schema,
     "baseline.schema.json": _baseline_schema,
+    "evidence-predicate.schema.json": _evidence_predicate_schema,
     "../docs/options.md": _options_markdown,
 }
 
