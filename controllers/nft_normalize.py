@@ -149,14 +149,6 @@ def digest(normalized: dict[str, Any]) -> str:
     return hashlib.sha256(_canon(normalized).encode()).hexdigest()
 
 
-def ruleset_digest(
-    text: str,
-    unmanaged_tables: Iterable[str] = (),
-    unmanaged_set_elements: Iterable[str] = (),
-) -> str:
-    return digest(normalize(parse_listing(text), unmanaged_tables, unmanaged_set_elements))
-
-
 def summarize_difference(expected: dict[str, Any], live: dict[str, Any]) -> str:
     """A short, operator-readable hint of where two normalized rulesets differ."""
     notes: list[str] = []

@@ -214,15 +214,6 @@ class Outbox(OutboxView):
             ).all()
         return [OutboxItem(r[0], bytes(r[1]), int(r[2]), float(r[3])) for r in rows]
 
-    def mark_delivered(self, bundle_id: str, receipt_id: str) -> None:
-        self.settle(delivered=[(bundle_id, receipt_id)])
-
-    def mark_retry(self, bundle_id: str, error: str, next_at: float) -> None:
-        self.settle(retry=[Retry(bundle_id, error, next_at)])
-
-    def mark_dead(self, bundle_id: str, error: str) -> None:
-        self.settle(dead=[(bundle_id, error)])
-
     def settle(
         self,
         delivered: Iterable[tuple[str, str]] = (),

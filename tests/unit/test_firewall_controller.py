@@ -26,7 +26,6 @@ from controllers.nft_normalize import (
     digest,
     normalize,
     parse_listing,
-    ruleset_digest,
 )
 from specs.actions import ApplyNftRuleset
 from specs.drift import Remedy
@@ -41,6 +40,13 @@ BASELINE_SHA = hashlib.sha256(BASELINE_TEXT.encode()).hexdigest()
 
 def listing(name: str) -> str:
     return (FIX / f"list_{name}.json").read_text()
+
+
+def ruleset_digest(
+    text: str, unmanaged_tables: Sequence[str] = (), unmanaged_set_elements: Sequence[str] = ()
+) -> str:
+    """The live digest exactly as FirewallController.observe computes it."""
+    return digest(normalize(parse_listing(text), unmanaged_tables, unmanaged_set_elements))
 
 
 BASE_DIGEST = ruleset_digest(listing("baseline"))

@@ -61,7 +61,7 @@ def test_claim_order_limit_and_due(outbox: Outbox, store: Store, clock: FakeCloc
         for i in range(5):
             outbox.enqueue(conn, f"b{i}", b"x")
     assert [i.bundle_id for i in outbox.claim_batch(3)] == ["b0", "b1", "b2"]
-    outbox.mark_retry("b0", "503 Service Unavailable", clock().timestamp() + 30)
+    outbox.settle(retry=[Retry("b0", "503 Service Unavailable", clock().timestamp() + 30)])
     assert [i.bundle_id for i in outbox.claim_batch(10)] == ["b1", "b2", "b3", "b4"]
     clock.advance(31)
     due = outbox.claim_batch(10)
@@ -84,13 +84,13 @@ def test_delivered_dead_retry_and_stats(outbox: Outbox, store: Store, clock: Fak
     dead = outbox.entries(OutboxState.dead)
     assert [(e.bundle_id, e.last_error) for e in dead] == [("b2", "422 bad signature")]
     # A late outcome never regresses a delivered row.
-    outbox.mark_dead("b0", "late")
+    outbox.settle(dead=[("b0", "late")])
     assert outbox.entries(OutboxState.delivered)[0].receipt_id == "r0"
     # Dead letters are re-queueable, individually or all, and due at once.
     assert outbox.retry_dead(["b2", "nope", "b0"]) == 1
     assert "b2" in [i.bundle_id for i in outbox.claim_batch(10)]
-    outbox.mark_dead("b2", "again")
-    outbox.mark_dead("b3", "also")
+    outbox.settle(dead=[("b2", "again")])
+    outbox.settle(dead=[("b3", "also")])
     assert outbox.retry_dead(None) == 2
     assert outbox.stats().dead == 0
 
@@ -98,7 +98,7 @@ def test_delivered_dead_retry_and_stats(outbox: Outbox, store: Store, clock: Fak
 def test_error_text_is_clipped(outbox: Outbox, store: Store) -> None:
     with store.begin() as conn:
         outbox.enqueue(conn, "b", b"x")
-    outbox.mark_dead("b", "E" * 10_000)
+    outbox.settle(dead=[("b", "E" * 10_000)])
     (entry,) = outbox.entries()
     assert entry.last_error is not None and len(entry.last_error) <= 500
 
@@ -126,7 +126,7 @@ def test_on_stored_hook_signature(outbox: Outbox, store: Store) -> None:
 def test_delivered_row_keeps_receipt_not_envelope(outbox: Outbox, store: Store) -> None:
     with store.begin() as conn:
         outbox.enqueue(conn, "b", b"x" * 5000)
-    outbox.mark_delivered("b", "r")
+    outbox.settle(delivered=[("b", "r")])
     with store.begin() as conn:
         env, rid = conn.execute(text("SELECT envelope, receipt_id FROM outbox")).one()
     assert (bytes(env), rid) == (b"", "r")
