@@ -1,1 +1,2 @@
-"""Benchmarks that print numbers (DESIGN.md section 8); not part of the tests."""
+"""Benchmarks that print numbers against the budgets each one states; not part of
+the tests. Results are recorded in CHANGELOG.md when they move."""

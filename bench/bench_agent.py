@@ -1,4 +1,4 @@
-"""Agent budgets (DESIGN.md section 8): time to READY=1 and to the first pass,
+"""Agent budgets: time to READY=1 and to the first pass,
 wall and CPU time of one full pass against a real systemd host, and the
 daemon's steady RSS after a minute of passes.
 

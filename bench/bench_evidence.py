@@ -1,4 +1,4 @@
-"""Evidence budget (DESIGN.md section 8): >= 2,000 bundles per second built,
+"""Evidence budget: >= 2,000 bundles per second built,
 signed, stored and queued. Prints numbers; asserts nothing.
 
     .venv/bin/python -m bench.bench_evidence [--bundles 4000] [--batch 200]

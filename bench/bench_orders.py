@@ -1,4 +1,4 @@
-"""Order admission budget (DESIGN.md section 8): >= 5,000 orders admitted or
+"""Order admission budget: >= 5,000 orders admitted or
 rejected per second. Prints numbers; asserts nothing.
 
     .venv/bin/python -m bench.bench_orders [--orders 5000] [--batch 100]

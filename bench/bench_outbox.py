@@ -1,4 +1,4 @@
-"""Outbox budget (DESIGN.md section 8): 10,000 queued bundles delivered in <= 10 s
+"""Outbox budget: 10,000 queued bundles delivered in <= 10 s
 over one kept-alive mTLS connection. Prints numbers; asserts nothing.
 
     .venv/bin/python bench/bench_outbox.py [--bundles 10000] [--batch-size 500]

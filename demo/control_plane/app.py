@@ -1,4 +1,4 @@
-"""DEV ONLY: FastAPI app of the demo control plane (DESIGN.md section 4 API).
+"""DEV ONLY: FastAPI app of the demo control plane (the API in docs/delivery.md).
 
 Evidence is verified with the agent's public key(s) given at start; receipts
 are deduplicated by bundle_id (the Idempotency-Key); per-host chains

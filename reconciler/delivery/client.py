@@ -140,7 +140,8 @@ def build_ssl_context(ca_file: Path, cert_file: Path, key_file: Path) -> ssl.SSL
 
 
 class ControlPlaneClient:
-    """Typed calls of DESIGN.md section 4 over one kept-alive mTLS connection."""
+    """Typed calls of the control-plane API (docs/delivery.md) over one kept-alive
+    mTLS connection."""
 
     def __init__(
         self,

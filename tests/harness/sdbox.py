@@ -1,7 +1,6 @@
 """A real systemd 252 in a throwaway systemd-nspawn container, usable as a Host.
 
-Recipe (DESIGN.md section 7; /work/shared/reference/sdbox.sh is the verified
-shell version): a debootstrap minbase rootfs, cached under the repo in
+Recipe: a debootstrap minbase rootfs, cached under the repo in
 ``.cache/rootfs/<key>/`` and booted read-only through ``--volatile=overlay``
 so every container starts from the same clean state. Each container gets its
 own cgroup (v1 name=systemd and v2 "unified" hierarchies) which the launcher
