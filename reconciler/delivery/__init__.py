@@ -1,5 +1,5 @@
 """Everything that talks to the network: the mutual-TLS control-plane client,
-the control-plane loop (orders, signed baselines, evidence delivery), the
-durable outbox, and the reseller integrations (webhook, syslog).
+the control-plane loop (orders, signed baselines, delivery of the evidence
+queued in the store's outbox), and the reseller integrations (webhook, syslog).
 Imports: evidence, runtime, ops, trust, store, specs.
 """
