@@ -32,14 +32,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-from specs.errors import ComplianceAgentError
-
 CLONE_NEWNET = 0x40000000
 CLONE_NEWUSER = 0x10000000
 NFT_TIMEOUT = 30.0
 
 
-class SandboxError(ComplianceAgentError):
+class SandboxError(Exception):  # stdlib only: runs as a script with python -I
     pass
 
 

@@ -6,12 +6,15 @@ from __future__ import annotations
 import importlib
 import inspect
 import pkgutil
+from pathlib import Path
 
 import pytest
 
 from specs.errors import ComplianceAgentError
 
 PACKAGES = ("specs", "controllers", "reconciler")
+# Run as a standalone script with `python -I` (no project on sys.path): stdlib only.
+STDLIB_ONLY = {"reconciler.actuator.nft_sandbox"}
 
 
 def all_modules() -> list[str]:
@@ -28,6 +31,8 @@ def all_modules() -> list[str]:
 
 @pytest.mark.parametrize("name", all_modules())
 def test_every_exception_has_the_one_root(name: str) -> None:
+    if name in STDLIB_ONLY:
+        return
     mod = importlib.import_module(name)
     for obj_name, obj in vars(mod).items():
         if (inspect.isclass(obj) and issubclass(obj, BaseException)
@@ -40,3 +45,21 @@ def test_the_wings_exist_with_a_docstring() -> None:
     for wing in ("runtime", "actuator", "trust", "evidence", "delivery", "store", "ops", "cli"):
         mod = importlib.import_module(f"reconciler.{wing}")
         assert mod.__doc__ and ("Imports" in mod.__doc__ or wing == "cli"), wing
+
+
+@pytest.mark.parametrize("name", sorted(STDLIB_ONLY))
+def test_standalone_scripts_import_only_the_standard_library(name: str) -> None:
+    import ast
+    import sys
+
+    path = importlib.import_module(name).__file__
+    assert path is not None
+    tree = ast.parse(Path(path).read_text())
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import | ast.ImportFrom):
+            mods = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                    else [node.module or ""])
+            for m in mods:
+                top = m.split(".")[0]
+                assert top == "__future__" or top in sys.stdlib_module_names, (
+                    f"{name} runs as a script with python -I and must not import {m}")
