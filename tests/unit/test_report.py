@@ -102,7 +102,8 @@ def test_time_in_compliance_episodes_and_silences(store: Store, tmp_path: Path) 
     patch = next(c for c in rep.checks if c.check == "patching")
     assert [(d.bundle_id, d.reason) for d in patch.deferrals] == [
         (ids["patch_def"], "OutsideMaintenanceWindow")]
-    assert patch.seconds["unknown"] == 2 * 3600.0  # nothing known before its first bundle
+    # nothing known before its first bundle, nor after the grace that follows its last
+    assert [(s.start, s.end) for s in patch.silences] == [(T0, T0 + 2 * H), (T0 + 6 * H, T0 + 10 * H)]
 
     enc = next(c for c in rep.checks if c.check == "encryption")
     assert len(enc.alerts) == 1
