@@ -22,6 +22,7 @@ PLUGIN_MODULES = (
     "reconciler.cli.trust",
     "reconciler.cli.delivery",
     "reconciler.cli.egress",
+    "reconciler.cli.report",
     "reconciler.actuator.server",
 )
 

@@ -27,7 +27,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from reconciler.evidence.report import CheckReport, ComplianceReport, State
+from reconciler.evidence.report_model import CheckReport, ComplianceReport, State
 from specs.orders import format_rfc3339
 
 OSCAL_VERSION = "1.1.2"

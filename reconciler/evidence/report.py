@@ -25,11 +25,11 @@ silence means passes were missed (agent down, loop stuck), and that time is
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
-from enum import StrEnum
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -37,6 +37,20 @@ from typing import Any
 from pydantic import ValidationError
 
 from reconciler.evidence.chain import ChainReport
+from reconciler.evidence.report_model import (
+    Alert,
+    CheckReport,
+    CitationReport,
+    ComplianceReport,
+    Coverage,
+    Deferral,
+    Episode,
+    Observation,
+    Remediation,
+    Silence,
+    State,
+    state_of,
+)
 from reconciler.store.database import Store
 from reconciler.store.evidence_index import IndexRow, all_rows
 from reconciler.trust.dsse import TrustedKeys, TrustError, loads_strict, verify_envelope
@@ -47,154 +61,6 @@ from specs.orders import format_rfc3339, parse_rfc3339_utc
 # pruning), not the state of a resource: listed, but no time in compliance.
 EVENT_CHECKS = frozenset({"order", "baseline", "prune", PRUNE_CHECK})
 CROSSWALK_RESOURCE = "data/hipaa-sp800-53r5.json"
-
-
-class State(StrEnum):
-    compliant = "compliant"
-    drifted = "drifted"
-    unknown = "unknown"
-
-
-def state_of(outcome: str) -> State:
-    """success is compliant; every other resource outcome leaves drift in place."""
-    return State.compliant if outcome == "success" else State.drifted
-
-
-@dataclass(frozen=True)
-class Observation:
-    """One verified bundle, reduced to what the report uses."""
-
-    bundle_id: str
-    sequence: int
-    check: str
-    outcome: str
-    at: datetime  # timestamp_end: when the outcome was known
-    hipaa: tuple[str, ...]
-    actions: tuple[dict[str, Any], ...]
-    refusals: tuple[dict[str, Any], ...]  # guard verdicts that held an action
-    error: str | None
-    order_id: str | None
-
-
-@dataclass(frozen=True)
-class Episode:
-    check: str
-    start: datetime
-    end: datetime | None  # None: still drifted at the end of the period
-    opened_by: str
-    closed_by: str | None
-    outcomes: tuple[str, ...]
-    resolution: str  # remediated | resolved | open
-
-
-@dataclass(frozen=True)
-class Remediation:
-    check: str
-    at: datetime
-    bundle_id: str
-    outcome: str
-    actions: tuple[dict[str, Any], ...]
-
-
-@dataclass(frozen=True)
-class Deferral:
-    check: str
-    at: datetime
-    bundle_id: str
-    reason: str
-    message: str
-
-
-@dataclass
-class Alert:
-    """Consecutive alert bundles of one check with the same reason and message."""
-
-    check: str
-    reason: str
-    message: str
-    remediable: bool  # False: no action exists; a person has to act
-    first: datetime
-    last: datetime
-    bundle_ids: list[str] = field(default_factory=list)
-
-
-@dataclass(frozen=True)
-class Silence:
-    check: str
-    start: datetime
-    end: datetime
-    after_bundle: str | None
-
-
-@dataclass
-class CheckReport:
-    check: str
-    hipaa: list[str]
-    bundles: int
-    seconds: dict[str, float]
-    last_outcome: str | None
-    last_bundle: str | None
-    episodes: list[Episode] = field(default_factory=list)
-    remediations: list[Remediation] = field(default_factory=list)
-    deferrals: list[Deferral] = field(default_factory=list)
-    alerts: list[Alert] = field(default_factory=list)
-    silences: list[Silence] = field(default_factory=list)
-    end_state: State = State.unknown
-
-    def percent(self, state: State) -> float:
-        total = sum(self.seconds.values())
-        return 100.0 * self.seconds[state.value] / total if total else 0.0
-
-
-@dataclass
-class CitationReport:
-    citation: str
-    title: str
-    controls: list[str]
-    checks: list[str]
-    seconds: dict[str, float]
-    episodes: int
-    end_state: State
-
-    def percent(self, state: State) -> float:
-        total = sum(self.seconds.values())
-        return 100.0 * self.seconds[state.value] / total if total else 0.0
-
-
-@dataclass
-class Coverage:
-    chain_ok: bool
-    chain_checked: int
-    chain_problems: list[str]
-    chain_notes: list[str]
-    bundles_in_period: int
-    rejected: list[dict[str, str]]  # bundle files that failed verification
-    pruned_in_period: list[str]
-    silences: list[Silence]
-
-
-@dataclass
-class ComplianceReport:
-    site_id: str
-    host_id: str
-    since: datetime
-    until: datetime
-    generated_at: datetime
-    keyids: list[str]
-    checks: list[CheckReport]
-    citations: list[CitationReport]
-    coverage: Coverage
-    events: list[Observation]
-    crosswalk_source: dict[str, str]
-
-    def to_json(self) -> dict[str, Any]:
-        return json.loads(json.dumps(asdict(self), default=_json_default))  # type: ignore[no-any-return]
-
-
-def _json_default(value: object) -> object:
-    if isinstance(value, datetime):
-        return format_rfc3339(value)
-    raise TypeError(f"not JSON serializable: {type(value).__name__}")
 
 
 # -- crosswalk -------------------------------------------------------------------
@@ -378,7 +244,7 @@ def _combine(per_check: Sequence[Sequence[_Span]]) -> list[_Span]:
     """Spans of several checks at once: drifted if any is, unknown if any is, else compliant."""
     points = sorted({t for spans in per_check for sp in spans for t in (sp.start, sp.end)})
     out: list[_Span] = []
-    for a, b in zip(points, points[1:], strict=False):
+    for a, b in itertools.pairwise(points):
         states = set()
         for spans in per_check:
             states.add(next((sp.state for sp in spans if sp.start <= a < sp.end), State.unknown))
