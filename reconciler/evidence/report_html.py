@@ -70,8 +70,9 @@ def _id(bundle_id: str | None) -> str:
 def _check_section(c: CheckReport) -> str:
     items: list[str] = []
     for e in c.episodes:
-        end = ts(e.end) if e.end else "still open"
-        items.append(f"<li><b>Drift</b> {ts(e.start)} to {end} ({escape(e.resolution)}); "
+        span = (f"{ts(e.start)} to {ts(e.end)} ({escape(e.resolution)})" if e.end
+                else f"since {ts(e.start)}, still open at the end of the period")
+        items.append(f"<li><b>Drift</b> {span}; "
                      f"opened by {_id(e.opened_by)}"
                      + (f", closed by {_id(e.closed_by)}" if e.closed_by else "") + "</li>")
     for r in c.remediations:
