@@ -107,6 +107,7 @@ def verify_observation(
         sequence=p.sequence,
         check=p.check,
         outcome=p.outcome.value,
+        started=parse_rfc3339_utc(p.timestamp_start),
         at=parse_rfc3339_utc(p.timestamp_end),
         hipaa=tuple(p.hipaa_controls),
         actions=tuple(a.model_dump(mode="json") for a in p.action_taken),
@@ -174,7 +175,14 @@ def _seconds(spans: Iterable[_Span]) -> dict[str, float]:
     return out
 
 
+def _fixed(o: Observation) -> bool:
+    return any(a.get("result") == "ok" for a in o.actions)
+
+
 def _episodes(obs: Sequence[Observation], since: datetime) -> list[Episode]:
+    """Runs of drifted bundles, closed by the next compliant one. A compliant
+    bundle whose own actions fixed drift found in the same reconcile is an
+    episode too (it began when that reconcile observed, and ended with it)."""
     episodes: list[Episode] = []
     open_: list[Observation] = []
     for o in obs:
@@ -182,12 +190,14 @@ def _episodes(obs: Sequence[Observation], since: datetime) -> list[Episode]:
             open_.append(o)
             continue
         if open_:
-            ran = any(a.get("result") == "ok" for a in o.actions) or any(
-                a.get("result") == "ok" for d in open_ for a in d.actions)
+            ran = _fixed(o) or any(_fixed(d) for d in open_)
             episodes.append(Episode(o.check, open_[0].at, o.at, open_[0].bundle_id, o.bundle_id,
                                     tuple(d.outcome for d in open_),
                                     "remediated" if ran else "resolved"))
             open_ = []
+        elif _fixed(o):
+            episodes.append(Episode(o.check, o.started, o.at, o.bundle_id, o.bundle_id,
+                                    (o.outcome,), "remediated"))
     if open_:
         episodes.append(Episode(open_[0].check, open_[0].at, None, open_[0].bundle_id, None,
                                 tuple(d.outcome for d in open_), "open"))

@@ -32,6 +32,7 @@ class Observation:
     sequence: int
     check: str
     outcome: str
+    started: datetime  # timestamp_start: when the reconcile began observing
     at: datetime  # timestamp_end: when the outcome was known
     hipaa: tuple[str, ...]
     actions: tuple[dict[str, Any], ...]

@@ -30,6 +30,8 @@ def ts(value: datetime | None) -> str:
 
 
 def duration(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.0f}s"
     minutes = int(seconds // 60)
     days, rest = divmod(minutes, 24 * 60)
     hours, mins = divmod(rest, 60)

@@ -141,7 +141,7 @@ def test_coverage_reports_chain_state_and_unverifiable_bundles(
     assert [r["bundle_id"] for r in rep.coverage.rejected] == [ids["svc_drift"]]
     assert not rep.coverage.chain_ok
     svc = next(c for c in rep.checks if c.check == "services")
-    assert svc.episodes == []
+    assert [e.opened_by for e in svc.episodes] == [ids["svc_fixed"]]  # not the forged bundle
 
 
 def test_bundles_signed_by_another_key_are_not_used(store: Store, tmp_path: Path) -> None:
@@ -170,3 +170,16 @@ def test_oscal_assessment_results_validate_with_trestle(store: Store, tmp_path: 
     hrefs = json.dumps(doc)
     assert ids["svc_drift"] in hrefs and ids["svc_fixed"] in hrefs
     assert doc["assessment-results"]["metadata"]["oscal-version"] == "1.1.2"
+
+
+def test_drift_fixed_within_one_reconcile_is_an_episode(store: Store, tmp_path: Path) -> None:
+    clock = Clock()
+    w = EvidenceWriter(store, AGENT_SIGNER, tmp_path / "evidence",
+                       EvidenceIdentity("clinic-1", "fd-1"), clock=clock)
+    clock.now = T0 + H
+    fixed = w.record(check="services", outcome="success", actions=[RESTART],
+                     timestamp_start=T0 + H - timedelta(seconds=2), timestamp_end=T0 + H)
+    w.close()
+    svc = report(store, tmp_path).checks[0]
+    assert [(e.start, e.end, e.opened_by, e.closed_by, e.resolution) for e in svc.episodes] == [
+        (T0 + H - timedelta(seconds=2), T0 + H, fixed, fixed, "remediated")]
