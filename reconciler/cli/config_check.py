@@ -258,8 +258,8 @@ def cmd_config_check(args: argparse.Namespace) -> int:
                           "findings": [asdict(f) for f in findings]}, indent=2))
     else:
         for f in findings:
-            print(f"{f.severity.upper():7} {f.option}: {f.where}: {f.problem}\n"
-                  f"        fix: {f.fix}", file=sys.stderr)
+            print(f"{f.severity.upper():7} {f.option}: {f.problem}\n"
+                  f"        where: {f.where}\n        fix: {f.fix}", file=sys.stderr)
         if cfg is not None and not errors:
             print(f"{path}: ok (site {cfg.site_id}, host {cfg.host_id}, mode "
                   f"{cfg.deployment_mode.value}, window {cfg.maintenance_window} UTC; checked "
