@@ -183,3 +183,22 @@ def test_drift_fixed_within_one_reconcile_is_an_episode(store: Store, tmp_path: 
     svc = report(store, tmp_path).checks[0]
     assert [(e.start, e.end, e.opened_by, e.closed_by, e.resolution) for e in svc.episodes] == [
         (T0 + H - timedelta(seconds=2), T0 + H, fixed, fixed, "remediated")]
+
+
+def test_trestle_rejects_a_malformed_document(store: Store, tmp_path: Path) -> None:
+    """The validation above can fail: a missing required field or a stray key is refused."""
+    from pydantic import ValidationError
+    from trestle.oscal.assessment_results import AssessmentResults
+
+    from reconciler.evidence.oscal import assessment_results
+
+    history(store, tmp_path)
+    doc = assessment_results(report(store, tmp_path), "0.1.0")["assessment-results"]
+    broken = json.loads(json.dumps(doc))
+    del broken["results"][0]["reviewed-controls"]
+    with pytest.raises(ValidationError):
+        AssessmentResults.model_validate(broken)
+    stray = json.loads(json.dumps(doc))
+    stray["results"][0]["findings"][0]["target"]["status"]["state"] = "passed"
+    with pytest.raises(ValidationError):
+        AssessmentResults.model_validate(stray)
