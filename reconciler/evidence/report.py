@@ -251,16 +251,27 @@ def _check_report(check: str, obs: list[Observation], since: datetime, until: da
 
 
 def _combine(per_check: Sequence[Sequence[_Span]]) -> list[_Span]:
-    """Spans of several checks at once: drifted if any is, unknown if any is, else compliant."""
+    """Spans of several checks at once: drifted if any is, unknown if any is, else compliant.
+
+    One sweep over the sorted breakpoints with a cursor per check (each check's
+    spans are sorted and do not overlap), so a month of evidence stays cheap.
+    """
     points = sorted({t for spans in per_check for sp in spans for t in (sp.start, sp.end)})
+    cursors = [0] * len(per_check)
     out: list[_Span] = []
     for a, b in itertools.pairwise(points):
         states = set()
-        for spans in per_check:
-            states.add(next((sp.state for sp in spans if sp.start <= a < sp.end), State.unknown))
+        for i, spans in enumerate(per_check):
+            while cursors[i] < len(spans) and spans[cursors[i]].end <= a:
+                cursors[i] += 1
+            cur = spans[cursors[i]] if cursors[i] < len(spans) else None
+            states.add(cur.state if cur is not None and cur.start <= a else State.unknown)
         state = (State.drifted if State.drifted in states else
                  State.unknown if State.unknown in states else State.compliant)
-        out.append(_Span(a, b, state))
+        if out and out[-1].state is state and out[-1].end == a:
+            out[-1] = _Span(out[-1].start, b, state)
+        else:
+            out.append(_Span(a, b, state))
     return out
 
 
