@@ -134,14 +134,29 @@ def _read(option: str, path: Path, agent: Account) -> tuple[bytes | None, list[F
                               "check the path")]
 
 
+def _read_secret(option: str, path: Path, agent: Account) -> tuple[bytes | None, list[Finding]]:
+    """Contents of a secret file that passed `check_private_file`. Run as the agent's
+    user, this is the daemon's own read (reconciler.trust.keys: fstat on the open file,
+    size cap), so anything it would refuse beyond mode and owner shows up too."""
+    from reconciler.trust.keys import KeyFileError, read_private_key_file
+
+    if os.geteuid() != agent.uid:
+        return _read(option, path, agent)
+    try:
+        return read_private_key_file(path), []
+    except KeyFileError as e:
+        return None, [Finding("error", option, str(path), e.problem,
+                              _secret_fix(option, path, agent, "fix the file at"))]
+
+
 def check_signing_key(cfg: AgentConfig, agent: Account) -> list[Finding]:
     from reconciler.trust.keys import KeyFileError, parse_private_key
 
     path = cfg.signing_key_file
     out = check_private_file("signingKeyFile", path, agent)
-    if any(f.problem == "no such file" for f in out):
+    if out:
         return out
-    data, problems = _read("signingKeyFile", path, agent)
+    data, problems = _read_secret("signingKeyFile", path, agent)
     if data is not None:
         try:
             parse_private_key(path, data)
@@ -181,7 +196,7 @@ def check_tls(cfg: AgentConfig, agent: Account, now: datetime) -> list[Finding]:
     out += _check_certificates("clientCertFile", cfg.client_cert_file, agent, now)
     if any(f.severity == "error" or "not checked" in f.problem for f in out):
         return out
-    key, problems = _read("clientKeyFile", cfg.client_key_file, agent)
+    key, problems = _read_secret("clientKeyFile", cfg.client_key_file, agent)
     if key is None:
         return out + problems
     import ssl  # here: `config` shares the parser with `status`, which must start fast
@@ -204,9 +219,9 @@ def check_webhook_secret(cfg: AgentConfig, agent: Account) -> list[Finding]:
     if path is None:
         return []
     out = check_private_file("webhookSecretFile", path, agent)
-    if any(f.problem == "no such file" for f in out):
+    if out:
         return out
-    data, problems = _read("webhookSecretFile", path, agent)
+    data, problems = _read_secret("webhookSecretFile", path, agent)
     if data is not None and not data.strip():
         problems.append(Finding("error", "webhookSecretFile", str(path), "the file is empty",
                                 "put the shared HMAC secret the RMM expects in it"))
