@@ -12,7 +12,8 @@ control-plane client) pointed at the container. The story:
 4. a signed baseline asks for a bad NixOS generation: deferred outside the
    maintenance window, then switched inside it, found unhealthy, rolled back;
 5. the control plane goes down, evidence queues durably, comes back, drains;
-6. the tally: bundles made, delivered, verified by the control plane, chain intact.
+6. the tally: bundles made, delivered, verified by the control plane, chain intact;
+7. the auditor's reports over the run: HTML and OSCAL assessment results.
 
 The state directory is left in place; its path is printed at the end.
 """
@@ -215,9 +216,29 @@ def story(state: Path, config: Path, cp: ControlPlane, box: Any, pki: Any,
     for name, value in rows:
         print(f"   {name.ljust(width)}  {value}")
     ok = summary["chain_intact"] and made.depth == 0 and made.delivered == summary["verified"]
+    ok = write_reports(state, config) and ok
     print("\n   " + ("demo complete" if ok else "demo finished WITH PROBLEMS (see above)"))
     svc.close()
     return 0 if ok else 1
+
+
+def write_reports(state: Path, config: Path) -> bool:
+    """7. The auditor's view: the run's evidence as an HTML report and as OSCAL."""
+    say("7. Reports for the auditor: HTML and OSCAL assessment results")
+    since = f"{datetime.strptime(state.name, 'run-%Y%m%dT%H%M%SZ'):%Y-%m-%dT%H:%M:%SZ}"
+    paths = {fmt: state / f"compliance-report.{ext}" for fmt, ext in
+             (("html", "html"), ("oscal", "oscal.json"))}
+    for fmt, path in paths.items():
+        print(indent(cli(config, "report", "--since", since, "--format", fmt, "--out", str(path))))
+    from trestle.oscal.assessment_results import AssessmentResults
+
+    doc = json.loads(paths["oscal"].read_text())
+    ar = AssessmentResults.model_validate(doc["assessment-results"])
+    print(f"   OSCAL validated by compliance-trestle: {len(ar.results[0].findings or [])} "
+          "findings")
+    for path in paths.values():
+        print(f"   report: {path}")
+    return all(p.exists() for p in paths.values())
 
 
 def signed_orders(cp: ControlPlane, cfg: Any) -> dict[str, dict[str, Any]]:

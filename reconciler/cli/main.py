@@ -22,6 +22,7 @@ PLUGIN_MODULES = (
     "reconciler.cli.trust",
     "reconciler.cli.delivery",
     "reconciler.cli.egress",
+    "reconciler.cli.report",
     "reconciler.actuator.server",
 )
 
@@ -144,16 +145,9 @@ def cmd_describe(args: argparse.Namespace) -> int:
 
 # -- config --------------------------------------------------------------------
 def cmd_config_check(args: argparse.Namespace) -> int:
-    try:
-        cfg = load_config(Path(args.file))
-    except ConfigError as e:
-        print(f"{e.path}: {len(e.problems)} problem(s)", file=sys.stderr)
-        for p in e.problems:
-            print(f"  {p}", file=sys.stderr)
-        return 2
-    print(f"{args.file}: ok (site {cfg.site_id}, host {cfg.host_id}, "
-          f"mode {cfg.deployment_mode.value}, window {cfg.maintenance_window} UTC)")
-    return 0
+    from reconciler.cli.config_check import cmd_config_check as check
+
+    return check(args)
 
 
 def cmd_config_options(args: argparse.Namespace) -> int:
@@ -201,8 +195,10 @@ def build_parser(with_plugins: bool = True) -> argparse.ArgumentParser:
 
     cfgp = sub.add_parser("config", help="validate a config file; list the options")
     csub = cfgp.add_subparsers(dest="config_command", required=True, metavar="SUBCOMMAND")
-    chk = csub.add_parser("check", help="print every problem with its key; exit 0 or 2")
-    chk.add_argument("file")
+    chk = csub.add_parser("check", help="what the daemon would refuse at start; exit 0 or 2")
+    from reconciler.cli.config_check import add_arguments as add_check_arguments
+
+    add_check_arguments(chk)
     chk.set_defaults(func=cmd_config_check)
     opts = csub.add_parser("options", help="every option with its type, default and meaning")
     opts.set_defaults(func=cmd_config_options)

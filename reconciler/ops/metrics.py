@@ -1,6 +1,12 @@
 """Prometheus metrics: one registry per agent (no global state), exported as a
 textfile (atomic: temp file in the same directory, then rename) and served on
-the status unix socket."""
+the status unix socket.
+
+Unknown is absent, never a made-up number (Prometheus conventions): the clock
+offset has no sample until a time source was observed, and
+`resource_ready`/`resource_drifted` have no sample for a kind whose condition
+is Unknown; `resource_condition{kind,type,status}` (one series per status,
+1 for the current one, like kube-state-metrics) says which are Unknown."""
 
 from __future__ import annotations
 
@@ -9,7 +15,7 @@ import logging
 import os
 import platform
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TypeGuard
 
@@ -21,6 +27,8 @@ from prometheus_client import (
     disable_created_metrics,
     generate_latest,
 )
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from specs.status import ConditionStatus, ConditionType, ResourceStatus
 
@@ -30,6 +38,29 @@ NS = "compliance_agent"
 log = logging.getLogger("compliance_agent.metrics")
 
 
+class OptionalGauge(Collector):
+    """An unlabelled gauge with no sample until `set`, and none again after `clear`."""
+
+    def __init__(self, name: str, documentation: str, registry: CollectorRegistry) -> None:
+        self.name = name
+        self.documentation = documentation
+        self._value: float | None = None
+        registry.register(self)
+
+    def set(self, value: float) -> None:
+        self._value = float(value)
+
+    def clear(self) -> None:
+        self._value = None
+
+    def describe(self) -> list[Metric]:
+        return [GaugeMetricFamily(self.name, self.documentation)]
+
+    def collect(self) -> Iterator[Metric]:
+        if self._value is not None:
+            yield GaugeMetricFamily(self.name, self.documentation, value=self._value)
+
+
 class AgentMetrics:
     def __init__(self, version: str) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
@@ -37,10 +68,13 @@ class AgentMetrics:
         Info(f"{NS}_build", "Agent build information.", registry=r).info(
             {"version": version, "python": platform.python_version()}
         )
-        self.ready = Gauge(f"{NS}_resource_ready", "1 if the resource is Ready, 0 if not, "
-                           "-1 if unknown.", ["kind"], registry=r)
-        self.drifted = Gauge(f"{NS}_resource_drifted", "1 if the resource has drift, 0 if not, "
-                             "-1 if unknown.", ["kind"], registry=r)
+        self.ready = Gauge(f"{NS}_resource_ready", "1 if the resource is Ready, 0 if not; "
+                           "absent while unknown.", ["kind"], registry=r)
+        self.drifted = Gauge(f"{NS}_resource_drifted", "1 if the resource has drift, 0 if not; "
+                             "absent while unknown.", ["kind"], registry=r)
+        self.condition = Gauge(
+            f"{NS}_resource_condition", "1 for the condition's current status (True, False "
+            "or Unknown), 0 for the others.", ["kind", "type", "status"], registry=r)
         self.condition_since = Gauge(
             f"{NS}_resource_condition_last_transition_timestamp_seconds",
             "When the condition last changed status (Unix time).", ["kind", "type"], registry=r)
@@ -66,8 +100,9 @@ class AgentMetrics:
         self.outbox_dead = Gauge(f"{NS}_outbox_dead_letters",
                                  "Bundles the control plane rejected permanently (kept).",
                                  registry=r)
-        self.ntp_offset = Gauge(f"{NS}_clock_offset_seconds",
-                                "Last observed clock offset from NTP.", registry=r)
+        self.ntp_offset = OptionalGauge(
+            f"{NS}_clock_offset_seconds",
+            "Last observed clock offset from NTP; absent while no time source is known.", r)
         self.up = Gauge(f"{NS}_up", "1 while the daemon runs.", registry=r)
         self.fact = Gauge(f"{NS}_resource_fact",
                           "Numeric facts a controller reports (snapshot age, generation, "
@@ -80,9 +115,18 @@ class AgentMetrics:
         self._collect_hooks.append(hook)
 
     def observe_status(self, status: ResourceStatus) -> None:
-        self.ready.labels(status.kind).set(_tri(status, ConditionType.Ready))
-        self.drifted.labels(status.kind).set(_tri(status, ConditionType.Drifted))
+        for gauge, ctype in ((self.ready, ConditionType.Ready),
+                             (self.drifted, ConditionType.Drifted)):
+            value = _known(status, ctype)
+            if value is None:
+                with contextlib.suppress(KeyError):
+                    gauge.remove(status.kind)
+            else:
+                gauge.labels(status.kind).set(value)
         for c in status.conditions:
+            for st in ConditionStatus:
+                self.condition.labels(status.kind, c.type.value, st.value).set(
+                    1 if c.status is st else 0)
             self.condition_since.labels(status.kind, c.type.value).set(
                 c.last_transition_time.timestamp()
             )
@@ -101,6 +145,10 @@ class AgentMetrics:
         for g in (self.ready, self.drifted):
             with contextlib.suppress(KeyError):
                 g.remove(kind)
+        for ctype in ConditionType:
+            for st in ConditionStatus:
+                with contextlib.suppress(KeyError):
+                    self.condition.remove(kind, ctype.value, st.value)
 
     def exposition(self) -> bytes:
         for hook in self._collect_hooks:
@@ -132,8 +180,9 @@ def _numeric(value: object) -> TypeGuard[int | float]:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
-def _tri(status: ResourceStatus, ctype: ConditionType) -> int:
+def _known(status: ResourceStatus, ctype: ConditionType) -> int | None:
+    """1/0 for a True/False condition; None (no sample) when missing or Unknown."""
     c = status.condition(ctype)
     if c is None or c.status is ConditionStatus.unknown:
-        return -1
+        return None
     return 1 if c.status is ConditionStatus.true else 0

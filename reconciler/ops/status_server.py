@@ -1,6 +1,8 @@
 """HTTP over a unix socket: /metrics (Prometheus exposition), /status (JSON),
-/healthz. Never a TCP/UDP listener: Prometheus scrapes it as a `unix:` target
-and operators' tools read live status without touching the database.
+/healthz. Never a TCP/UDP listener. Prometheus cannot scrape a unix socket (it
+scrapes the metrics textfile through the node exporter); /metrics here is for
+a look on the host, and operators' tools read live status without touching
+the database.
 
 Access control is the socket file's mode (0660) and its directory's owner.
 """

@@ -131,7 +131,9 @@ def test_load_bad_json_and_missing_file(tmp_path: Path) -> None:
 def test_config_check_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     good = tmp_path / "good.json"
     good.write_text(json.dumps(REQUIRED))
-    assert main(["config", "check", str(good)]) == 0
+    # valid options, but the key files they name do not exist: the daemon would refuse
+    assert main(["config", "check", str(good)]) == 2
+    assert "signingKeyFile: no such file" in capsys.readouterr().err
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps(dict(REQUIRED, orderTTL=5)))
     assert main(["config", "check", str(bad)]) == 2
