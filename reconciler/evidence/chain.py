@@ -12,10 +12,12 @@ against the SQLite index as well. Problems (each makes the report fail):
     Missing             the index has a live row but the file is gone
     IndexMismatch       the file differs from what the index recorded
 
-A missing sequence is *explained* (a note, not a problem) when a signed
-`evidence_prune` bundle lists it, or the index holds its tombstone. Limits:
-deleting the newest bundles together with their index rows cannot be seen
-locally; the control plane's receipts are the external anchor for the tail.
+    UnsignedPrune       the index marks a bundle pruned but no signed prune bundle lists it
+
+A missing sequence is *explained* (a note, not a problem) only when a signed
+`evidence_prune` bundle lists it: an index tombstone alone proves nothing,
+anyone with write access to the database can write one. The Merkle tree and
+its signed checkpoints (reconciler.evidence.logverify) cover the tail.
 """
 
 from __future__ import annotations
@@ -61,6 +63,9 @@ class ChainReport:
     last: int | None = None
     problems: list[Problem] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    # sequence -> envelope digest, from present bundles and signed prune records:
+    # the leaf data the Merkle tree checks need (not part of the JSON report).
+    digests: dict[int, str] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -115,12 +120,16 @@ def verify_chain(
     bundles: Iterable[tuple[str, bytes]],
     trusted_public_keys: Sequence[str] | TrustedKeys,
     index: Mapping[int, IndexRow] | None = None,
+    expect_from: int | None = None,
 ) -> ChainReport:
     """Verify (name, envelope bytes) pairs in any order, as one chain.
 
+    `expect_from`: the first sequence that must be present or pruned (default:
+    1 with an index, else the lowest sequence given).
+
     With `index` (sequence -> IndexRow, tombstones included) the index is
-    cross-checked, sequences from 1 to the index head are expected, and
-    tombstones explain gaps; without it only sequences between the lowest and
+    cross-checked and sequences from 1 to the index head are expected; a
+    tombstone needs a signed prune record like any gap; without it only sequences between the lowest and
     highest bundle given are expected.
     """
     keys = (
@@ -146,8 +155,7 @@ def verify_chain(
             continue
         by_seq[seq] = e
 
-    # Digests known for sequences whose file is gone: from signed prune bundles
-    # first (they prove it), then from index tombstones.
+    # Digests of bundles whose file is gone, from signed prune bundles only.
     pruned: dict[int, tuple[str, str]] = {}  # seq -> (digest, explained by)
     for seq, e in by_seq.items():
         if e.statement.predicate.check != PRUNE_CHECK:
@@ -156,14 +164,13 @@ def verify_chain(
         for item in post.get("pruned", []) if isinstance(post, dict) else []:
             if isinstance(item, dict) and isinstance(item.get("sequence"), int):
                 pruned[item["sequence"]] = (str(item.get("digest")), f"prune bundle seq {seq}")
-    for seq, tomb in (index or {}).items():
-        if tomb.pruned and seq not in pruned:
-            pruned[seq] = (tomb.digest, f"index tombstone (pruned_by {tomb.pruned_by})")
+    report.digests = {s: d for s, (d, _) in pruned.items()}
+    report.digests.update({s: e.digest for s, e in by_seq.items()})
 
     seqs = set(by_seq) | (set(index) if index else set())
     if not seqs:
         return report
-    lo = 1 if index else min(seqs)
+    lo = expect_from if expect_from is not None else (1 if index else min(seqs))
     hi = max(seqs)
     report.first, report.last = lo, hi
     pruned_here: list[int] = []
@@ -173,6 +180,21 @@ def verify_chain(
         if e is None:
             if seq in pruned:
                 pruned_here.append(seq)
+                if row is not None and row.digest != pruned[seq][0]:
+                    report.problems.append(
+                        Problem("IndexMismatch", "the prune record lists another digest "
+                                "than the index", seq, row.file_name)
+                    )
+            elif row is not None and row.pruned:
+                report.problems.append(
+                    Problem(
+                        "UnsignedPrune",
+                        f"the index marks it pruned (by {row.pruned_by}) but no signed prune "
+                        "bundle lists it: the file was deleted",
+                        seq,
+                        row.file_name,
+                    )
+                )
             elif row is not None:
                 report.problems.append(
                     Problem(

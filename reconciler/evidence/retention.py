@@ -9,12 +9,15 @@ A bundle is pruned only if ALL hold:
   that exported files alone (no index) always explain every pruned gap.
 
 Pruning deletes the file but keeps the index row as a tombstone (`pruned_at`,
-`pruned_by`), and appends one evidence bundle with check `evidence_prune`
+`pruned_by`; its digest keeps the bundle's Merkle leaf), and appends one evidence bundle with check `evidence_prune`
 whose post_state lists every pruned bundle (sequence, bundle_id, digest, ...)
 and the pruned sequence ranges. The tombstones and that bundle are committed
 in one transaction; files are deleted after the commit (a crash in between
 leaves files of tombstoned rows, which orphan cleanup removes). So the chain
-stays verifiable: a gap is explained by a signed prune bundle.
+stays verifiable: a gap is explained by a signed prune bundle, and only by
+one (a tombstone alone is an `UnsignedPrune` problem). The listed digest is
+the pruned bundle's Merkle leaf data, so the tree and its checkpoints still
+verify without the file.
 
 At most `MAX_PER_BUNDLE` bundles are listed in one prune bundle; a larger
 backlog produces several prune bundles in one call.
@@ -28,10 +31,10 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Connection, bindparam, text
+from sqlalchemy import Connection
 
 from reconciler.evidence.writer import EvidenceRequest, EvidenceWriter
-from reconciler.store.evidence_index import IndexRow, all_rows
+from reconciler.store.evidence_index import IndexRow, all_rows, mark_pruned
 from specs.evidence import PRUNE_CHECK
 from specs.orders import format_rfc3339
 from specs.status import Outcome
@@ -144,13 +147,7 @@ def prune(writer: EvidenceWriter, policy: RetentionPolicy, now: datetime) -> Pru
             def mark(
                 conn: Connection, bundle_id: str, seqs: list[int] = seqs, at: str = pruned_at
             ) -> None:
-                conn.execute(
-                    text(
-                        "UPDATE evidence_bundles SET pruned_at = :at, pruned_by = :by"
-                        " WHERE sequence IN :seqs AND pruned_at IS NULL"
-                    ).bindparams(bindparam("seqs", expanding=True)),
-                    {"at": at, "by": bundle_id, "seqs": seqs},
-                )
+                mark_pruned(conn, seqs, at, bundle_id)
 
             [bundle_id] = writer.append(
                 conn,

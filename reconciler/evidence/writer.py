@@ -9,8 +9,9 @@ before returning its bundle_id:
    the chain head (last sequence and digest) from the index;
 2. build the statement with sequence = head + 1 and prev_digest = head digest,
    sign it, write the envelope file (tmp + fsync + rename + fsync dir);
-3. in the same transaction insert the index row and call every `on_stored`
-   hook with the connection (the outbox enqueues there), then commit.
+3. in the same transaction insert the index row, add the bundle's leaf to the
+   Merkle tree's frontier (reconciler.evidence.tree), and call every
+   `on_stored` hook with the connection (the outbox enqueues there), then commit.
 
 A crash after 2 and before the commit leaves a file without an index row: an
 orphan. Chain state comes only from the index, so the next bundle reuses that
@@ -35,11 +36,11 @@ from pydantic import BaseModel
 from pydantic_core import to_jsonable_python
 from sqlalchemy import Connection
 
+from reconciler.evidence.tree import check_appendable, extend_tree
 from reconciler.store.database import Store
 from reconciler.store.evidence_index import (
     EvidenceDir,
     IndexRow,
-    chain_head,
     file_name_for,
     insert_rows,
     remove_orphans,
@@ -224,7 +225,7 @@ class EvidenceWriter:
         with its bundle).
         """
         now = format_rfc3339(self.clock())
-        seq, prev = chain_head(conn)
+        seq, prev = check_appendable(conn)
         built: list[tuple[IndexRow, bytes]] = []
         for req in requests:
             seq += 1
@@ -241,6 +242,7 @@ class EvidenceWriter:
             if batch:
                 self.dir.sync_filesystem()
             insert_rows(conn, [row for row, _ in built])
+            extend_tree(conn, built[0][0].sequence, [row.digest for row, _ in built])
             for row, data in built:
                 if extra is not None:
                     extra(conn, row.bundle_id)

@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, cast
 
-from sqlalchemy import Connection, text
+from sqlalchemy import Connection, bindparam, text
 
 from reconciler.store.database import Store
 
@@ -111,6 +111,17 @@ _HEAD = text("SELECT sequence, digest FROM evidence_bundles ORDER BY sequence DE
 def insert_rows(conn: Connection, rows: list[IndexRow]) -> None:
     # Not dataclasses.astuple: it deep-copies every field.
     conn.execute(_INSERT, [{f: getattr(r, f) for f in _FIELDS} for r in rows])
+
+
+def mark_pruned(conn: Connection, sequences: list[int], pruned_at: str, pruned_by: str) -> None:
+    """Turn live rows into tombstones (the file goes, the row and its digest stay)."""
+    conn.execute(
+        text(
+            "UPDATE evidence_bundles SET pruned_at = :at, pruned_by = :by"
+            " WHERE sequence IN :seqs AND pruned_at IS NULL"
+        ).bindparams(bindparam("seqs", expanding=True)),
+        {"at": pruned_at, "by": pruned_by, "seqs": sequences},
+    )
 
 
 def all_rows(conn: Connection) -> list[IndexRow]:
