@@ -1,4 +1,4 @@
-"""CLI: `keygen`, `order verify`, `evidence list|show|verify|prune`.
+"""CLI: `keygen`, `order verify`, `evidence list|show|verify|checkpoint|export|prune`.
 
 Exit codes follow reconciler.cli.main: 0 ok; 1 evidence problems found; 2 error
 (bad config, unreadable state or file); 3 order not admitted.
@@ -183,16 +183,47 @@ def _agent_public_key(cfg: AgentConfig) -> str | None:
         return None
 
 
+def _print_report(report: Any, output: str) -> int:
+    if output == "json":
+        print(json.dumps(report.to_json(), indent=2))
+    else:
+        for p in report.problems:
+            print(f"PROBLEM {p}")
+        for n in report.notes:
+            print(f"note: {n}")
+        status = "intact" if report.ok else f"{len(report.problems)} problem(s)"
+        print(f"{report.checked} bundle(s) checked, seq {report.first}..{report.last}: {status}")
+    return EXIT_OK if report.ok else EXIT_PROBLEMS
+
+
+def _external_checkpoints(files: list[str] | None) -> list[Any]:
+    from reconciler.evidence.logverify import NoteSource
+
+    return [NoteSource(f, Path(f).read_text(errors="replace")) for f in files or []]
+
+
 def cmd_evidence_verify(args: argparse.Namespace) -> int:
     from reconciler.evidence.chain import verify_store
+    from reconciler.evidence.checkpoint import origin_for
+    from reconciler.evidence.logverify import verify_local
     from reconciler.store.database import StoreError
 
+    try:
+        external = _external_checkpoints(args.checkpoint)
+    except OSError as e:
+        return _err(f"{e.filename}: cannot read: {e.strerror}")
+    if args.config is None:
+        # Auditor mode: a copy of an evidence directory or an export, and a key.
+        if not args.public_key or len(args.paths) != 1:
+            return _err("without --config give --public-key HEX and one PATH (an evidence "
+                        "directory or an export .tar.gz)")
+        return _verify_offline(Path(args.paths[0]), list(args.public_key), external, args.output)
     try:
         cfg = _config(args.config)
     except ConfigError as e:
         return _config_error(e)
     if not args.all and not args.paths:
-        return _err("name bundle files to verify, or pass --all for the whole local chain")
+        return _err("name bundle files to verify, or pass --all for the whole local log")
     if args.public_key:
         keys = list(args.public_key)
     else:
@@ -208,25 +239,100 @@ def cmd_evidence_verify(args: argparse.Namespace) -> int:
     except StoreError as e:
         return _err(str(e))
     try:
-        paths = None if args.all else [Path(p) for p in args.paths]
-        report = verify_store(store, cfg.evidence_directory, keys, paths)
+        if args.all:
+            report = verify_local(store, cfg.evidence_directory, keys,
+                                  origin_for(cfg.site_id, cfg.host_id), external)
+        else:
+            report = verify_store(store, cfg.evidence_directory, keys,
+                                  [Path(p) for p in args.paths])
     except OSError as e:
         return _err(f"{e.filename}: cannot read: {e.strerror}")
+    except ValueError as e:
+        return _err(str(e))
     finally:
         store.close()
-    if args.output == "json":
-        print(json.dumps(report.to_json(), indent=2))
+    return _print_report(report, args.output)
+
+
+def _verify_offline(path: Path, keys: list[str], external: list[Any], output: str) -> int:
+    from reconciler.evidence.export import ExportError, verify_export
+    from reconciler.evidence.logverify import verify_directory
+
+    try:
+        if path.is_dir() and not (path / "manifest.json").exists():
+            report = verify_directory(path, keys, external)
+        else:
+            report = verify_export(path, keys, external)
+    except ExportError as e:
+        return _err(str(e), EXIT_PROBLEMS)
+    except OSError as e:
+        return _err(f"{path}: cannot read: {e.strerror}")
+    except ValueError as e:
+        return _err(str(e))
+    return _print_report(report, output)
+
+
+def cmd_evidence_checkpoint(args: argparse.Namespace) -> int:
+    from reconciler.evidence.checkpoint import Checkpointer, origin_for
+    from reconciler.evidence.tree import TreeTampered
+    from reconciler.store.database import StoreError, open_store
+    from reconciler.trust.keys import KeyFileError, load_signing_key
+
+    try:
+        cfg = _config(args.config)
+        signer = load_signing_key(cfg.signing_key_file)
+        store = open_store(cfg.database_path)
+    except ConfigError as e:
+        return _config_error(e)
+    except (KeyFileError, StoreError) as e:
+        return _err(str(e))
+    cp = Checkpointer(store, signer, cfg.evidence_directory, origin_for(cfg.site_id, cfg.host_id),
+                      clock=lambda: datetime.now(UTC))
+    try:
+        signed = cp.checkpoint()
+    except TreeTampered as e:
+        return _err(str(e), EXIT_PROBLEMS)
+    finally:
+        cp.close()
+        store.close()
+    if signed is None:
+        print("the tree did not grow since the last checkpoint", file=sys.stderr)
     else:
-        for p in report.problems:
-            print(f"PROBLEM {p}")
-        for n in report.notes:
-            print(f"note: {n}")
-        status = "intact" if report.ok else f"{len(report.problems)} problem(s)"
-        print(f"{report.checked} bundle(s) checked, seq {report.first}..{report.last}: {status}")
-    return EXIT_OK if report.ok else EXIT_PROBLEMS
+        print(signed.note.render(), end="")
+    return EXIT_OK
+
+
+def cmd_evidence_export(args: argparse.Namespace) -> int:
+    from reconciler.evidence.export import ExportError, write_export
+    from reconciler.store.database import StoreError
+    from reconciler.trust.keys import KeyFileError, load_signing_key
+    from specs.orders import parse_rfc3339_utc
+
+    try:
+        cfg = _config(args.config)
+        since = parse_rfc3339_utc(args.since) if args.since else None
+        until = parse_rfc3339_utc(args.until) if args.until else None
+        signer = load_signing_key(cfg.signing_key_file)
+        store = _open_ro(cfg)
+    except ConfigError as e:
+        return _config_error(e)
+    except ValueError as e:
+        return _err(f"--since/--until: {e}")
+    except (KeyFileError, StoreError) as e:
+        return _err(str(e))
+    try:
+        summary = write_export(store, cfg.evidence_directory, signer, Path(args.out),
+                               since=since, until=until)
+    except ExportError as e:
+        return _err(str(e))
+    finally:
+        store.close()
+    print(json.dumps(summary))
+    return EXIT_OK
 
 
 def cmd_evidence_prune(args: argparse.Namespace) -> int:
+    from reconciler.evidence.checkpoint import Checkpointer, origin_for
     from reconciler.evidence.retention import Pruner, RetentionPolicy
     from reconciler.evidence.writer import EvidenceIdentity, EvidenceWriter
     from reconciler.store.database import StoreError, open_store
@@ -256,6 +362,12 @@ def cmd_evidence_prune(args: argparse.Namespace) -> int:
         )
         result = Pruner(writer, RetentionPolicy.from_config(cfg)).prune()
         writer.close()
+        if result.prune_bundles:
+            # The prune bundles are leaves like any other: sign the grown tree now.
+            cp = Checkpointer(store, signer, cfg.evidence_directory,
+                              origin_for(cfg.site_id, cfg.host_id), clock=writer.clock)
+            cp.checkpoint()
+            cp.close()
     finally:
         store.close()
     print(json.dumps(result.to_json()))
@@ -295,17 +407,40 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     sh.add_argument("--config", required=True)
     sh.set_defaults(func=cmd_evidence_show)
 
-    vf = esub.add_parser("verify", help="check signatures and the hash chain; exit 0 intact, 1 not")
-    vf.add_argument("paths", nargs="*", metavar="PATH", help="bundle files (default: none)")
-    vf.add_argument("--all", action="store_true", help="the whole local chain")
+    vf = esub.add_parser(
+        "verify",
+        help="check signatures, the hash chain, the Merkle tree and its checkpoints; "
+        "exit 0 intact, 1 not",
+    )
+    vf.add_argument("paths", nargs="*", metavar="PATH",
+                    help="bundle files; without --config: one evidence directory or export")
+    vf.add_argument("--all", action="store_true", help="the whole local log (needs --config)")
     vf.add_argument(
         "--public-key",
         action="append",
         help="agent public key hex (default: derived from signingKeyFile)",
     )
+    vf.add_argument(
+        "--checkpoint", action="append", metavar="FILE",
+        help="a checkpoint kept elsewhere (e.g. cosigned by the control plane): anything it "
+        "covers must still be there",
+    )
     vf.add_argument("-o", "--output", choices=("text", "json"), default="text")
-    vf.add_argument("--config", required=True)
+    vf.add_argument("--config", help="agent config (omit for auditor mode with --public-key)")
     vf.set_defaults(func=cmd_evidence_verify)
+
+    ck = esub.add_parser("checkpoint", help="sign a checkpoint of the evidence tree now")
+    ck.add_argument("--config", required=True)
+    ck.set_defaults(func=cmd_evidence_checkpoint)
+
+    ex = esub.add_parser(
+        "export", help="write bundles, checkpoints, proofs, key and VERIFY.md for an auditor"
+    )
+    ex.add_argument("--since", help="RFC 3339 UTC: first bundle time (default: the beginning)")
+    ex.add_argument("--until", help="RFC 3339 UTC: last bundle time (default: now)")
+    ex.add_argument("--out", required=True, help="FILE.tar.gz to create")
+    ex.add_argument("--config", required=True)
+    ex.set_defaults(func=cmd_evidence_export)
 
     pr = esub.add_parser("prune", help="apply evidence retention now (writes a prune bundle)")
     pr.add_argument("--config", required=True)

@@ -121,11 +121,14 @@ def verify_chain(
     trusted_public_keys: Sequence[str] | TrustedKeys,
     index: Mapping[int, IndexRow] | None = None,
     expect_from: int | None = None,
+    expect_to: int | None = None,
 ) -> ChainReport:
     """Verify (name, envelope bytes) pairs in any order, as one chain.
 
     `expect_from`: the first sequence that must be present or pruned (default:
-    1 with an index, else the lowest sequence given).
+    1 with an index, else the lowest sequence given); `expect_to` the last
+    (default: the highest known). Bundles outside the range are checked on
+    their own (signature, statement) but not for gaps or links.
 
     With `index` (sequence -> IndexRow, tombstones included) the index is
     cross-checked and sequences from 1 to the index head are expected; a
@@ -171,7 +174,7 @@ def verify_chain(
     if not seqs:
         return report
     lo = expect_from if expect_from is not None else (1 if index else min(seqs))
-    hi = max(seqs)
+    hi = expect_to if expect_to is not None else max(seqs)
     report.first, report.last = lo, hi
     pruned_here: list[int] = []
     for seq in range(lo, hi + 1):

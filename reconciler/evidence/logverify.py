@@ -10,6 +10,7 @@ alone (auditor mode). Both add to `reconciler.evidence.chain`'s problems:
     BadCheckpoint       a checkpoint that is malformed, for another log, or badly signed
     SplitView           two validly signed checkpoints of one size with different roots
     Truncated           a checkpoint covers more bundles than exist: the tail was deleted
+    Misplaced           (directory mode) a file holds another sequence's bundle
     CheckpointMismatch  a checkpoint's root is not the root of the bundles it covers
                         (a bundle was replaced, reordered or deleted)
 
@@ -32,7 +33,13 @@ from reconciler.evidence.merkle import Frontier, evidence_leaf
 from reconciler.evidence.note import Checkpoint, NoteError, SignedNote, verify_note
 from reconciler.evidence.tree import TreeTampered, load_frontier
 from reconciler.store.database import Store
-from reconciler.store.evidence_index import FILE_RE, IndexRow, all_rows, decode_statement
+from reconciler.store.evidence_index import (
+    FILE_RE,
+    IndexRow,
+    all_rows,
+    decode_statement,
+    file_name_for,
+)
 from reconciler.store.evidence_tree import all_checkpoints
 from reconciler.trust.dsse import TrustedKeys
 
@@ -189,6 +196,15 @@ def verify_directory(
     items = [(p.name, p.read_bytes()) for p in sorted(evidence_dir.iterdir())
              if FILE_RE.match(p.name)]
     report = verify_chain(items, tkeys, expect_from=1)
+    for name, data in items:
+        try:
+            pred = decode_statement(data)["predicate"]
+            expected = file_name_for(int(pred["sequence"]), str(pred["bundle_id"]))
+        except (ValueError, KeyError, TypeError):
+            continue  # reported by verify_chain
+        if name != expected:
+            _problem(report, "Misplaced", f"holds the bundle that belongs in {expected}", None,
+                     name)
     if not items:
         _problem(report, "Empty", f"no evidence bundle in {evidence_dir}")
         return report
