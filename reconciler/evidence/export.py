@@ -217,7 +217,17 @@ def verify_export(
     path: Path, keys: Sequence[str], external: Sequence[NoteSource] = ()
 ) -> ChainReport:
     """Everything VERIFY.md promises, with this package's own implementations."""
-    tkeys = TrustedKeys(keys)
+    try:
+        return _verify_export(path, TrustedKeys(keys), external)
+    except (KeyError, TypeError, AttributeError, ValueError) as e:
+        if isinstance(e, ValueError) and "trusted key" in str(e):
+            raise
+        raise ExportError(f"{path}: malformed export ({type(e).__name__}: {e})") from None
+
+
+def _verify_export(
+    path: Path, tkeys: TrustedKeys, external: Sequence[NoteSource]
+) -> ChainReport:
     files = read_export(path)
     if "manifest.json" not in files:
         raise ExportError(f"{path}: no manifest.json: not an evidence export")
@@ -253,7 +263,11 @@ def verify_export(
     if head is None:
         bad("BadCheckpoint", f"no valid signed checkpoint of the manifest's tree size {size}")
         return report
-    proofs = json.loads(files.get("proofs.json", b"{}"))
+    try:
+        proofs = json.loads(files.get("proofs.json", b"{}"))
+    except ValueError:
+        bad("ExportTampered", "not JSON", None, "proofs.json")
+        return report
     present = set()
     for name, data in bundles:
         try:
