@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from reconciler.evidence.retention import Pruner, RetentionPolicy
-from reconciler.runtime.agent import Agent
+from reconciler.runtime.agent import Agent, PassReport
 from reconciler.runtime.daemon import Daemon
 from specs.config import AgentConfig
 from specs.errors import ComplianceAgentError
@@ -29,6 +29,7 @@ from specs.host import Host
 if TYPE_CHECKING:
     from reconciler.actuator.result import Actuator
     from reconciler.delivery.loop import ControlPlaneLoop
+    from reconciler.evidence.checkpoint import Checkpointer
     from reconciler.evidence.recorder import EvidenceRecorder
     from reconciler.evidence.writer import EvidenceWriter
     from reconciler.store.outbox import Outbox
@@ -48,6 +49,7 @@ class Service:
     outbox: Outbox
     recorder: EvidenceRecorder
     triggers: TriggerStore
+    checkpointer: Checkpointer
     control_plane: ControlPlaneLoop | None = None
     wake: Callable[[], None] = lambda: None
     closers: list[Callable[[], None]] = field(default_factory=list)
@@ -76,6 +78,7 @@ def build_service(
         IntegrationHook,
         build_integrations,
     )
+    from reconciler.evidence.checkpoint import Checkpointer, origin_for
     from reconciler.evidence.recorder import EvidenceRecorder
     from reconciler.evidence.writer import EvidenceIdentity, EvidenceWriter
     from reconciler.store.outbox import Outbox
@@ -109,8 +112,11 @@ def build_service(
     local_source = BaselineResolver(cfg, None, agent.store, cfg.mcp_public_keys, clock=clock)
     agent.desired.baseline_loader = local_source.current
 
+    checkpointer = Checkpointer(agent.store, signer, cfg.evidence_directory,
+                                origin_for(cfg.site_id, cfg.host_id), clock=clock)
     svc = Service(agent=agent, writer=writer, outbox=outbox, recorder=recorder,
-                  triggers=triggers, closers=[agent.close, writer.close, hook.close])
+                  triggers=triggers, checkpointer=checkpointer,
+                  closers=[agent.close, writer.close, checkpointer.close, hook.close])
     if with_control_plane:
         svc.control_plane = _control_plane(cfg, svc, clock)
     return svc
@@ -120,6 +126,7 @@ def _control_plane(
     cfg: AgentConfig, svc: Service, clock: Callable[[], datetime]
 ) -> ControlPlaneLoop | None:
     from reconciler.delivery.baseline_resolver import BaselineResolver
+    from reconciler.delivery.checkpoints import CheckpointDelivery
     from reconciler.delivery.client import ControlPlaneClient, ControlPlaneError
     from reconciler.delivery.deliverer import Deliverer
     from reconciler.delivery.loop import ControlPlaneLoop
@@ -147,6 +154,8 @@ def _control_plane(
                                            clock=clock),
         store=agent.store, poll_interval=float(cfg.poll_interval),
         on_admitted=on_admitted, clock=clock,
+        checkpoints=CheckpointDelivery(client, agent.store, svc.checkpointer,
+                                       cfg.mcp_public_keys),
     )
 
     def feed_http_offset(_res: object) -> None:
@@ -164,11 +173,28 @@ def _outbox_metrics(agent: Agent, outbox: Outbox) -> None:
 
 
 def build_agent(cfg: AgentConfig, dry_run: bool = False) -> Agent:
-    """`reconcile --once`: the full pipeline with evidence, no network.
+    """The full pipeline with evidence, no network.
     A dry run writes nothing, so it needs no signing key."""
     if dry_run:
         return Agent(cfg)
     return build_service(cfg, with_control_plane=False).agent
+
+
+def reconcile_once(cfg: AgentConfig, dry_run: bool = False) -> PassReport:
+    """`reconcile --once`: one pass, then a signed checkpoint of the evidence it wrote."""
+    if dry_run:
+        agent = Agent(cfg)
+        try:
+            return agent.run_pass(dry_run=True)
+        finally:
+            agent.close()
+    svc = build_service(cfg, with_control_plane=False)
+    try:
+        report = svc.agent.run_pass()
+        svc.checkpointer.checkpoint_safely()
+        return report
+    finally:
+        svc.close()
 
 
 def build_daemon(cfg: AgentConfig) -> Daemon:
@@ -191,6 +217,7 @@ def build_daemon(cfg: AgentConfig) -> Daemon:
     daemon.after_ready.append(
         lambda: threading.Thread(target=start_control_plane, name="control-plane-setup",
                                  daemon=True).start())
+    daemon.on_pass_done.append(svc.checkpointer.checkpoint_safely)  # before delivery's kick
     daemon.on_stop.append(svc.close)
     daemon.background.append(_daily_prune(Pruner(svc.writer, RetentionPolicy.from_config(cfg))))
     return daemon

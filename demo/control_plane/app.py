@@ -15,6 +15,7 @@ import contextlib
 import hashlib
 import json
 import secrets
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -32,7 +33,8 @@ from demo.control_plane.dsse import (
     canonical,
     sign,
 )
-from demo.control_plane.storage import Storage, StoredEvidence, chain_report
+from demo.control_plane.storage import Storage, StoredCheckpoint, StoredEvidence, chain_report
+from demo.control_plane.tlog import CheckpointRefused, consistent, cosign, parse_checkpoint
 
 EVIDENCE_TYPE = "application/vnd.in-toto+json"
 MAX_ENVELOPE_BYTES = 1024 * 1024
@@ -45,6 +47,7 @@ class Settings:
     agent_public_keys: list[str]
     signing_key: SigningKey
     evidence_payload_type: str = EVIDENCE_TYPE
+    cosigner_name: str = "demo.control-plane.compliance-agent.dev"
     received: int = field(default=0)
 
 
@@ -224,6 +227,25 @@ def create_app(settings: Settings) -> FastAPI:
             results[i] = _result(it, rc)
         return JSONResponse({"results": results})
 
+    @app.get("/api/v1/sites/{site}/hosts/{host}/checkpoint")
+    async def latest_checkpoint(site: str, host: str) -> dict[str, Any]:
+        cp = st.checkpoint(site, host)
+        return {"tree_size": cp.tree_size if cp else 0,
+                "checkpoint": cp.cosigned_note if cp else None}
+
+    @app.post("/api/v1/checkpoints")
+    async def checkpoints(request: Request) -> Response:
+        try:
+            data = json.loads(await request.body())
+            note, old_size = data["checkpoint"], data["old_size"]
+            proof = [base64.b64decode(h, validate=True) for h in data["consistency_proof"]]
+            if not isinstance(note, str) or not isinstance(old_size, int):
+                raise TypeError
+        except (ValueError, KeyError, TypeError, binascii.Error):
+            return JSONResponse({"error": 'body must be {"checkpoint": note, "old_size": int, '
+                                 '"consistency_proof": [base64, ...]}'}, status_code=400)
+        return witness(settings, note, old_size, proof)
+
     # -- admin (DEV ONLY) -----------------------------------------------------------
 
     @app.post("/admin/outage")
@@ -253,6 +275,53 @@ def create_app(settings: Settings) -> FastAPI:
     return app
 
 
+def witness(settings: Settings, note: str, old_size: int, proof: list[bytes]) -> Response:
+    """Check a checkpoint against the host's previous one, countersign it, or refuse.
+
+    Accepts a checkpoint only if it extends the largest one this host sent
+    before (RFC 9162 consistency proof from `old_size`, which must be that
+    size). Two different trees of one size, a tree that does not extend the
+    last one, or a smaller tree than already seen (a rolled-back agent) are
+    refused with 409 and both notes as evidence, and recorded.
+    """
+    st = settings.storage
+    keys = [bytes.fromhex(k) for k in settings.agent_public_keys]
+    try:
+        cp = parse_checkpoint(note, keys)
+    except CheckpointRefused as e:
+        return JSONResponse({"error": f"{e.reason}: {e}"}, status_code=422)
+    latest = st.checkpoint(cp.site_id, cp.host_id)
+
+    def refuse(reason: str, message: str, known: StoredCheckpoint) -> Response:
+        sid = st.add_split_view(cp.site_id, cp.host_id, reason, known.cosigned_note, note)
+        return JSONResponse({"error": f"{reason}: {message}", "split_view_id": sid,
+                             "evidence": {"known": known.cosigned_note, "received": note}},
+                            status_code=409)
+
+    same = st.checkpoint(cp.site_id, cp.host_id, cp.tree_size)
+    if same is not None:
+        if same.root_hash != cp.root:
+            return refuse("SplitView", f"another tree of size {cp.tree_size} was "
+                          "countersigned before", same)
+        return JSONResponse({"cosigned_checkpoint": same.cosigned_note,
+                             "cosigner": settings.cosigner_name, "tree_size": cp.tree_size})
+    if latest is not None and cp.tree_size < latest.tree_size:
+        return refuse("Rollback", f"tree size {cp.tree_size} is smaller than the "
+                      f"{latest.tree_size} already countersigned", latest)
+    base_size = latest.tree_size if latest else 0
+    if old_size != base_size:
+        return JSONResponse({"error": f"NeedProof: prove consistency from tree size {base_size}",
+                             "tree_size": base_size}, status_code=409)
+    if latest is not None and not consistent(base_size, cp.tree_size, latest.root_hash,
+                                             cp.root, proof):
+        return refuse("Inconsistent", f"tree {cp.tree_size} does not extend the countersigned "
+                      f"tree {base_size}", latest)
+    cosigned = cosign(cp, settings.cosigner_name, settings.signing_key, int(time.time()))
+    st.add_checkpoint(cp.site_id, cp.host_id, StoredCheckpoint(cp.tree_size, cp.root, cosigned))
+    return JSONResponse({"cosigned_checkpoint": cosigned, "cosigner": settings.cosigner_name,
+                         "tree_size": cp.tree_size}, status_code=201)
+
+
 def build_summary(st: Storage) -> dict[str, Any]:
     items = st.evidence()
     counters = st.counters()
@@ -267,4 +336,6 @@ def build_summary(st: Storage) -> dict[str, Any]:
         "gaps": sum(len(h["gaps"]) for h in hosts.values()),
         "hosts": hosts,
         "outage": st.flag("outage") == "on",
+        "checkpoints": st.checkpoint_heads(),
+        "split_views": st.split_views(),
     }

@@ -43,6 +43,24 @@ CREATE TABLE IF NOT EXISTS baselines (
     etag TEXT NOT NULL,
     PRIMARY KEY (site_id, host_id)
 );
+CREATE TABLE IF NOT EXISTS checkpoints (
+    site_id TEXT NOT NULL,
+    host_id TEXT NOT NULL,
+    tree_size INTEGER NOT NULL,
+    root_hash BLOB NOT NULL,
+    cosigned_note TEXT NOT NULL,
+    received_at REAL NOT NULL,
+    PRIMARY KEY (site_id, host_id, tree_size)
+);
+CREATE TABLE IF NOT EXISTS split_views (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    site_id TEXT NOT NULL,
+    host_id TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    known_note TEXT NOT NULL,
+    received_note TEXT NOT NULL,
+    detected_at REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS flags (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
@@ -57,6 +75,13 @@ class StoredEvidence:
     prev_digest: str | None
     digest: str
     envelope: bytes
+
+
+@dataclass(frozen=True)
+class StoredCheckpoint:
+    tree_size: int
+    root_hash: bytes
+    cosigned_note: str
 
 
 class Storage:
@@ -131,6 +156,55 @@ class Storage:
                 " FROM evidence ORDER BY host_id, sequence"
             ).fetchall()
         return [StoredEvidence(r[0], r[1], r[2], r[3], r[4], r[5], bytes(r[6])) for r in rows]
+
+    # -- checkpoints ----------------------------------------------------------------
+
+    def checkpoint(self, site_id: str, host_id: str, tree_size: int | None = None
+                   ) -> StoredCheckpoint | None:
+        """The host's checkpoint of that size, or its largest one."""
+        q = ("SELECT tree_size, root_hash, cosigned_note FROM checkpoints WHERE site_id = ?"
+             " AND host_id = ?")
+        args: tuple[Any, ...] = (site_id, host_id)
+        if tree_size is None:
+            q += " ORDER BY tree_size DESC LIMIT 1"
+        else:
+            q += " AND tree_size = ?"
+            args += (tree_size,)
+        with self._lock:
+            row = self._db.execute(q, args).fetchone()
+        return None if row is None else StoredCheckpoint(int(row[0]), bytes(row[1]), row[2])
+
+    def add_checkpoint(self, site_id: str, host_id: str, cp: StoredCheckpoint) -> None:
+        with self._lock:
+            self._db.execute(
+                "INSERT OR IGNORE INTO checkpoints VALUES (?, ?, ?, ?, ?, ?)",
+                (site_id, host_id, cp.tree_size, cp.root_hash, cp.cosigned_note, time.time()),
+            )
+
+    def add_split_view(self, site_id: str, host_id: str, reason: str, known: str,
+                       received: str) -> int:
+        with self._lock:
+            cur = self._db.execute(
+                "INSERT INTO split_views (site_id, host_id, reason, known_note, received_note,"
+                " detected_at) VALUES (?, ?, ?, ?, ?, ?)",
+                (site_id, host_id, reason, known, received, time.time()),
+            )
+            return int(cur.lastrowid or 0)
+
+    def split_views(self) -> list[dict[str, Any]]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT id, site_id, host_id, reason, known_note, received_note FROM split_views"
+                " ORDER BY id").fetchall()
+        return [{"id": r[0], "host": f"{r[1]}/{r[2]}", "reason": r[3], "known": r[4],
+                 "received": r[5]} for r in rows]
+
+    def checkpoint_heads(self) -> dict[str, int]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT site_id, host_id, MAX(tree_size) FROM checkpoints GROUP BY site_id,"
+                " host_id").fetchall()
+        return {f"{r[0]}/{r[1]}": int(r[2]) for r in rows}
 
     # -- orders and baselines -------------------------------------------------------
 

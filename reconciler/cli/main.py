@@ -68,13 +68,9 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
     setup_logging("WARNING" if not args.verbose else "DEBUG")
     from reconciler.cli.views import render_pass
     from reconciler.runtime.agent import exit_code_for
-    from reconciler.service import build_agent
+    from reconciler.service import reconcile_once
 
-    agent = build_agent(cfg, dry_run=args.dry_run)
-    try:
-        report = agent.run_pass(dry_run=args.dry_run)
-    finally:
-        agent.close()
+    report = reconcile_once(cfg, dry_run=args.dry_run)
     if args.output == "json":
         print(json.dumps(render_pass(report, as_json=True), indent=2, default=str))
     else:

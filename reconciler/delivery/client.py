@@ -325,3 +325,24 @@ class ControlPlaneClient:
                 )
             )
         return out
+
+    def fetch_checkpoint_size(self) -> int:
+        """The size of the largest evidence checkpoint the control plane countersigned."""
+        data = self._json(self._request("GET", self._host_path("checkpoint")))
+        size = data.get("tree_size") if isinstance(data, dict) else None
+        if not isinstance(size, int) or size < 0:
+            raise PermanentError("checkpoint response must carry an integer 'tree_size'")
+        return size
+
+    def post_checkpoint(self, note: str, old_size: int, proof: Sequence[str]) -> str:
+        """Send a signed checkpoint with its consistency proof from `old_size`;
+        returns the countersigned note."""
+        resp = self._request(
+            "POST", "/api/v1/checkpoints",
+            json={"checkpoint": note, "old_size": old_size, "consistency_proof": list(proof)},
+        )
+        data = self._json(resp)
+        cosigned = data.get("cosigned_checkpoint") if isinstance(data, dict) else None
+        if not isinstance(cosigned, str):
+            raise PermanentError("checkpoint response lacks 'cosigned_checkpoint'")
+        return cosigned

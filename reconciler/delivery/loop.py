@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from reconciler.delivery.baseline_resolver import BaselineResolver
+from reconciler.delivery.checkpoints import CheckpointDelivery
 from reconciler.delivery.client import ControlPlaneClient, ControlPlaneError
 from reconciler.delivery.deliverer import Deliverer
 from reconciler.evidence.writer import EvidenceWriter
@@ -63,6 +64,7 @@ class ControlPlaneLoop:
         on_admitted: Callable[[str | None, str], None],
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         rng: random.Random | None = None,
+        checkpoints: CheckpointDelivery | None = None,
     ) -> None:
         self.client = client
         self.admission = admission
@@ -76,6 +78,7 @@ class ControlPlaneLoop:
         self.on_admitted = on_admitted
         self.clock = clock
         self.rng = rng or random.Random()
+        self.checkpoints = checkpoints
         self.stats = ControlPlaneStats()
         self.recent_verdicts: deque[AdmissionVerdict] = deque(maxlen=50)  # for status and the demo
         self._stop = threading.Event()
@@ -180,6 +183,11 @@ class ControlPlaneLoop:
             self._note_error("delivery", e)
             return
         self.stats.delivered += result.delivered
+        if self.checkpoints is not None:
+            try:
+                self.checkpoints.deliver_once()  # after the bundles it covers
+            except Exception as e:  # network trouble is handled inside; this is a bug guard
+                self._note_error("checkpoint delivery", e)
 
     # -- helpers ---------------------------------------------------------------------
     def _note_error(self, what: str, e: Exception) -> None:

@@ -132,8 +132,8 @@ def verify_chain(
 
     With `index` (sequence -> IndexRow, tombstones included) the index is
     cross-checked and sequences from 1 to the index head are expected; a
-    tombstone needs a signed prune record like any gap; without it only sequences between the lowest and
-    highest bundle given are expected.
+    tombstone needs a signed prune record like any gap. Without it only
+    sequences between the lowest and highest bundle given are expected.
     """
     keys = (
         trusted_public_keys

@@ -26,6 +26,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import io
+import itertools
 import json
 import tarfile
 from collections.abc import Sequence
@@ -154,7 +155,7 @@ def write_export(
     if before:
         chosen.insert(0, before[-1])
     consistency = []
-    for a, b in zip(chosen, chosen[1:], strict=False):
+    for a, b in itertools.pairwise(chosen):
         proof = consistency_proof(leaves, a.tree_size, b.tree_size)
         consistency.append({"old_size": a.tree_size, "new_size": b.tree_size,
                             "proof": [_b64(h) for h in proof]})
@@ -269,7 +270,7 @@ def _verify_export(
         bad("ExportTampered", "not JSON", None, "proofs.json")
         return report
     present = set()
-    for name, data in bundles:
+    for _, data in bundles:
         try:
             present.add(int(decode_statement(data)["predicate"]["sequence"]))
         except (ValueError, KeyError, TypeError):
@@ -282,7 +283,7 @@ def _verify_export(
             bad("NotIncluded", f"not included in the checkpoint of size {size}", seq)
     sizes = sorted(by_size)
     given = {(c["old_size"], c["new_size"]): c["proof"] for c in proofs.get("consistency", [])}
-    for a, b in zip(sizes, sizes[1:], strict=False):
+    for a, b in itertools.pairwise(sizes):
         proof = [base64.b64decode(h) for h in given.get((a, b), [])]
         if not verify_consistency(a, b, by_size[a].root, by_size[b].root, proof):
             bad("Inconsistent", f"checkpoints {a} and {b} are not consistent (append-only)", b)

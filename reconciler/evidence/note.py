@@ -134,7 +134,9 @@ class SignedNote:
         return SignedNote(self.text, (*self.signatures, sig))
 
 
-def sign_note(text: str, name: str, sign: Callable[[bytes], bytes], public_key: bytes) -> SignedNote:
+def sign_note(
+    text: str, name: str, sign: Callable[[bytes], bytes], public_key: bytes
+) -> SignedNote:
     """Sign `text` as an Ed25519 note signature by `name` (`sign` returns a raw signature)."""
     check_name(name)
     if not text.endswith("\n") or "\n\n" in text:

@@ -9,9 +9,10 @@ A bundle is pruned only if ALL hold:
   that exported files alone (no index) always explain every pruned gap.
 
 Pruning deletes the file but keeps the index row as a tombstone (`pruned_at`,
-`pruned_by`; its digest keeps the bundle's Merkle leaf), and appends one evidence bundle with check `evidence_prune`
-whose post_state lists every pruned bundle (sequence, bundle_id, digest, ...)
-and the pruned sequence ranges. The tombstones and that bundle are committed
+`pruned_by`; its digest keeps the bundle's Merkle leaf), and appends one
+evidence bundle with check `evidence_prune` whose post_state lists every
+pruned bundle (sequence, bundle_id, digest, ...) and the pruned sequence
+ranges. The tombstones and that bundle are committed
 in one transaction; files are deleted after the commit (a crash in between
 leaves files of tombstoned rows, which orphan cleanup removes). So the chain
 stays verifiable: a gap is explained by a signed prune bundle, and only by

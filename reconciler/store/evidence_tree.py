@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import Connection, text
 
@@ -32,9 +33,8 @@ _PUT_TREE = text(
 )
 
 
-def _cp(r: object) -> CheckpointRow:
-    t = tuple(r)  # type: ignore[call-overload]
-    return CheckpointRow(int(t[0]), bytes(t[1]), t[2], t[3], t[4], t[5], t[6])
+def _cp(r: Any) -> CheckpointRow:
+    return CheckpointRow(int(r[0]), bytes(r[1]), r[2], r[3], r[4], r[5], r[6])
 
 
 def tree_state(conn: Connection) -> tuple[int, bytes] | None:
@@ -50,7 +50,8 @@ def save_tree_state(conn: Connection, size: int, frontier: bytes) -> None:
 def digests_from(conn: Connection, first_sequence: int) -> Iterator[tuple[int, str]]:
     """(sequence, envelope digest) of every index row from `first_sequence` on, in order."""
     rs = conn.execute(
-        text("SELECT sequence, digest FROM evidence_bundles WHERE sequence >= :s ORDER BY sequence"),
+        text("SELECT sequence, digest FROM evidence_bundles WHERE sequence >= :s"
+             " ORDER BY sequence"),
         {"s": first_sequence},
     )
     for r in rs:

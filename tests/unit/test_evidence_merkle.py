@@ -66,7 +66,7 @@ def test_inclusion_proofs_verify_and_fail_when_changed() -> None:
             assert not verify_inclusion(LEAVES[i], i, n, p, bytes(32))
             assert not verify_inclusion(LEAVES[(i + 1) % 70], i, n, p, r)
             if p:
-                bad = [bytes(32)] + p[1:]
+                bad = [bytes(32), *p[1:]]
                 assert not verify_inclusion(LEAVES[i], i, n, bad, r)
                 assert not verify_inclusion(LEAVES[i], i, n, p[:-1], r)
 
@@ -81,9 +81,9 @@ def test_consistency_proofs_verify_and_fail_when_changed() -> None:
             if 0 < m < n:
                 assert not verify_consistency(m, n, bytes(32), rn, p)
                 assert not verify_consistency(m, n, rm, bytes(32), p)
-                assert not verify_consistency(m, n, rm, rn, [bytes(32)] + p[1:])
-                assert not verify_consistency(m, n, rm, rn, p + [bytes(32)])
+                assert not verify_consistency(m, n, rm, rn, [bytes(32), *p[1:]])
+                assert not verify_consistency(m, n, rm, rn, [*p, bytes(32)])
     # A different tree of the new size is not consistent with the old root.
-    other = LEAVES[:5] + [leaf_hash(b"x")] + LEAVES[6:20]
+    other = [*LEAVES[:5], leaf_hash(b"x"), *LEAVES[6:20]]
     p = consistency_proof(other, 8, 20)
     assert not verify_consistency(8, 20, root(LEAVES[:8]), root(other), p)
