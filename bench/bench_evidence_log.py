@@ -84,9 +84,9 @@ def main() -> int:
             cp.checkpoint()
             cp_times.append(time.perf_counter() - t)
         n = args.bundles + 10 * args.passes
-        print(f"per pass at ~{n} bundles: write 10 bundles median {ms(statistics.median(write_times))}"
-              f", sign+store checkpoint median {ms(statistics.median(cp_times))} "
-              f"(max {ms(max(cp_times))})")
+        print(f"per pass at ~{n} bundles: write 10 bundles median "
+              f"{ms(statistics.median(write_times))}, sign+store checkpoint median "
+              f"{ms(statistics.median(cp_times))} (max {ms(max(cp_times))})")
 
         t = time.perf_counter()
         with store.begin() as conn:

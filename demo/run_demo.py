@@ -13,7 +13,8 @@ control-plane client) pointed at the container. The story:
    maintenance window, then switched inside it, found unhealthy, rolled back;
 5. the control plane goes down, evidence queues durably, comes back, drains;
 6. the tally: bundles made, delivered, verified by the control plane, chain intact;
-7. the auditor's reports over the run: HTML and OSCAL assessment results.
+7. the auditor's reports over the run: HTML and OSCAL assessment results;
+8. an evidence export that its own independent script (securesystemslib only) verifies.
 
 The state directory is left in place; its path is printed at the end.
 """
@@ -190,6 +191,7 @@ def story(state: Path, config: Path, cp: ControlPlane, box: Any, pki: Any,
     for _ in range(3):
         svc.recorder.request_snapshot()
         agent.run_pass()
+        svc.checkpointer.checkpoint()  # what the daemon does after each pass
         loop.deliver_once()
     print(indent("\n".join(cli(config, "queue").splitlines()[:4])))
     print("   ... control plane back")
@@ -199,6 +201,9 @@ def story(state: Path, config: Path, cp: ControlPlane, box: Any, pki: Any,
         loop.deliver_once()
         time.sleep(0.2)
     print(indent("\n".join(cli(config, "queue").splitlines()[:4])))
+
+    svc.checkpointer.checkpoint()
+    loop.deliver_once()  # the newest checkpoint, countersigned by the control plane
 
     say("6. Tally")
     summary = json.loads(cp.cli("summary"))
@@ -211,12 +216,15 @@ def story(state: Path, config: Path, cp: ControlPlane, box: Any, pki: Any,
         ("chain intact at the control plane", str(summary["chain_intact"])),
         ("duplicates suppressed by Idempotency-Key", str(summary["duplicates_suppressed"])),
         ("local `evidence verify --all`", verify.splitlines()[-1] if verify else "?"),
+        ("checkpoints countersigned by the control plane", str(summary["checkpoints"])),
+        ("split views refused", str(len(summary["split_views"]))),
     ]
     width = max(len(r[0]) for r in rows)
     for name, value in rows:
         print(f"   {name.ljust(width)}  {value}")
     ok = summary["chain_intact"] and made.depth == 0 and made.delivered == summary["verified"]
     ok = write_reports(state, config) and ok
+    ok = auditor_export(state, config) and ok
     print("\n   " + ("demo complete" if ok else "demo finished WITH PROBLEMS (see above)"))
     svc.close()
     return 0 if ok else 1
@@ -239,6 +247,25 @@ def write_reports(state: Path, config: Path) -> bool:
     for path in paths.values():
         print(f"   report: {path}")
     return all(p.exists() for p in paths.values())
+
+
+def auditor_export(state: Path, config: Path) -> bool:
+    """8. The export an auditor gets, checked by the script shipped inside it."""
+    import tarfile
+
+    say("8. Auditor export, checked by its own independent script (securesystemslib only)")
+    out = state / "evidence-export.tar.gz"
+    print(indent(cli(config, "evidence", "export", "--out", str(out))))
+    unpacked = state / "export"
+    with tarfile.open(out) as tar:
+        tar.extractall(unpacked, filter="data")
+    edir = unpacked / "evidence-export"
+    key = (edir / "public_key.hex").read_text().strip()
+    r = subprocess.run([sys.executable, "verify_export.py", "--public-key", key, str(out)],
+                       cwd=edir, capture_output=True, text=True, timeout=120)
+    print(indent((r.stdout + r.stderr).rstrip()))
+    print(f"   {out}: see {edir / 'VERIFY.md'}")
+    return r.returncode == 0
 
 
 def signed_orders(cp: ControlPlane, cfg: Any) -> dict[str, dict[str, Any]]:
