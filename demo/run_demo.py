@@ -216,7 +216,8 @@ def story(state: Path, config: Path, cp: ControlPlane, box: Any, pki: Any,
         ("chain intact at the control plane", str(summary["chain_intact"])),
         ("duplicates suppressed by Idempotency-Key", str(summary["duplicates_suppressed"])),
         ("local `evidence verify --all`", verify.splitlines()[-1] if verify else "?"),
-        ("checkpoints countersigned by the control plane", str(summary["checkpoints"])),
+        ("newest checkpoint countersigned by the control plane",
+         ", ".join(f"{h} at tree size {n}" for h, n in summary["checkpoints"].items()) or "none"),
         ("split views refused", str(len(summary["split_views"]))),
     ]
     width = max(len(r[0]) for r in rows)
