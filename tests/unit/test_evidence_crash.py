@@ -19,6 +19,8 @@ from pathlib import Path
 import pytest
 
 from reconciler.evidence.chain import verify_store
+from reconciler.evidence.checkpoint import origin_for
+from reconciler.evidence.logverify import verify_local
 from reconciler.evidence.writer import EvidenceIdentity, EvidenceWriter
 from reconciler.store.database import open_store
 from reconciler.store.evidence_index import list_bundles
@@ -100,5 +102,8 @@ def test_sigkill_loses_nothing_reported_and_chain_continues(tmp_path: Path, seed
     assert not report.notes, "orphans should have been removed at start"
     w.record(check="backup", outcome="success")
     assert verify_store(store, tmp_path / "ev", keys).ok
+    # The Merkle frontier commits with the index rows: it survived the kills intact.
+    full = verify_local(store, tmp_path / "ev", keys, origin_for(SITE, HOST))
+    assert full.ok, full.problems
     w.close()
     store.close()

@@ -260,3 +260,35 @@ def test_empty_state_is_a_failure(tmp_path: Path, capsys: pytest.CaptureFixture[
     open_store(cfg.database_path).close()
     assert run(["evidence", "verify", "--all", "--config", str(cfg_path)]) == 1
     assert "PROBLEM Empty" in out_of(capsys)
+
+
+def test_legitimate_prune_keeps_the_tree_whole(log: Log, capsys: pytest.CaptureFixture[str]
+                                               ) -> None:
+    from reconciler.evidence.retention import Pruner, RetentionPolicy
+
+    store = open_store(log.db)
+    w = EvidenceWriter(store, AGENT_SIGNER, log.edir, EvidenceIdentity(SITE, HOST),
+                       clock=lambda: log.clock[0])
+    result = Pruner(w, RetentionPolicy(keep_last=3, min_age_days=0)).prune()
+    w.close()
+    store.close()
+    assert result.pruned  # the newest success per check and the newest 3 stay
+    log.passes(1)
+    assert log.verify() == 0
+    out = out_of(capsys)
+    assert "explained by prune bundle seq 13" in out and "intact" in out
+    # Without the index: the prune record's digests stand in for the missing files.
+    assert run(["evidence", "verify", "--public-key", KEY, str(log.edir)]) == 0
+
+
+def test_a_chain_from_before_the_tree_is_caught_up(log: Log,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    # What migration 0030 leaves behind on an existing chain: an empty tree.
+    log.sql("DELETE FROM evidence_checkpoints")
+    for p in (log.edir / "checkpoints").glob("*.note"):
+        p.unlink()
+    log.sql("UPDATE evidence_tree SET size = 0, frontier = x''")
+    log.passes(1)
+    assert log.sql("SELECT size FROM evidence_tree") == [(15,)]
+    assert log.verify() == 0
+    assert "matches 1 signed checkpoint(s)" in out_of(capsys)
