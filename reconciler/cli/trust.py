@@ -304,7 +304,7 @@ def cmd_evidence_checkpoint(args: argparse.Namespace) -> int:
 
 def cmd_evidence_export(args: argparse.Namespace) -> int:
     from reconciler.evidence.export import ExportError, write_export
-    from reconciler.store.database import StoreError
+    from reconciler.store.database import StoreError, open_store
     from reconciler.trust.keys import KeyFileError, load_signing_key
     from specs.orders import parse_rfc3339_utc
 
@@ -313,7 +313,8 @@ def cmd_evidence_export(args: argparse.Namespace) -> int:
         since = parse_rfc3339_utc(args.since) if args.since else None
         until = parse_rfc3339_utc(args.until) if args.until else None
         signer = load_signing_key(cfg.signing_key_file)
-        store = _open_ro(cfg)
+        # Read-write: the export signs a checkpoint first if the tree grew since the last.
+        store = open_store(cfg.database_path)
     except ConfigError as e:
         return _config_error(e)
     except ValueError as e:

@@ -32,6 +32,7 @@ class CheckpointDelivery:
         self.checkpointer = checkpointer
         self.keys = [bytes.fromhex(k) for k in control_plane_keys]
         self.cosigned = 0
+        self._leaves: list[bytes] = []  # leaf hashes read so far (the index only grows)
 
     def deliver_once(self) -> bool:
         """True if a checkpoint was countersigned now."""
@@ -45,9 +46,8 @@ class CheckpointDelivery:
                 raise NoteError(
                     f"the control plane countersigned a tree of {theirs} bundles but this host "
                     f"has {latest.tree_size}: the evidence state was rolled back or truncated")
-            with self.store.begin() as conn:
-                leaves = [evidence_leaf(d) for _, d in digests_from(conn, 1)]
-            proof = consistency_proof(leaves, theirs, latest.tree_size)
+            proof = consistency_proof(self._leaves_upto(latest.tree_size), theirs,
+                                      latest.tree_size)
             cosigned = SignedNote.parse(self.client.post_checkpoint(
                 latest.note, theirs, [base64.b64encode(h).decode() for h in proof]))
             self._check(cosigned, latest.note)
@@ -61,6 +61,15 @@ class CheckpointDelivery:
         self.checkpointer.store_cosigned(latest.tree_size, cosigned)
         self.cosigned += 1
         return True
+
+    def _leaves_upto(self, size: int) -> list[bytes]:
+        if len(self._leaves) > size:
+            self._leaves = []  # the index shrank under us: start over from it
+        if len(self._leaves) < size:
+            with self.store.begin() as conn:
+                self._leaves.extend(evidence_leaf(d) for _, d in
+                                    digests_from(conn, len(self._leaves) + 1))
+        return self._leaves[:size]
 
     def _check(self, cosigned: SignedNote, sent: str) -> None:
         if cosigned.text != SignedNote.parse(sent).text:

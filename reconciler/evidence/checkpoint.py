@@ -28,7 +28,7 @@ from reconciler.evidence.note import Checkpoint, SignedNote, check_name, sign_no
 from reconciler.evidence.tree import synced_frontier
 from reconciler.store.database import Store
 from reconciler.store.evidence_index import EvidenceDir
-from reconciler.store.evidence_tree import insert_checkpoint, latest_checkpoint
+from reconciler.store.evidence_tree import insert_checkpoint, latest_checkpoint, mark_cosigned
 from reconciler.trust.dsse import Signer
 from specs.orders import format_rfc3339
 
@@ -100,8 +100,6 @@ class Checkpointer:
 
     def store_cosigned(self, tree_size: int, cosigned: SignedNote) -> None:
         """Keep the control plane's countersigned copy (database and file)."""
-        from reconciler.store.evidence_tree import mark_cosigned
-
         rendered = cosigned.render()
         name = checkpoint_file_name(tree_size, cosigned=True)
         self.dir.unlink(name)

@@ -37,7 +37,7 @@ from typing import Any
 
 from reconciler.evidence.chain import ChainReport, Problem, verify_chain
 from reconciler.evidence.checkpoint import Checkpointer, origin_for
-from reconciler.evidence.logverify import NoteSource, _checked_checkpoints
+from reconciler.evidence.logverify import NoteSource, checked_checkpoints
 from reconciler.evidence.merkle import (
     consistency_proof,
     evidence_leaf,
@@ -258,7 +258,7 @@ def _verify_export(
     report.checked, report.first, report.last = chain.checked, first, last
     notes = [NoteSource(n, d.decode(errors="replace")) for n, d in files.items()
              if n.startswith("checkpoints/")]
-    cps = _checked_checkpoints(notes, tkeys, manifest["origin"], report)
+    cps = checked_checkpoints(notes, tkeys, manifest["origin"], report)
     by_size = {cp.size: cp for _, cp in cps}
     head = by_size.get(size)
     if head is None:
@@ -287,7 +287,7 @@ def _verify_export(
         proof = [base64.b64decode(h) for h in given.get((a, b), [])]
         if not verify_consistency(a, b, by_size[a].root, by_size[b].root, proof):
             bad("Inconsistent", f"checkpoints {a} and {b} are not consistent (append-only)", b)
-    for src, cp in _checked_checkpoints(external, tkeys, manifest["origin"], report):
+    for src, cp in checked_checkpoints(external, tkeys, manifest["origin"], report):
         known = by_size.get(cp.size)
         if known is not None and known.root != cp.root:
             bad("SplitView", f"{src} has another root for tree size {cp.size}", cp.size, src)

@@ -55,7 +55,7 @@ def _problem(report: ChainReport, reason: str, message: str, seq: int | None = N
     report.problems.append(Problem(reason, message, seq, source))
 
 
-def _checked_checkpoints(
+def checked_checkpoints(
     notes: Iterable[NoteSource], keys: TrustedKeys, origin: str | None, report: ChainReport
 ) -> list[tuple[str, Checkpoint]]:
     """Checkpoints whose note verifies with a trusted key under their origin."""
@@ -184,7 +184,7 @@ def verify_local(
               for c in stored if c.cosigned_note]
     notes += _notes_in(evidence_dir / CHECKPOINT_DIR)
     notes += list(external)
-    check_tree(report, digests, _checked_checkpoints(notes, tkeys, origin, report))
+    check_tree(report, digests, checked_checkpoints(notes, tkeys, origin, report))
     return report
 
 
@@ -217,7 +217,7 @@ def verify_directory(
             break  # the gap is a problem already; the tree can only be checked up to it
         digests.append(d)
     notes = _notes_in(evidence_dir / CHECKPOINT_DIR) + list(external)
-    check_tree(report, digests, _checked_checkpoints(notes, tkeys, origin, report))
+    check_tree(report, digests, checked_checkpoints(notes, tkeys, origin, report))
     return report
 
 

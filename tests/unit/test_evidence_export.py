@@ -95,3 +95,18 @@ def test_export_of_an_empty_window_is_an_error(log: Log, tmp_path: Path,
                                                 capsys: pytest.CaptureFixture[str]) -> None:
     assert export(log, tmp_path / "e.tar.gz", "--since", "2030-01-01T00:00:00Z") == 2
     assert "no evidence bundle created between" in out_of(capsys)
+
+
+def test_export_signs_a_checkpoint_for_bundles_not_yet_covered(
+    log: Log, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    store = open_store(log.db)
+    w = EvidenceWriter(store, AGENT_SIGNER, log.edir, EvidenceIdentity(SITE, HOST),
+                       clock=lambda: log.clock[0])
+    w.record(check="order", outcome="rejected")  # seq 20, no checkpoint yet
+    w.close()
+    store.close()
+    out = tmp_path / "e.tar.gz"
+    assert export(log, out) == 0
+    assert json.loads(capsys.readouterr().out)["tree_size"] == 20
+    assert run(["evidence", "verify", "--public-key", KEY, str(out)]) == 0
