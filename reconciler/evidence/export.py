@@ -87,8 +87,11 @@ that comparison.
 
 ## Check independently (Python 3.11+, only `securesystemslib`)
 
+    tar xzf EXPORT.tar.gz        # gives evidence-export/, this file's directory
     python -m venv v && v/bin/pip install securesystemslib
-    v/bin/python verify_export.py --public-key {key_hex} EXPORT.tar.gz
+    v/bin/python evidence-export/verify_export.py --public-key {key_hex} EXPORT.tar.gz
+
+(`verify_export.py` also takes the unpacked `evidence-export/` directory.)
 
 Exit status 0 means: the manifest is signed by that key and every file has
 the digest it lists; every bundle is signed by that key and the sequence range
