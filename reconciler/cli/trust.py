@@ -217,7 +217,8 @@ def cmd_evidence_verify(args: argparse.Namespace) -> int:
         if not args.public_key or len(args.paths) != 1:
             return _err("without --config give --public-key HEX and one PATH (an evidence "
                         "directory or an export .tar.gz)")
-        return _verify_offline(Path(args.paths[0]), list(args.public_key), external, args.output)
+        return _verify_offline(Path(args.paths[0]), list(args.public_key), external,
+                               list(args.cosigner_key or []), args.output)
     try:
         cfg = _config(args.config)
     except ConfigError as e:
@@ -241,7 +242,8 @@ def cmd_evidence_verify(args: argparse.Namespace) -> int:
     try:
         if args.all:
             report = verify_local(store, cfg.evidence_directory, keys,
-                                  origin_for(cfg.site_id, cfg.host_id), external)
+                                  origin_for(cfg.site_id, cfg.host_id), external,
+                                  cosigner_keys=args.cosigner_key or cfg.mcp_public_keys)
         else:
             report = verify_store(store, cfg.evidence_directory, keys,
                                   [Path(p) for p in args.paths])
@@ -254,13 +256,15 @@ def cmd_evidence_verify(args: argparse.Namespace) -> int:
     return _print_report(report, args.output)
 
 
-def _verify_offline(path: Path, keys: list[str], external: list[Any], output: str) -> int:
+def _verify_offline(
+    path: Path, keys: list[str], external: list[Any], cosigner_keys: list[str], output: str
+) -> int:
     from reconciler.evidence.export import ExportError, verify_export
     from reconciler.evidence.logverify import verify_directory
 
     try:
         if path.is_dir() and not (path / "manifest.json").exists():
-            report = verify_directory(path, keys, external)
+            report = verify_directory(path, keys, external, cosigner_keys)
         else:
             report = verify_export(path, keys, external)
     except ExportError as e:
@@ -425,6 +429,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--checkpoint", action="append", metavar="FILE",
         help="a checkpoint kept elsewhere (e.g. cosigned by the control plane): anything it "
         "covers must still be there",
+    )
+    vf.add_argument(
+        "--cosigner-key", action="append", metavar="HEX",
+        help="control-plane public key whose countersignatures must verify "
+        "(default with --config: mcpPublicKeys)",
     )
     vf.add_argument("-o", "--output", choices=("text", "json"), default="text")
     vf.add_argument("--config", help="agent config (omit for auditor mode with --public-key)")

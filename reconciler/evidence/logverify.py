@@ -8,6 +8,7 @@ alone (auditor mode). Both add to `reconciler.evidence.chain`'s problems:
     Orphan              a bundle file the index does not know
     TreeMismatch        the stored tree (size, frontier) differs from the index
     BadCheckpoint       a checkpoint that is malformed, for another log, or badly signed
+    BadCosignature      a countersignature that does not verify with the control plane's key
     SplitView           two validly signed checkpoints of one size with different roots
     Truncated           a checkpoint covers more bundles than exist: the tail was deleted
     Misplaced           (directory mode) a file holds another sequence's bundle
@@ -30,7 +31,13 @@ from pathlib import Path
 from reconciler.evidence.chain import ChainReport, Problem, verify_chain
 from reconciler.evidence.checkpoint import CHECKPOINT_DIR, ORIGIN_PREFIX
 from reconciler.evidence.merkle import Frontier, evidence_leaf
-from reconciler.evidence.note import Checkpoint, NoteError, SignedNote, verify_note
+from reconciler.evidence.note import (
+    Checkpoint,
+    NoteError,
+    SignedNote,
+    verify_cosignature,
+    verify_note,
+)
 from reconciler.evidence.tree import TreeTampered, load_frontier
 from reconciler.store.database import Store
 from reconciler.store.evidence_index import (
@@ -48,6 +55,7 @@ from reconciler.trust.dsse import TrustedKeys
 class NoteSource:
     source: str  # where it came from, for messages
     text: str
+    countersigned: bool = False  # the control plane's copy: must carry its cosignature
 
 
 def _problem(report: ChainReport, reason: str, message: str, seq: int | None = None,
@@ -56,11 +64,22 @@ def _problem(report: ChainReport, reason: str, message: str, seq: int | None = N
 
 
 def checked_checkpoints(
-    notes: Iterable[NoteSource], keys: TrustedKeys, origin: str | None, report: ChainReport
+    notes: Iterable[NoteSource],
+    keys: TrustedKeys,
+    origin: str | None,
+    report: ChainReport,
+    cosigner_keys: Sequence[str] = (),
 ) -> list[tuple[str, Checkpoint]]:
-    """Checkpoints whose note verifies with a trusted key under their origin."""
+    """Checkpoints whose note verifies with a trusted key under their origin.
+
+    With `cosigner_keys` (the control plane's, hex), every signature line by
+    another name than the origin must be a valid tlog-cosignature/v1 by one of
+    them, and notes marked `countersigned` must carry one.
+    """
     out: list[tuple[str, Checkpoint]] = []
     pubs = [bytes(k) for k in keys.by_keyid.values()]
+    cosigners = [bytes.fromhex(k) for k in cosigner_keys]
+    cosigned = 0
     for n in notes:
         try:
             note = SignedNote.parse(n.text)
@@ -81,8 +100,37 @@ def checked_checkpoints(
         except NoteError as e:
             _problem(report, "BadCheckpoint", str(e), None, n.source)
             continue
+        if cosigners:
+            problem = _cosignature_problem(note, cp.origin, cosigners, n.countersigned)
+            if problem is None and len(note.signatures) > 1:
+                cosigned += 1
+            elif problem is not None:
+                _problem(report, "BadCosignature", problem, cp.size, n.source)
         out.append((n.source, cp))
+    if cosigned:
+        report.notes.append(f"{cosigned} countersigned checkpoint(s) verified with the "
+                            "control plane's key")
     return out
+
+
+def _cosignature_problem(note: SignedNote, origin: str, cosigners: list[bytes],
+                         required: bool) -> str | None:
+    found = False
+    for sig in note.signatures:
+        if sig.name == origin:
+            continue
+        for pub in cosigners:
+            try:
+                verify_cosignature(SignedNote(note.text, (sig,)), sig.name, pub)
+                found = True
+                break
+            except NoteError:
+                continue
+        else:
+            return f"the signature by {sig.name} is not a valid cosignature by a known key"
+    if required and not found:
+        return "no cosignature by the control plane"
+    return None
 
 
 def check_tree(
@@ -126,7 +174,7 @@ def check_tree(
 def _notes_in(directory: Path) -> list[NoteSource]:
     if not directory.is_dir():
         return []
-    return [NoteSource(str(p), p.read_text(errors="replace"))
+    return [NoteSource(str(p), p.read_text(errors="replace"), p.name.endswith(".cosigned.note"))
             for p in sorted(directory.iterdir()) if p.name.endswith(".note")]
 
 
@@ -136,8 +184,10 @@ def verify_local(
     keys: Sequence[str] | TrustedKeys,
     origin: str,
     external: Sequence[NoteSource] = (),
+    cosigner_keys: Sequence[str] = (),
 ) -> ChainReport:
-    """The whole local log against its index, stored tree and every checkpoint."""
+    """The whole local log against its index, stored tree and every checkpoint
+    (countersignatures checked with `cosigner_keys`, the control plane's)."""
     tkeys = keys if isinstance(keys, TrustedKeys) else TrustedKeys(keys)
     with store.begin() as conn:
         rows = all_rows(conn)
@@ -180,16 +230,20 @@ def verify_local(
             if check.root() != frontier.root():
                 _problem(report, "TreeMismatch", "the stored tree root differs from the index")
     notes = [NoteSource(f"stored checkpoint {c.tree_size}", c.note) for c in stored]
-    notes += [NoteSource(f"cosigned checkpoint {c.tree_size}", c.cosigned_note)
+    notes += [NoteSource(f"cosigned checkpoint {c.tree_size}", c.cosigned_note, True)
               for c in stored if c.cosigned_note]
     notes += _notes_in(evidence_dir / CHECKPOINT_DIR)
     notes += list(external)
-    check_tree(report, digests, checked_checkpoints(notes, tkeys, origin, report))
+    check_tree(report, digests,
+               checked_checkpoints(notes, tkeys, origin, report, cosigner_keys))
     return report
 
 
 def verify_directory(
-    evidence_dir: Path, keys: Sequence[str] | TrustedKeys, external: Sequence[NoteSource] = ()
+    evidence_dir: Path,
+    keys: Sequence[str] | TrustedKeys,
+    external: Sequence[NoteSource] = (),
+    cosigner_keys: Sequence[str] = (),
 ) -> ChainReport:
     """A copy of an evidence directory, with the public key alone (no index)."""
     tkeys = keys if isinstance(keys, TrustedKeys) else TrustedKeys(keys)
@@ -217,7 +271,8 @@ def verify_directory(
             break  # the gap is a problem already; the tree can only be checked up to it
         digests.append(d)
     notes = _notes_in(evidence_dir / CHECKPOINT_DIR) + list(external)
-    check_tree(report, digests, checked_checkpoints(notes, tkeys, origin, report))
+    check_tree(report, digests,
+               checked_checkpoints(notes, tkeys, origin, report, cosigner_keys))
     return report
 
 

@@ -99,6 +99,24 @@ def test_cosigned_checkpoints_and_a_rolled_back_state_directory(
                                   bytes(cp_key.verify_key)) > 0
         assert (cfg.evidence_directory / "checkpoints" / "000000000009.cosigned.note").exists()
         assert server.storage.checkpoint_heads() == {"clinic-1/host-a": 9}
+        c = str(path)
+        assert cli(["evidence", "verify", "--all", "--config", c]) == 0
+        assert "countersigned checkpoint(s) verified" in capsys.readouterr().out
+        # A forged countersignature (the control plane's key is in mcpPublicKeys).
+        cosigned_file = cfg.evidence_directory / "checkpoints" / "000000000009.cosigned.note"
+        good = cosigned_file.read_text()
+        last_line = good.splitlines()[-1]
+        forged = last_line[:-6] + ("AAAAA=" if not last_line.endswith("AAAAA=") else "BBBBB=")
+        cosigned_file.write_text(good.replace(last_line, forged))
+        assert cli(["evidence", "verify", "--all", "--config", c]) == 1
+        assert "PROBLEM BadCosignature: seq 9" in capsys.readouterr().out
+        cosigned_file.write_text(good)
+        # Auditor mode on a copy of the evidence directory, countersignatures checked.
+        copy = tmp_path / "copy"
+        shutil.copytree(cfg.evidence_directory, copy)
+        assert cli(["evidence", "verify", "--public-key", Signer(agent_key).public_key_hex,
+                    "--cosigner-key", bytes(cp_key.verify_key).hex(), str(copy)]) == 0
+        assert "3 countersigned checkpoint(s) verified" in capsys.readouterr().out
 
         backup = tmp_path / "backup"
         shutil.copytree(cfg.state_directory, backup)
@@ -109,7 +127,6 @@ def test_cosigned_checkpoints_and_a_rolled_back_state_directory(
         # Roll the state directory back to the older copy.
         shutil.rmtree(cfg.state_directory)
         shutil.copytree(backup, cfg.state_directory)
-        c = str(path)
         assert cli(["evidence", "verify", "--all", "--config", c]) == 0
         capsys.readouterr()
         assert cli(["evidence", "verify", "--all", "--config", c, "--checkpoint", str(kept)]) == 1
