@@ -352,7 +352,8 @@ def build_report(
     max_silence: timedelta,
 ) -> ComplianceReport:
     """Read, verify and summarize the evidence of [since, until] (read-only)."""
-    from reconciler.evidence.chain import verify_store
+    from reconciler.evidence.checkpoint import origin_for
+    from reconciler.evidence.logverify import verify_local
 
     with store.begin() as conn:
         rows = all_rows(conn)
@@ -362,7 +363,7 @@ def build_report(
     return summarize(
         observations, site_id=site_id, host_id=host_id, since=since, until=until,
         generated_at=now, max_silence=max_silence,
-        chain=verify_store(store, evidence_dir, keys),
+        chain=verify_local(store, evidence_dir, keys, origin_for(site_id, host_id)),
         rejected=rejected,
         pruned_in_period=[r.bundle_id for r in rows if r.pruned and lo <= r.created_at <= hi],
         keyids=sorted(keys.by_keyid), crosswalk=load_crosswalk(),
