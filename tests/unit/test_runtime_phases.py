@@ -161,3 +161,56 @@ def test_a_retry_of_a_later_phase_waits_for_its_phase(tmp_path: Path) -> None:
     finally:
         daemon.queue.shutdown()
         agent.close()
+
+
+class RecordingCompanion:
+    def __init__(self, name: str, log: list[str]) -> None:
+        self.name = name
+        self.log = log
+
+    def start(self) -> None:
+        self.log.append(f"{self.name}:start")
+
+    def pass_done(self) -> None:
+        self.log.append(f"{self.name}:pass_done")
+
+    def stop(self) -> None:
+        self.log.append(f"{self.name}:stop")
+
+
+def test_daemon_hooks_are_given_at_construction_and_run_in_a_stated_order(
+    tmp_path: Path
+) -> None:
+    """Companions start after READY and hear of each pass; at shutdown they stop
+    (last started, first stopped) before the closers run."""
+    write_baseline(tmp_path, {"services": {"units": [{"name": "a.service"}]}})
+    world = {"state": "active"}
+    agent = new_agent(make_config(tmp_path), host=NoHost(), actuator=RecordingActuator(world),
+                      controllers={"services": ScriptedController(world)},
+                      clock=Clock(INSIDE_WINDOW))
+    log: list[str] = []
+    notifier = Notifier(environ={})
+    wake = threading.Event()
+    background_runs = threading.Event()
+    daemon = Daemon(
+        agent, DaemonPolicy(poll_interval=3600, workers=1), notifier=notifier, wake=wake,
+        companions=(RecordingCompanion("a", log), RecordingCompanion("b", log)),
+        background=(background_runs.set,),
+        closers=(lambda: log.append("closer"),),
+    )
+    runner = threading.Thread(target=daemon.run, name="daemon-under-test", daemon=True)
+    runner.start()
+    try:
+        deadline = time.monotonic() + 10
+        while daemon.passes_completed < 1 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        wake.set()  # e.g. an admitted order: a second pass right away
+        while daemon.passes_completed < 2 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert daemon.passes_completed == 2
+        assert background_runs.is_set()
+    finally:
+        daemon.stop()
+        runner.join(5)
+    assert log == ["a:start", "b:start", "a:pass_done", "b:pass_done", "a:pass_done",
+                   "b:pass_done", "b:stop", "a:stop", "closer"]
