@@ -39,7 +39,6 @@ from specs.status import ActionRecord, Condition, ConditionType, Outcome, Resour
 log = logging.getLogger("compliance_agent.runtime")
 
 
-
 @dataclass
 class ReconcileResult:
     kind: str
