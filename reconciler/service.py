@@ -178,20 +178,30 @@ class ControlPlaneLink:
             return self._loop
 
     def connect(self) -> ControlPlaneLoop | None:
+        """Builds the loop (once; later calls return it). Not under the lock, so
+        a shutdown never waits for the TLS set-up."""
         with self._lock:
-            if not self._built:
-                self._built = True
-                self._loop = self._build()
-            return self._loop
+            if self._built:
+                return self._loop
+            self._built = True
+        loop = self._build()
+        with self._lock:
+            self._loop = loop
+        return loop
 
     def start(self) -> None:
         threading.Thread(target=self._start, name="control-plane-setup", daemon=True).start()
 
     def _start(self) -> None:
         loop = self.connect()
+        if loop is None:
+            return
         with self._lock:
-            if loop is not None and not self._stopped:
+            started = not self._stopped
+            if started:
                 loop.start()
+        if not started:
+            loop.stop()  # the daemon stopped while it was being built: close its client
 
     def pass_done(self) -> None:
         loop = self.loop
