@@ -135,12 +135,16 @@ def story(state: Path, config: Path, cp: ControlPlane, box: Any, pki: Any,
         "patching": {"target": gens["24.05-good"], "health_timeout": 20},
     }
     write_baseline(state, baseline)
+
+    def start_agent(cfg: Any) -> tuple[Any, Any, Any]:
+        svc = build_service(cfg, host=box, actuator=LocalActuator(box, rebuild_health_timeout=20),
+                            controllers={"firewall": FirewallController(
+                                sandbox_argv=SANDBOX_IN_CONTAINER)})
+        assert svc.control_plane is not None, "control plane client could not be built"
+        return svc, svc.agent, svc.control_plane
+
     cfg = load_config(config)
-    svc = build_service(cfg, host=box, actuator=LocalActuator(box, rebuild_health_timeout=20),
-                        controllers={"firewall": FirewallController(
-                            sandbox_argv=SANDBOX_IN_CONTAINER)})
-    agent, loop = svc.agent, svc.control_plane
-    assert loop is not None, "control plane client could not be built"
+    svc, agent, loop = start_agent(cfg)
 
     say("1. The clinic host at its baseline")
     print(indent(render_pass(agent.run_pass(), as_json=False)))
@@ -185,10 +189,7 @@ def story(state: Path, config: Path, cp: ControlPlane, box: Any, pki: Any,
                           window_including(datetime.now(UTC)))
     cfg = load_config(config)
     print(f"   maintenance window {cfg.maintenance_window} UTC (open now)")
-    svc = build_service(cfg, host=box, actuator=LocalActuator(box, rebuild_health_timeout=20),
-                        controllers={"firewall": FirewallController(SANDBOX_IN_CONTAINER)})
-    agent, loop = svc.agent, svc.control_plane
-    assert loop is not None, "control plane client could not be built"
+    svc, agent, loop = start_agent(cfg)
     report = agent.run_pass()
     print(indent(render_pass(report, as_json=False)))
     health = box.run(["systemctl", "is-system-running"]).stdout.strip()

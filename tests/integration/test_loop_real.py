@@ -209,7 +209,7 @@ def test_a_raising_controller_does_not_stop_the_others(
     from controllers.services import ServicesController
 
     agent = new_agent(make_config(tmp_path), host=box, actuator=LocalActuator(box), clock=Clock(),
-                      controllers={"firewall": ExplodingController(),
+                      controllers={"firewall": ExplodingController(sandbox_argv=["false"]),
                                    "services": ServicesController()})
     report = agent.run_pass()
     by_kind = {r.kind: r for r in report.results}
