@@ -83,13 +83,15 @@ def spec_defaults(cfg: AgentConfig) -> list[SpecDefaults]:
     """What a baseline leaves to the host's config: the egress hosts and table,
     and the time resource's skew limit (one threshold: `ntpMaxSkewMs`)."""
 
+    allowed_hosts, egress_table = list(cfg.allowed_hosts), cfg.egress_table
+    max_skew_ms = cfg.ntp_max_skew_ms
+
     def fill(baseline: Baseline) -> Baseline:
         update: dict[str, object] = {}
         if baseline.egress is not None:
-            update["egress"] = baseline.egress.with_config_defaults(
-                cfg.allowed_hosts, cfg.egress_table)
+            update["egress"] = baseline.egress.with_config_defaults(allowed_hosts, egress_table)
         if baseline.time is not None:
-            update["time"] = baseline.time.with_config_defaults(cfg.ntp_max_skew_ms)
+            update["time"] = baseline.time.with_config_defaults(max_skew_ms)
         return baseline.model_copy(update=update) if update else baseline
 
     return [fill]
