@@ -94,7 +94,8 @@ def _services_spec(spec: AvEdrSpec) -> ServicesSpec:
     )
 
 
-class AvEdrController(ControllerBase[AvEdrSpec]):
+class AvEdrController(ControllerBase[AvEdrSpec, AvEdrObserved]):
+    spec_type = AvEdrSpec
     kind = "av_edr"
 
     def __init__(self, clock: Clock = utcnow) -> None:

@@ -211,7 +211,8 @@ def dump_argv(job: BackupJob, snapshot_id: str, path: str) -> list[str]:
             f"{job.repository}::{snapshot_id}", path.lstrip("/")]  # fmt: skip
 
 
-class BackupController(ControllerBase[BackupSpec]):
+class BackupController(ControllerBase[BackupSpec, BackupObserved]):
+    spec_type = BackupSpec
     kind = "backup"
 
     def __init__(self, clock: Clock = utcnow) -> None:

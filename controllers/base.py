@@ -1,6 +1,8 @@
 """The controller contract.
 
-A controller reconciles one resource kind in three steps:
+A controller reconciles one resource kind, typed by its spec model
+(``SpecT``, e.g. ``ServicesSpec``) and its observation model (``ObservedT``,
+e.g. ``ServicesObserved``), in three steps:
 
 * ``observe(host, spec)`` reads the real state through ``host`` and returns a
   typed model of it. It must not change the host. It may raise; the runtime
@@ -16,42 +18,117 @@ actuator runs it, and the runtime observes again; the diff after acting
 decides the outcome. Nothing depends on having seen an earlier pass: every
 pass reads the whole state again (level-triggered).
 
-``facts(spec, observed)`` returns the kind-specific evidence fields (e.g.
-``ruleset_hash``, ``nixos_revision``, a snapshot id); default none.
+The rest of the contract has defaults in ``ControllerBase``:
+
+* ``facts(spec, observed)``: kind-specific evidence fields (e.g.
+  ``ruleset_hash``, ``nixos_revision``, a snapshot id); default none.
+* ``backoff(spec)``: ``(base, cap)`` seconds of the per-action backoff the
+  runtime applies when an action ran and its drift came back; default
+  ``DEFAULT_BACKOFF``.
+* ``phase``: when the kind runs within a pass. Every kind of a phase is
+  reconciled before any kind of a later phase starts, with any number of
+  workers. A kind whose reading the guards of other kinds judge (the clock)
+  is ``Phase.guard_inputs``; everything else is ``Phase.changes``.
+
+The loop holds controllers of many kinds in one map, so it sees each through
+``KindController``: the kind, the phase, and ``run_with(steps, spec)``, which
+checks that ``spec`` is this controller's ``spec_type`` and hands both,
+at their own types, to the runtime's ``steps``.
 """
 
 from __future__ import annotations
 
-from typing import Any, Generic, Protocol, TypeVar, runtime_checkable
+from abc import ABC, abstractmethod
+from enum import IntEnum
+from typing import Any, Generic, Protocol, TypeVar
 
 from pydantic import BaseModel
 
 from specs.actions import Action
 from specs.drift import Drift
+from specs.errors import ComplianceAgentError
 from specs.host import Host
 from specs.resource import ResourceSpec
 
-SpecT = TypeVar("SpecT", bound=ResourceSpec, contravariant=True)
+SpecT = TypeVar("SpecT", bound=ResourceSpec)
 ObservedT = TypeVar("ObservedT", bound=BaseModel)
 
+DEFAULT_BACKOFF = (10.0, 900.0)
 
-@runtime_checkable
-class Controller(Protocol[SpecT]):
+
+class Phase(IntEnum):
+    """Order of kinds within one pass (lower first)."""
+
+    guard_inputs = 0  # its reading is what the guards of later phases judge (the clock)
+    changes = 1  # may plan actions, disruptive ones included
+
+
+class SpecTypeError(ComplianceAgentError, TypeError):
+    """A controller was handed a spec of another kind (a wiring bug, not bad input)."""
+
+
+class Controller(Protocol[SpecT, ObservedT]):
+    """One resource kind: observe -> diff -> plan, at the kind's own types."""
+
     kind: str
+    phase: Phase
+    spec_type: type[SpecT]
 
-    def observe(self, host: Host, spec: SpecT) -> BaseModel: ...
+    def observe(self, host: Host, spec: SpecT) -> ObservedT: ...
 
-    def diff(self, spec: SpecT, observed: Any) -> list[Drift]: ...
+    def diff(self, spec: SpecT, observed: ObservedT) -> list[Drift]: ...
 
-    def plan(self, spec: SpecT, observed: Any, drifts: list[Drift]) -> list[Action]: ...
+    def plan(self, spec: SpecT, observed: ObservedT, drifts: list[Drift]) -> list[Action]: ...
 
-    def facts(self, spec: SpecT, observed: Any) -> dict[str, Any]: ...
+    def facts(self, spec: SpecT, observed: ObservedT) -> dict[str, Any]: ...
+
+    def backoff(self, spec: SpecT) -> tuple[float, float]: ...
 
 
-class ControllerBase(Generic[SpecT]):
-    """Convenience base giving the optional parts their defaults."""
+class ReconcileSteps(Protocol):
+    """The runtime's part, generic over whichever controller it is given."""
+
+    def __call__(self, controller: Controller[SpecT, ObservedT], spec: SpecT, /) -> None: ...
+
+
+class KindController(Protocol):
+    """A controller as the generic loop holds it: its spec and observation types sealed in."""
+
+    @property
+    def kind(self) -> str: ...
+
+    @property
+    def phase(self) -> Phase: ...
+
+    def run_with(self, steps: ReconcileSteps, spec: ResourceSpec) -> None: ...
+
+
+class ControllerBase(ABC, Generic[SpecT, ObservedT]):
+    """Base of every controller: the defaults, and the sealed view the loop uses."""
 
     kind: str = ""
+    phase: Phase = Phase.changes
+    spec_type: type[SpecT]
 
-    def facts(self, spec: SpecT, observed: Any) -> dict[str, Any]:
+    @abstractmethod
+    def observe(self, host: Host, spec: SpecT) -> ObservedT: ...
+
+    @abstractmethod
+    def diff(self, spec: SpecT, observed: ObservedT) -> list[Drift]: ...
+
+    @abstractmethod
+    def plan(self, spec: SpecT, observed: ObservedT, drifts: list[Drift]) -> list[Action]: ...
+
+    def facts(self, spec: SpecT, observed: ObservedT) -> dict[str, Any]:
         return {}
+
+    def backoff(self, spec: SpecT) -> tuple[float, float]:
+        return DEFAULT_BACKOFF
+
+    def run_with(self, steps: ReconcileSteps, spec: ResourceSpec) -> None:
+        if not isinstance(spec, self.spec_type):
+            raise SpecTypeError(
+                f"{type(self).__name__} reconciles {self.spec_type.__name__}, "
+                f"not {type(spec).__name__}"
+            )
+        steps(self, spec)

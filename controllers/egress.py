@@ -218,7 +218,8 @@ def _summary(elements: list[str], limit: int = 16) -> str:
     return shown if len(elements) <= limit else f"{shown}, ... (+{len(elements) - limit} more)"
 
 
-class EgressController(ControllerBase[EgressSpec]):
+class EgressController(ControllerBase[EgressSpec, EgressObserved]):
+    spec_type = EgressSpec
     kind = "egress"
 
     def observe(self, host: Host, spec: EgressSpec) -> EgressObserved:

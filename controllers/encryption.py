@@ -121,7 +121,8 @@ def _int_prefix(value: str) -> int | None:
     return int(head) if head.isdigit() else None
 
 
-class EncryptionController(ControllerBase[EncryptionSpec]):
+class EncryptionController(ControllerBase[EncryptionSpec, EncryptionObserved]):
+    spec_type = EncryptionSpec
     kind = "encryption"
 
     def observe(self, host: Host, spec: EncryptionSpec) -> EncryptionObserved:

@@ -69,7 +69,8 @@ class FirewallObserved(BaseModel):
     difference: str = ""  # where live and expected differ, for the operator
 
 
-class FirewallController(ControllerBase[FirewallSpec]):
+class FirewallController(ControllerBase[FirewallSpec, FirewallObserved]):
+    spec_type = FirewallSpec
     kind = "firewall"
 
     def __init__(self, *, sandbox_argv: Sequence[str]) -> None:

@@ -110,7 +110,8 @@ def _units_spec(spec: LoggingSpec, with_journald: bool) -> ServicesSpec:
     return ServicesSpec(units=units)
 
 
-class LoggingController(ControllerBase[LoggingSpec]):
+class LoggingController(ControllerBase[LoggingSpec, LoggingObserved]):
+    spec_type = LoggingSpec
     kind = "logging"
 
     def __init__(

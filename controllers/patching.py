@@ -119,7 +119,8 @@ def pinned_revision(flake_ref: str) -> str | None:
     return m.group(1) if m else None
 
 
-class PatchingController(ControllerBase[PatchingSpec]):
+class PatchingController(ControllerBase[PatchingSpec, PatchingObserved]):
+    spec_type = PatchingSpec
     kind = "patching"
 
     def __init__(self, clock: Clock | None = None) -> None:

@@ -222,7 +222,8 @@ def _unique(units: list[UnitSpec]) -> list[str]:
     return list(dict.fromkeys(u.name for u in units))
 
 
-class ServicesController(ControllerBase[ServicesSpec]):
+class ServicesController(ControllerBase[ServicesSpec, ServicesObserved]):
+    spec_type = ServicesSpec
     kind = "services"
 
     def observe(self, host: Host, spec: ServicesSpec) -> ServicesObserved:

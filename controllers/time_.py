@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from controllers.base import ControllerBase
+from controllers.base import ControllerBase, Phase
 from specs.actions import Action
 from specs.drift import Drift, Remedy
 from specs.errors import ComplianceAgentError
@@ -173,8 +173,11 @@ def offset_from_http_date(date_header: str, local_now: datetime) -> float:
     return (centred - local_now).total_seconds() * 1000.0
 
 
-class ClockController(ControllerBase[TimeSpec]):
+class ClockController(ControllerBase[TimeSpec, TimeObserved]):
+    spec_type = TimeSpec
     kind = "time"
+    # The clock guard of every other kind judges this reading: it is taken first.
+    phase = Phase.guard_inputs
 
     def observe(self, host: Host, spec: TimeSpec) -> TimeObserved:
         problems: list[str] = []
@@ -219,14 +222,17 @@ class ClockController(ControllerBase[TimeSpec]):
                 "an NTP server is reachable",
                 remedy=Remedy.alert,
             ))
-        if observed.offset_ms is not None and abs(observed.offset_ms) > spec.max_skew_ms:
+        # The agent fills an unset limit from ntpMaxSkewMs (TimeSpec.with_config_defaults);
+        # only a spec used outside the agent can come without one.
+        limit = spec.max_skew_ms
+        if observed.offset_ms is not None and limit is not None and abs(observed.offset_ms) > limit:
             direction = "behind" if observed.offset_ms > 0 else "ahead of"
             drifts.append(Drift(
-                field="max_skew_ms", reason="ClockSkewed", expected=f"<= {spec.max_skew_ms} ms",
+                field="max_skew_ms", reason="ClockSkewed", expected=f"<= {limit} ms",
                 actual=f"{observed.offset_ms:+.3f} ms",
                 message=f"clock is {abs(observed.offset_ms):.0f} ms "
                 f"{direction} {observed.server or 'its reference'}; "
-                "disruptive actions are skipped until it is corrected",
+                "disruptive actions are skipped while it exceeds ntpMaxSkewMs",
                 remedy=Remedy.alert,
             ))
         return drifts

@@ -83,7 +83,6 @@ def main() -> int:
     from reconciler.ops.logformat import setup_logging
     from reconciler.service import build_service
     from reconciler.trust.keys import generate_key_file
-    from specs.window import MaintenanceWindow
     from tests.harness.sdbox import Bind, SystemdContainer, ensure_rootfs
     from tests.integration.nixos_standin import StandinGeneration, install_nixos_standin
 
@@ -104,7 +103,7 @@ def main() -> int:
     box.start()
     try:
         return story(state, config, cp, box, pki, FirewallController, LocalActuator,
-                     build_service, render_pass, MaintenanceWindow, StandinGeneration,
+                     build_service, render_pass, StandinGeneration,
                      install_nixos_standin)
     finally:
         box.stop()
@@ -114,7 +113,7 @@ def main() -> int:
 
 def story(state: Path, config: Path, cp: ControlPlane, box: Any, pki: Any,
           FirewallController: Any, LocalActuator: Any, build_service: Any, render_pass: Any,
-          MaintenanceWindow: Any, StandinGeneration: Any, install_nixos_standin: Any) -> int:
+          StandinGeneration: Any, install_nixos_standin: Any) -> int:
     from specs.config import load_config
 
     box.install_unit("ehr-web.service", WEB)
@@ -137,12 +136,16 @@ def story(state: Path, config: Path, cp: ControlPlane, box: Any, pki: Any,
         "patching": {"target": gens["24.05-good"], "health_timeout": 20},
     }
     write_baseline(state, baseline)
+
+    def start_agent(cfg: Any) -> tuple[Any, Any, Any]:
+        svc = build_service(cfg, host=box, actuator=LocalActuator(box, rebuild_health_timeout=20),
+                            controllers={"firewall": FirewallController(
+                                sandbox_argv=SANDBOX_IN_CONTAINER)})
+        assert svc.control_plane is not None, "control plane client could not be built"
+        return svc, svc.agent, svc.control_plane
+
     cfg = load_config(config)
-    svc = build_service(cfg, host=box, actuator=LocalActuator(box, rebuild_health_timeout=20),
-                        controllers={"firewall": FirewallController(
-                            sandbox_argv=SANDBOX_IN_CONTAINER)})
-    agent, loop = svc.agent, svc.control_plane
-    assert loop is not None, "control plane client could not be built"
+    svc, agent, loop = start_agent(cfg)
 
     say("1. The clinic host at its baseline")
     print(indent(render_pass(agent.run_pass(), as_json=False)))
@@ -179,7 +182,15 @@ def story(state: Path, config: Path, cp: ControlPlane, box: Any, pki: Any,
     report = agent.run_pass()
     print(indent(render_pass(report, as_json=False)))
     say("   ... the maintenance window opens")
-    agent.runtime.window = MaintenanceWindow.parse(window_including(datetime.now(UTC)))
+    # Rather than wait for it, the demo moves the window to now: a config change,
+    # and the agent restarts with it (its state, evidence chain and queue are kept).
+    svc.link.stop()
+    svc.close()
+    config = agent_config(state, pki, cp, state / "agent-signing.key",
+                          window_including(datetime.now(UTC)))
+    cfg = load_config(config)
+    print(f"   maintenance window {cfg.maintenance_window} UTC (open now)")
+    svc, agent, loop = start_agent(cfg)
     report = agent.run_pass()
     print(indent(render_pass(report, as_json=False)))
     health = box.run(["systemctl", "is-system-running"]).stdout.strip()

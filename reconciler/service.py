@@ -1,7 +1,10 @@
-"""Wiring for the real service: which parts exist depends on the config.
+"""The composition root: which parts exist, and how they are wired, from the config.
 
-Kept apart from agent.py so the runtime stays testable with injected parts,
-and so optional parts are imported only when used.
+This is the one place (with the CLI) that reads `AgentConfig`. Every other
+part gets the small policy it needs (`GuardPolicy`, `DaemonPolicy`, a path)
+and its collaborators as constructor arguments; nothing here assigns another
+object's attributes after it is built. Optional parts are imported only when
+used.
 
 Start-up refuses what must never be silently degraded: a signing key that is
 unreadable or readable by others (evidence could not be trusted). A control
@@ -14,17 +17,35 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from collections.abc import Callable
-from dataclasses import dataclass, field
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from controllers.base import KindController
 from reconciler.evidence.retention import Pruner, RetentionPolicy
-from reconciler.runtime.agent import Agent, PassReport
-from reconciler.runtime.daemon import Daemon
+from reconciler.ops.metrics import AgentMetrics, CollectHook
+from reconciler.runtime.agent import VERSION, Agent, PassReport
+from reconciler.runtime.clock_health import ClockHealth, HttpDateReading, NtpReading
+from reconciler.runtime.daemon import Daemon, DaemonPolicy
+from reconciler.runtime.desired import (
+    BaselineLoader,
+    DesiredState,
+    SpecDefaults,
+    TriggerSource,
+    local_baseline,
+    no_triggers,
+)
+from reconciler.runtime.guards import GuardPolicy
+from reconciler.runtime.reconcile import ReconcileListener
+from reconciler.runtime.registry import ControllerRegistry
+from reconciler.store.database import Store, open_store
+from specs.baseline import Baseline
 from specs.config import AgentConfig
 from specs.errors import ComplianceAgentError
 from specs.host import Host
+from specs.window import MaintenanceWindow
 
 if TYPE_CHECKING:
     from reconciler.actuator.result import Actuator
@@ -37,12 +58,189 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("compliance_agent.service")
 
+# The kind whose result carries the NTP reading the clock guard judges.
+CLOCK_KIND = "time"
+
 
 class StartupError(ComplianceAgentError):
     """The agent must not start; the message says what to fix."""
 
 
-@dataclass
+# -- policies: the few config values each part needs ----------------------------
+def guard_policy(cfg: AgentConfig) -> GuardPolicy:
+    return GuardPolicy(
+        window=MaintenanceWindow.parse(cfg.maintenance_window),
+        allow_outside_window=cfg.allow_disruptive_outside_window,
+        max_skew_ms=cfg.ntp_max_skew_ms,
+    )
+
+
+def daemon_policy(cfg: AgentConfig) -> DaemonPolicy:
+    return DaemonPolicy(poll_interval=float(cfg.poll_interval), workers=cfg.workers,
+                        status_socket=cfg.status_socket)
+
+
+def spec_defaults(cfg: AgentConfig) -> list[SpecDefaults]:
+    """What a baseline leaves to the host's config: the egress hosts and table,
+    and the time resource's skew limit (one threshold: `ntpMaxSkewMs`)."""
+
+    allowed_hosts, egress_table = list(cfg.allowed_hosts), cfg.egress_table
+    max_skew_ms = cfg.ntp_max_skew_ms
+
+    def fill(baseline: Baseline) -> Baseline:
+        update: dict[str, object] = {}
+        if baseline.egress is not None:
+            update["egress"] = baseline.egress.with_config_defaults(allowed_hosts, egress_table)
+        if baseline.time is not None:
+            update["time"] = baseline.time.with_config_defaults(max_skew_ms)
+        return baseline.model_copy(update=update) if update else baseline
+
+    return [fill]
+
+
+# -- the host and the actuator ------------------------------------------------------
+def host_for(cfg: AgentConfig) -> Host:
+    """The host the agent observes. Under the NixOS module the agent has no
+    capabilities, so the few privileged reads (nft listings, LUKS headers) go
+    to the root actuator; everything else runs locally."""
+    from reconciler.actuator.host import LocalHost
+
+    if cfg.actuator_socket is None:
+        return LocalHost()
+    from reconciler.actuator.client import ActuatorClient, PrivilegedReadHost
+
+    return PrivilegedReadHost(LocalHost(), ActuatorClient(cfg.actuator_socket))
+
+
+def actuator_for(cfg: AgentConfig, host: Host) -> Actuator:
+    """In-process actuator, or the root actuator's socket when configured. A
+    refusal or an unreachable actuator becomes a failed (or deferred) result,
+    never an exception in the loop."""
+    if cfg.actuator_socket is not None:
+        from reconciler.actuator.client import ActuatorClient
+
+        return ActuatorClient(cfg.actuator_socket, errors_as_results=True)
+    from reconciler.actuator.local import LocalActuator
+
+    return LocalActuator(host, rebuild_health_timeout=cfg.rebuild_health_check_timeout)
+
+
+# -- the agent ------------------------------------------------------------------------
+def new_agent(
+    cfg: AgentConfig,
+    *,
+    host: Host | None = None,
+    actuator: Actuator | None = None,
+    store: Store | None = None,
+    clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    controllers: Mapping[str, KindController] | None = None,
+    baseline: BaselineLoader | None = None,
+    triggers: TriggerSource = no_triggers,
+    clock_health: ClockHealth | None = None,
+    listeners: Sequence[ReconcileListener] = (),
+    collect_hooks: Sequence[CollectHook] = (),
+) -> Agent:
+    """The reconcile loop alone (no evidence, no network): `reconcile --dry-run`,
+    tests. `controllers` replace the built-in controller of their kinds."""
+    host = host or host_for(cfg)
+    health = clock_health or ClockHealth()
+    return Agent(
+        store=store or open_store(cfg.database_path),
+        host=host,
+        actuator=actuator or actuator_for(cfg, host),
+        desired=DesiredState(baseline or local_baseline(cfg.baseline_path),
+                             defaults=spec_defaults(cfg), triggers=triggers),
+        controllers=ControllerRegistry(controllers),
+        policy=guard_policy(cfg),
+        clock_health=health,
+        metrics=AgentMetrics(VERSION, collect_hooks),
+        metrics_textfile=cfg.metrics_textfile,
+        # The clock reading first, so every later listener sees this result's offset.
+        listeners=(NtpReading(health, CLOCK_KIND), *listeners),
+        clock=clock,
+    )
+
+
+# -- companions of the daemon ------------------------------------------------------------
+class CheckpointOnPass:
+    """Signs a checkpoint of the evidence log after each pass that wrote bundles."""
+
+    def __init__(self, checkpointer: Checkpointer) -> None:
+        self._checkpointer = checkpointer
+
+    def start(self) -> None:
+        pass
+
+    def pass_done(self) -> None:
+        self._checkpointer.checkpoint_safely()
+
+    def stop(self) -> None:
+        pass
+
+
+# -- the control plane, as a companion of the daemon ---------------------------------
+class ControlPlaneLink:
+    """The control-plane loop, built on demand: `connect()` builds it now (tests,
+    the demo); as a daemon companion, `start()` builds and starts it on its own
+    thread after READY, because the HTTP/TLS stack is not needed for the first
+    pass and the reconcile loop never waits on the network."""
+
+    def __init__(self, build: Callable[[], ControlPlaneLoop | None]) -> None:
+        self._build = build
+        self._lock = threading.Lock()
+        self._loop: ControlPlaneLoop | None = None
+        self._built = False
+        self._stopped = False
+
+    @property
+    def loop(self) -> ControlPlaneLoop | None:
+        with self._lock:
+            return self._loop
+
+    def connect(self) -> ControlPlaneLoop | None:
+        """Builds the loop (once; later calls return it). Not under the lock, so
+        a shutdown never waits for the TLS set-up."""
+        with self._lock:
+            if self._built:
+                return self._loop
+            self._built = True
+        loop = self._build()
+        with self._lock:
+            self._loop = loop
+        return loop
+
+    def start(self) -> None:
+        threading.Thread(target=self._start, name="control-plane-setup", daemon=True).start()
+
+    def _start(self) -> None:
+        loop = self.connect()
+        if loop is None:
+            return
+        with self._lock:
+            started = not self._stopped
+            if started:
+                loop.start()
+        if not started:
+            loop.stop()  # the daemon stopped while it was being built: close its client
+
+    def pass_done(self) -> None:
+        loop = self.loop
+        if loop is not None:
+            loop.kick()  # deliver the pass's evidence now
+
+    def stop(self) -> None:
+        with self._lock:
+            self._stopped = True
+            loop = self._loop
+        if loop is not None:
+            loop.stop()
+
+    def http_offset_ms(self) -> float | None:
+        loop = self.loop
+        return None if loop is None else loop.stats.http_offset_ms
+
+
+@dataclass(frozen=True)
 class Service:
     agent: Agent
     writer: EvidenceWriter
@@ -50,9 +248,13 @@ class Service:
     recorder: EvidenceRecorder
     triggers: TriggerStore
     checkpointer: Checkpointer
-    control_plane: ControlPlaneLoop | None = None
-    wake: Callable[[], None] = lambda: None
-    closers: list[Callable[[], None]] = field(default_factory=list)
+    link: ControlPlaneLink
+    wake: threading.Event  # set: run a pass now (an order was admitted)
+    closers: tuple[Callable[[], None], ...]
+
+    @property
+    def control_plane(self) -> ControlPlaneLoop | None:
+        return self.link.loop
 
     def close(self) -> None:
         for close in reversed(self.closers):
@@ -69,9 +271,10 @@ def build_service(
     actuator: Actuator | None = None,
     clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     with_control_plane: bool = True,
-    controllers: dict[str, Any] | None = None,
+    controllers: Mapping[str, KindController] | None = None,
 ) -> Service:
-    """The full agent: runtime + evidence + outbox + triggers (+ control plane)."""
+    """The full agent: runtime + evidence + outbox + triggers (+ control plane,
+    built now when `with_control_plane`, else left to `link.start()`)."""
     from reconciler.delivery.baseline_resolver import BaselineResolver
     from reconciler.delivery.integrations import (
         IntegrationError,
@@ -89,41 +292,54 @@ def build_service(
         signer = load_signing_key(cfg.signing_key_file)
     except KeyFileError as e:
         raise StartupError(f"signingKeyFile: {e}") from None
-
     try:
         sinks = build_integrations(cfg)
     except IntegrationError as e:
         raise StartupError(f"reseller integrations: {e}") from None
-    agent = Agent(cfg, host=host, actuator=actuator, clock=clock, controllers=controllers)
-    outbox = Outbox(agent.store)
+    store = open_store(cfg.database_path)
+    outbox = Outbox(store)
     hook = IntegrationHook(sinks)
     writer = EvidenceWriter(
-        agent.store, signer, cfg.evidence_directory, EvidenceIdentity.from_config(cfg),
+        store, signer, cfg.evidence_directory, EvidenceIdentity.from_config(cfg),
         clock=clock, on_stored=[outbox.on_stored, hook],
     )
+    health = ClockHealth()
     recorder = EvidenceRecorder(writer, cfg.evidence_snapshot_interval,
-                                agent.runtime.effective_clock_offset)
-    agent.listeners.append(recorder)
-    triggers = TriggerStore(agent.store)
-    agent.desired.trigger_source = lambda: triggers.active(clock())
-    agent.metrics.add_collect_hook(lambda: _outbox_metrics(agent, outbox))
+                                health.effective_offset_ms)
+    triggers = TriggerStore(store)
+    wake = threading.Event()
+    checkpointer = Checkpointer(store, signer, cfg.evidence_directory,
+                                origin_for(cfg.site_id, cfg.host_id), clock=clock)
+    link = ControlPlaneLink(lambda: _control_plane(
+        cfg, store, writer, outbox, triggers, recorder, checkpointer, wake, clock))
     # Passes read the local file and the stored signed baseline; only the
     # control-plane thread talks to the network.
-    local_source = BaselineResolver(cfg, None, agent.store, cfg.mcp_public_keys, clock=clock)
-    agent.desired.baseline_loader = local_source.current
-
-    checkpointer = Checkpointer(agent.store, signer, cfg.evidence_directory,
-                                origin_for(cfg.site_id, cfg.host_id), clock=clock)
-    svc = Service(agent=agent, writer=writer, outbox=outbox, recorder=recorder,
-                  triggers=triggers, checkpointer=checkpointer,
-                  closers=[agent.close, writer.close, checkpointer.close, hook.close])
+    local_source = BaselineResolver(cfg, None, store, cfg.mcp_public_keys, clock=clock)
+    agent = new_agent(
+        cfg, host=host, actuator=actuator, store=store, clock=clock, controllers=controllers,
+        baseline=local_source.current, triggers=lambda: triggers.active(clock()),
+        clock_health=health,
+        # the HTTP Date offset before the recorder, which writes the offset into evidence
+        listeners=(HttpDateReading(health, link.http_offset_ms), recorder),
+        collect_hooks=(_outbox_metrics(outbox),),
+    )
     if with_control_plane:
-        svc.control_plane = _control_plane(cfg, svc, clock)
-    return svc
+        link.connect()
+    return Service(agent=agent, writer=writer, outbox=outbox, recorder=recorder,
+                   triggers=triggers, checkpointer=checkpointer, link=link, wake=wake,
+                   closers=(agent.close, writer.close, checkpointer.close, hook.close))
 
 
 def _control_plane(
-    cfg: AgentConfig, svc: Service, clock: Callable[[], datetime]
+    cfg: AgentConfig,
+    store: Store,
+    writer: EvidenceWriter,
+    outbox: Outbox,
+    triggers: TriggerStore,
+    recorder: EvidenceRecorder,
+    checkpointer: Checkpointer,
+    wake: threading.Event,
+    clock: Callable[[], datetime],
 ) -> ControlPlaneLoop | None:
     from reconciler.delivery.baseline_resolver import BaselineResolver
     from reconciler.delivery.checkpoints import CheckpointDelivery
@@ -133,57 +349,51 @@ def _control_plane(
     from reconciler.store.nonces import NonceStore
     from reconciler.trust.admission import OrderAdmission
 
-    agent = svc.agent
     try:
         client = ControlPlaneClient(cfg)
     except ControlPlaneError as e:
         log.error("control plane disabled: running offline, evidence is queued",
                   extra={"reason": "ControlPlaneUnavailable", "detail": str(e)})
         return None
-    admission = OrderAdmission.from_config(cfg, NonceStore(agent.store), clock=clock)
+    admission = OrderAdmission.from_config(cfg, NonceStore(store), clock=clock)
 
     def on_admitted(kind: str | None, action: str) -> None:
         if action == "collect_evidence":
-            svc.recorder.request_snapshot(None if kind is None else [kind])
-        svc.wake()  # level-triggered: the next pass sees the trigger
+            recorder.request_snapshot(None if kind is None else [kind])
+        wake.set()  # level-triggered: the next pass sees the trigger
 
-    loop = ControlPlaneLoop(
-        client=client, admission=admission, triggers=svc.triggers, writer=svc.writer,
-        outbox=svc.outbox, deliverer=Deliverer(svc.outbox, client, clock=clock),
-        baseline_resolver=BaselineResolver(cfg, client, agent.store, cfg.mcp_public_keys,
-                                           clock=clock),
-        store=agent.store, poll_interval=float(cfg.poll_interval),
+    return ControlPlaneLoop(
+        client=client, admission=admission, triggers=triggers, writer=writer,
+        outbox=outbox, deliverer=Deliverer(outbox, client, clock=clock),
+        baseline_resolver=BaselineResolver(cfg, client, store, cfg.mcp_public_keys, clock=clock),
+        store=store, poll_interval=float(cfg.poll_interval),
         on_admitted=on_admitted, clock=clock,
-        checkpoints=CheckpointDelivery(client, agent.store, svc.checkpointer,
-                                       cfg.mcp_public_keys),
+        checkpoints=CheckpointDelivery(client, store, checkpointer, cfg.mcp_public_keys),
     )
 
-    def feed_http_offset(_res: object) -> None:
-        agent.runtime.http_offset_ms = loop.stats.http_offset_ms
 
-    agent.listeners.insert(0, feed_http_offset)
-    return loop
+def _outbox_metrics(outbox: Outbox) -> CollectHook:
+    def collect(metrics: AgentMetrics) -> None:
+        stats = outbox.stats()
+        metrics.outbox_depth.set(stats.depth)
+        metrics.outbox_oldest.set(stats.oldest_age_seconds or 0)
+        metrics.outbox_dead.set(stats.dead)
 
-
-def _outbox_metrics(agent: Agent, outbox: Outbox) -> None:
-    stats = outbox.stats()
-    agent.metrics.outbox_depth.set(stats.depth)
-    agent.metrics.outbox_oldest.set(stats.oldest_age_seconds or 0)
-    agent.metrics.outbox_dead.set(stats.dead)
+    return collect
 
 
 def build_agent(cfg: AgentConfig, dry_run: bool = False) -> Agent:
     """The full pipeline with evidence, no network.
     A dry run writes nothing, so it needs no signing key."""
     if dry_run:
-        return Agent(cfg)
+        return new_agent(cfg)
     return build_service(cfg, with_control_plane=False).agent
 
 
 def reconcile_once(cfg: AgentConfig, dry_run: bool = False) -> PassReport:
     """`reconcile --once`: one pass, then a signed checkpoint of the evidence it wrote."""
     if dry_run:
-        agent = Agent(cfg)
+        agent = new_agent(cfg)
         try:
             return agent.run_pass(dry_run=True)
         finally:
@@ -199,28 +409,14 @@ def reconcile_once(cfg: AgentConfig, dry_run: bool = False) -> PassReport:
 
 def build_daemon(cfg: AgentConfig) -> Daemon:
     svc = build_service(cfg, with_control_plane=False)
-    daemon = Daemon(svc.agent)
-    svc.wake = daemon.request_pass
-    clock = svc.agent.clock
-
-    def start_control_plane() -> None:
-        # After READY, on its own thread: the HTTP/TLS stack is not needed for the
-        # first pass, and the loop never waits on the network.
-        cp = _control_plane(cfg, svc, clock)
-        if cp is None:
-            return
-        svc.control_plane = cp
-        daemon.on_stop.insert(0, cp.stop)  # before the store closes
-        daemon.on_pass_done.append(cp.kick)
-        cp.start()
-
-    daemon.after_ready.append(
-        lambda: threading.Thread(target=start_control_plane, name="control-plane-setup",
-                                 daemon=True).start())
-    daemon.on_pass_done.append(svc.checkpointer.checkpoint_safely)  # before delivery's kick
-    daemon.on_stop.append(svc.close)
-    daemon.background.append(_daily_prune(Pruner(svc.writer, RetentionPolicy.from_config(cfg))))
-    return daemon
+    return Daemon(
+        svc.agent, daemon_policy(cfg), wake=svc.wake,
+        # in this order after each pass: sign a checkpoint, then deliver it with the
+        # pass's bundles; stopped before the closers, while the store is still open
+        companions=(CheckpointOnPass(svc.checkpointer), svc.link),
+        background=(_daily_prune(Pruner(svc.writer, RetentionPolicy.from_config(cfg))),),
+        closers=(svc.close,),
+    )
 
 
 PRUNE_INTERVAL = 24 * 3600.0
@@ -229,8 +425,6 @@ PRUNE_INTERVAL = 24 * 3600.0
 def _daily_prune(pruner: Pruner) -> Callable[[], None]:
     """Evidence retention once a day from the daemon too (the NixOS timer runs
     `evidence prune` as well; both share one chain through SQLite's write lock)."""
-    import time
-
     next_at = [time.monotonic() + 600.0]  # not during start-up
 
     def job() -> None:

@@ -117,7 +117,8 @@ class AgentConfig(BaseModel):
         90, ge=0, description="Evidence younger than this many days is never pruned."
     )
     ntp_max_skew_ms: int = Field(
-        5000, gt=0, description="Clock offset above which disruptive actions are skipped."
+        5000, gt=0, description="Clock offset above which disruptive actions are skipped; also "
+        "the time resource's ClockSkewed limit unless the baseline sets time.max_skew_ms."
     )
     rebuild_health_check_timeout: PositiveSeconds = Field(
         60, description="Seconds the system has to reach 'running' after a rebuild."

@@ -229,7 +229,7 @@ def check_webhook_secret(cfg: AgentConfig, agent: Account) -> list[Finding]:
 
 
 def check_baseline(cfg: AgentConfig) -> list[Finding]:
-    from reconciler.runtime.registry import CONTROLLERS
+    from reconciler.runtime.registry import BUILTIN
     from specs.baseline import BaselineError, load_baseline
 
     where = str(cfg.baseline_path)
@@ -240,8 +240,8 @@ def check_baseline(cfg: AgentConfig) -> list[Finding]:
                         "fix the baseline; kinds and fields are in schemas/ (JSON Schema)")
                 for p in e.problems]
     return [Finding("error", "baselinePath", where, f"kind {kind!r} has no controller",
-                    f"known kinds: {', '.join(CONTROLLERS)}")
-            for kind in baseline.resources() if kind not in CONTROLLERS]
+                    f"known kinds: {', '.join(BUILTIN)}")
+            for kind in baseline.resources() if kind not in BUILTIN]
 
 
 def check(path: Path, agent: Account, now: datetime) -> tuple[AgentConfig | None, list[Finding]]:

@@ -51,7 +51,7 @@ def cmd_refresh(args: argparse.Namespace) -> int:
     except (ConfigError, BaselineError) as e:
         print(f"egress refresh: {e}", file=sys.stderr)
         return EXIT_ERROR
-    from reconciler.runtime.agent import actuator_for, host_for
+    from reconciler.service import actuator_for, host_for
 
     host = host_for(config)
     actuator = None if args.dry_run else actuator_for(config, host)

@@ -15,7 +15,7 @@ import logging
 import os
 import platform
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TypeGuard
 
@@ -36,6 +36,10 @@ disable_created_metrics()  # type: ignore[no-untyped-call]  # `_created` series 
 
 NS = "compliance_agent"
 log = logging.getLogger("compliance_agent.metrics")
+
+
+# Called before each export with the metrics to update (e.g. from outbox stats).
+CollectHook = Callable[["AgentMetrics"], None]
 
 
 class OptionalGauge(Collector):
@@ -62,7 +66,7 @@ class OptionalGauge(Collector):
 
 
 class AgentMetrics:
-    def __init__(self, version: str) -> None:
+    def __init__(self, version: str, collect_hooks: Sequence[CollectHook] = ()) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         Info(f"{NS}_build", "Agent build information.", registry=r).info(
@@ -108,11 +112,7 @@ class AgentMetrics:
                           "Numeric facts a controller reports (snapshot age, generation, "
                           "element counts, ...), by kind and fact name.",
                           ["kind", "fact"], registry=r)
-        self._collect_hooks: list[Callable[[], None]] = []
-
-    def add_collect_hook(self, hook: Callable[[], None]) -> None:
-        """Called before each export (e.g. to read outbox stats)."""
-        self._collect_hooks.append(hook)
+        self._collect_hooks = tuple(collect_hooks)
 
     def observe_status(self, status: ResourceStatus) -> None:
         for gauge, ctype in ((self.ready, ConditionType.Ready),
@@ -153,7 +153,7 @@ class AgentMetrics:
     def exposition(self) -> bytes:
         for hook in self._collect_hooks:
             try:
-                hook()
+                hook(self)
             except Exception:  # metrics must never take the agent down
                 log.debug("metrics collect hook failed", exc_info=True)
         return generate_latest(self.registry)

@@ -1,28 +1,32 @@
-"""Assembly: config -> store, host, actuator, controllers, runtime; one full pass.
+"""One full pass over every managed resource, and the pass report.
 
-`Agent` is what both the daemon and `reconcile --once` drive. Desired state is
-read again on every pass (level-triggered): an edited baseline file, a newer
-signed baseline or a newly admitted order simply show up in the next pass.
+`Agent` is what both the daemon and `reconcile --once` drive. `run_pass`
+reconciles the kinds one after another in phase order; the daemon spreads a
+pass over its workers phase by phase (daemon.py).
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
+from controllers.base import Phase
 from reconciler.actuator.result import Actuator
 from reconciler.ops.metrics import AgentMetrics
+from reconciler.runtime.clock_health import ClockHealth
 from reconciler.runtime.conditions import host_summary
+from reconciler.runtime.desired import DesiredState
+from reconciler.runtime.guards import GuardPolicy
 from reconciler.runtime.reconcile import ReconcileListener, ReconcileResult, Runtime
-from reconciler.runtime.registry import ORDER, load_controller
-from reconciler.store.database import Store, open_store
+from reconciler.runtime.registry import ControllerRegistry, UnknownKindError
+from reconciler.store.database import Store
 from reconciler.store.status import StatusStore
-from specs.baseline import Baseline, BaselineError, load_baseline
-from specs.config import AgentConfig
+from specs.baseline import BaselineError
 from specs.host import Host
 from specs.resource import ResourceSpec
 from specs.status import HostSummary, Outcome, ResourceStatus
@@ -56,86 +60,55 @@ class PassReport:
         return f"{self.summary}: {ready}/{len(self.results)} resources Ready{tail}"
 
 
-class DesiredState:
-    """Where desired state comes from: the baseline (local file, or a newer
-    signed one when a source is plugged in) plus triggers from admitted orders."""
-
-    def __init__(self, cfg: AgentConfig) -> None:
-        self.cfg = cfg
-        self.last_good: Baseline | None = None
-        self.source = str(cfg.baseline_path)
-        self.baseline_loader: Callable[[], tuple[Baseline, str]] = self._load_local
-        self.trigger_source: Callable[[], dict[str, list[Any]]] = dict
-
-    def _load_local(self) -> tuple[Baseline, str]:
-        return load_baseline(self.cfg.baseline_path), str(self.cfg.baseline_path)
-
-    def current(self) -> tuple[Baseline, dict[str, ResourceSpec]]:
-        """The baseline and the effective per-kind specs; raises BaselineError if
-        there has never been a valid baseline."""
-        try:
-            baseline, self.source = self.baseline_loader()
-            self.last_good = baseline
-        except BaselineError as e:
-            if self.last_good is None:
-                raise
-            log.error("baseline invalid; keeping the last good one",
-                      extra={"reason": "BaselineInvalid", "detail": str(e)})
-            baseline = self.last_good
-        specs = baseline.resources()
-        egress = specs.get("egress")
-        if egress is not None:
-            # an empty host list means "the config's allowedHosts" (one source of truth)
-            specs["egress"] = egress.with_config_defaults(  # type: ignore[attr-defined]
-                self.cfg.allowed_hosts, self.cfg.egress_table)
-        triggers = self.trigger_source()
-        for kind, spec in list(specs.items()):
-            extra = triggers.get(kind) or triggers.get("*")
-            if extra:
-                specs[kind] = spec.model_copy(update={"triggers": [*spec.triggers, *extra]})
-        return baseline, _ordered(specs)
-
-
-def _ordered(specs: dict[str, ResourceSpec]) -> dict[str, ResourceSpec]:
-    rank = {k: i for i, k in enumerate(ORDER)}
-    return dict(sorted(specs.items(), key=lambda kv: rank.get(kv[0], len(rank))))
-
-
 class Agent:
+    """One host's reconcile loop, assembled from parts given at construction:
+    where desired state comes from, the controllers, the guard policy and the
+    clock-health input, the store, the host and actuator, metrics, and the
+    listeners that get every result (evidence, ...)."""
+
     def __init__(
         self,
-        cfg: AgentConfig,
         *,
-        host: Host | None = None,
-        actuator: Actuator | None = None,
-        store: Store | None = None,
+        store: Store,
+        host: Host,
+        actuator: Actuator,
+        desired: DesiredState,
+        controllers: ControllerRegistry,
+        policy: GuardPolicy,
+        clock_health: ClockHealth,
+        metrics: AgentMetrics,
+        metrics_textfile: Path | None = None,
+        listeners: Sequence[ReconcileListener] = (),
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
-        metrics: AgentMetrics | None = None,
-        controllers: dict[str, Any] | None = None,
     ) -> None:
-        self.cfg = cfg
         self.clock = clock
-        self.store = store or open_store(cfg.database_path)
-        self.status_store = StatusStore(self.store)
-        self.host = host or host_for(cfg)
-        self.actuator = actuator or actuator_for(cfg, self.host)
-        self.metrics = metrics or AgentMetrics(VERSION)
-        self.desired = DesiredState(cfg)
-        self._controllers: dict[str, Any] = dict(controllers or {})
-        self.listeners: list[ReconcileListener] = [self._observe_metrics]
+        self.store = store
+        self.status_store = StatusStore(store)
+        self.host = host
+        self.actuator = actuator
+        self.metrics = metrics
+        self.metrics_textfile = metrics_textfile
+        self.desired = desired
+        self.controllers = controllers
+        self.clock_health = clock_health
         self.runtime = Runtime(
-            cfg, self.host, self.actuator, self._controllers, self.status_store,
-            clock=clock, listeners=self.listeners,
+            policy, host, actuator, controllers, self.status_store,
+            clock_offset_ms=clock_health.effective_offset_ms, clock=clock,
+            listeners=(*listeners, self._observe_metrics),
         )
         self.last_pass: PassReport | None = None
 
     # -- desired state ---------------------------------------------------------
     def specs(self) -> dict[str, ResourceSpec]:
+        """The effective specs in pass order: by phase (the clock before anything
+        disruptive), then in the registry's reporting order. Raises BaselineError
+        or UnknownKindError."""
         _, specs = self.desired.current()
-        for kind in specs:
-            if kind not in self._controllers:
-                self._controllers[kind] = load_controller(kind)
-        return specs
+        order = {kind: (self.phase_of(kind), self.controllers.rank(kind)) for kind in specs}
+        return dict(sorted(specs.items(), key=lambda kv: order[kv[0]]))
+
+    def phase_of(self, kind: str) -> Phase:
+        return self.controllers[kind].phase
 
     # -- one resource / one pass ---------------------------------------------
     def reconcile(self, kind: str, spec: ResourceSpec, dry_run: bool = False) -> ReconcileResult:
@@ -146,7 +119,7 @@ class Agent:
         report = PassReport(started=started, finished=started, wall_seconds=0, cpu_seconds=0)
         try:
             specs = self.specs()
-        except (BaselineError, KeyError) as e:
+        except (BaselineError, UnknownKindError) as e:
             report.error = str(e)
             report.summary = HostSummary.Failed
         else:
@@ -177,12 +150,12 @@ class Agent:
         return report
 
     def write_metrics(self) -> None:
-        if self.cfg.metrics_textfile is not None:
+        if self.metrics_textfile is not None:
             try:
-                self.metrics.write_textfile(self.cfg.metrics_textfile)
+                self.metrics.write_textfile(self.metrics_textfile)
             except OSError as e:
                 log.warning("cannot write metrics textfile", extra={
-                    "reason": "MetricsWriteFailed", "detail": f"{self.cfg.metrics_textfile}: {e}"})
+                    "reason": "MetricsWriteFailed", "detail": f"{self.metrics_textfile}: {e}"})
 
     def _observe_metrics(self, res: ReconcileResult) -> None:
         if res.dry_run:
@@ -194,8 +167,9 @@ class Agent:
         if res.status is not None:
             self.metrics.observe_status(res.status)
         self.metrics.observe_facts(res.kind, res.facts)
-        if self.runtime.clock_offset_ms is not None:
-            self.metrics.ntp_offset.set(self.runtime.clock_offset_ms / 1000.0)
+        offset = self.clock_health.ntp_offset_ms
+        if offset is not None:
+            self.metrics.ntp_offset.set(offset / 1000.0)
 
     # -- status for operators --------------------------------------------------
     def status_snapshot(self) -> dict[str, Any]:
@@ -227,29 +201,3 @@ def exit_code_for(report: PassReport) -> int:
     if any(r.error and r.outcome is Outcome.failed and r.observed is None for r in report.results):
         return 2
     return 1
-
-
-def host_for(cfg: AgentConfig) -> Host:
-    """The host the agent observes. Under the NixOS module the agent has no
-    capabilities, so the few privileged reads (nft listings, LUKS headers) go
-    to the root actuator; everything else runs locally."""
-    from reconciler.actuator.host import LocalHost
-
-    if cfg.actuator_socket is None:
-        return LocalHost()
-    from reconciler.actuator.client import ActuatorClient, PrivilegedReadHost
-
-    return PrivilegedReadHost(LocalHost(), ActuatorClient(cfg.actuator_socket))
-
-
-def actuator_for(cfg: AgentConfig, host: Host) -> Actuator:
-    """In-process actuator, or the root actuator's socket when configured. A
-    refusal or an unreachable actuator becomes a failed (or deferred) result,
-    never an exception in the loop."""
-    if cfg.actuator_socket is not None:
-        from reconciler.actuator.client import ActuatorClient
-
-        return ActuatorClient(cfg.actuator_socket, errors_as_results=True)
-    from reconciler.actuator.local import LocalActuator
-
-    return LocalActuator(host, rebuild_health_timeout=cfg.rebuild_health_check_timeout)

@@ -6,6 +6,17 @@ server, and the main thread, which schedules passes and pings the watchdog.
 The watchdog is pinged only while the loop is healthy: if a worker has been
 stuck on one key for longer than the watchdog interval, pings stop and
 systemd restarts the service (a hung loop must not look alive).
+
+A pass runs in phases (`controllers.base.Phase`): the keys of the next phase
+are queued only once every key of the current one has been reconciled, so the
+clock reading of a pass is taken before any disruptive action of that pass is
+judged, however many workers there are. A retry of a later phase's key that
+comes due meanwhile waits for its phase.
+
+Everything else is given at construction: the policy (poll interval, workers,
+status socket), `companions` (started after READY, told when a pass is done,
+stopped before the store closes: the control-plane connection), `background`
+jobs run on the scheduling thread, and `closers` run last at shutdown.
 """
 
 from __future__ import annotations
@@ -15,16 +26,19 @@ import random
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from types import FrameType
+from typing import Protocol
 
 from reconciler.ops.sdnotify import Notifier
 from reconciler.ops.status_server import StatusServer
 from reconciler.runtime.agent import Agent, PassReport
 from reconciler.runtime.conditions import host_summary
 from reconciler.runtime.reconcile import ReconcileResult
+from reconciler.runtime.registry import UnknownKindError
 from reconciler.runtime.workqueue import ShutDown, WorkQueue
 from specs.backoff import Backoff
 from specs.baseline import BaselineError
@@ -39,12 +53,34 @@ def jittered(interval: float, rng: random.Random, fraction: float = 0.1) -> floa
     return interval * (1 + rng.uniform(-fraction, fraction))
 
 
+@dataclass(frozen=True)
+class DaemonPolicy:
+    poll_interval: float  # seconds between passes (jittered +-10%)
+    workers: int
+    status_socket: Path | None = None
+
+
+class Companion(Protocol):
+    """A part that lives beside the loop (e.g. the control-plane connection)."""
+
+    def start(self) -> None:
+        """Called once, right after READY; must not block."""
+
+    def pass_done(self) -> None:
+        """Called after each pass (e.g. to deliver the evidence it wrote)."""
+
+    def stop(self) -> None:
+        """Called once at shutdown, before the closers (the store is still open)."""
+
+
 @dataclass
 class _Pass:
     started: datetime
     t0: float
     c0: float
-    pending: set[str]
+    waves: list[list[str]]  # keys of the phases not started yet, in phase order
+    pending: set[str]  # keys of the running phase not reconciled yet
+    phase: int
     results: dict[str, ReconcileResult] = field(default_factory=dict)
 
 
@@ -52,29 +88,33 @@ class Daemon:
     def __init__(
         self,
         agent: Agent,
+        policy: DaemonPolicy,
         *,
         notifier: Notifier | None = None,
         rng: random.Random | None = None,
-        background: list[Callable[[], None]] | None = None,
+        wake: threading.Event | None = None,
+        companions: Sequence[Companion] = (),
+        background: Sequence[Callable[[], None]] = (),
+        closers: Sequence[Callable[[], None]] = (),
     ) -> None:
         self.agent = agent
-        self.cfg = agent.cfg
+        self.policy = policy
         self.notifier = notifier or Notifier()
         self.rng = rng or random.Random()
-        self.queue = WorkQueue(Backoff(base=2.0, cap=float(max(self.cfg.poll_interval, 10))))
+        self.queue = WorkQueue(Backoff(base=2.0, cap=float(max(policy.poll_interval, 10))))
         self.stop_event = threading.Event()
-        self.wake_event = threading.Event()
+        # Set by SIGHUP and by whoever holds it (an admitted order): pass now.
+        self.wake_event = wake or threading.Event()
+        self.companions = tuple(companions)
+        self.background = tuple(background)  # periodic jobs on the scheduling thread
+        self.closers = tuple(closers)  # run last at shutdown, in order, before the store closes
         self._specs: dict[str, ResourceSpec] = {}
         self._lock = threading.Lock()
         self._pass: _Pass | None = None
         self._busy_since: dict[str, float] = {}
         self._retries_seen = 0
-        self.background = background or []  # extra periodic jobs (MCP poll, delivery)
         self.status_server: StatusServer | None = None
         self.passes_completed = 0
-        self.on_stop: list[Callable[[], None]] = []  # run after the loop ends, in order
-        self.on_pass_done: list[Callable[[], None]] = []  # e.g. deliver the new evidence
-        self.after_ready: list[Callable[[], None]] = []  # start-up work READY need not wait for
 
     # -- lifecycle -------------------------------------------------------------
     def install_signal_handlers(self) -> None:
@@ -92,23 +132,26 @@ class Daemon:
         self.queue.shutdown()
 
     def run(self) -> int:
-        if self.cfg.status_socket is not None:
+        if self.policy.status_socket is not None:
             self.status_server = StatusServer(
-                self.cfg.status_socket, self.agent.metrics.exposition, self.live_status
+                self.policy.status_socket, self.agent.metrics.exposition, self.live_status
             )
             self.status_server.start()
         self.agent.metrics.up.set(1)
         workers = [
             threading.Thread(target=self._worker, name=f"worker-{i}", daemon=True)
-            for i in range(self.cfg.workers)
+            for i in range(self.policy.workers)
         ]
         for w in workers:
             w.start()
         self.notifier.ready("started; first pass running")
-        for hook in self.after_ready:
-            hook()
-        log.info("started", extra={"detail": f"poll {self.cfg.poll_interval}s, "
-                                             f"{self.cfg.workers} workers"})
+        for companion in self.companions:
+            try:
+                companion.start()
+            except Exception:
+                log.exception("companion failed to start", extra={"reason": "CompanionError"})
+        log.info("started", extra={"detail": f"poll {self.policy.poll_interval}s, "
+                                             f"{self.policy.workers} workers"})
         try:
             self._schedule_loop()
         finally:
@@ -121,7 +164,7 @@ class Daemon:
                 self.status_server.stop()
             self.agent.metrics.up.set(0)
             self.agent.write_metrics()
-            for hook in self.on_stop:
+            for hook in [*(c.stop for c in reversed(self.companions)), *self.closers]:
                 try:
                     hook()
                 except Exception:
@@ -143,7 +186,7 @@ class Daemon:
                 next_pass = now
             if now >= next_pass and self._pass is None:
                 self._start_pass()
-                next_pass = now + jittered(self.cfg.poll_interval, self.rng)
+                next_pass = now + jittered(self.policy.poll_interval, self.rng)
             for job in self.background:
                 try:
                     job()
@@ -160,20 +203,35 @@ class Daemon:
     def _start_pass(self) -> None:
         try:
             specs = self.agent.specs()
-        except (BaselineError, KeyError) as e:
+        except (BaselineError, UnknownKindError) as e:
             log.error("no valid desired state", extra={"reason": "BaselineInvalid",
                                                        "detail": str(e)})
             self.notifier.status(f"Failed: {e}")
             return
         self.agent.status_store.forget_kinds_except(set(specs))
+        by_phase: dict[int, list[str]] = {}
+        for kind in specs:
+            by_phase.setdefault(self.agent.phase_of(kind), []).append(kind)
+        waves = [by_phase[p] for p in sorted(by_phase)]
         with self._lock:
             self._specs = specs
             self._pass = _Pass(datetime.now(UTC), time.perf_counter(), time.process_time(),
-                               set(specs))
+                               waves=waves, pending=set(), phase=-1)
+            first = self._next_wave_locked()
         if not specs:
             self._finish_pass()
-        for kind in specs:
+        for kind in first:
             self.queue.add(kind)
+
+    def _next_wave_locked(self) -> list[str]:
+        """Starts the next phase of the running pass; its keys, to be queued."""
+        p = self._pass
+        if p is None or not p.waves:
+            return []
+        wave = p.waves.pop(0)
+        p.pending = set(wave)
+        p.phase = self.agent.phase_of(wave[0])
+        return wave
 
     def _finish_pass(self) -> None:
         with self._lock:
@@ -187,8 +245,11 @@ class Daemon:
         self.agent.finish_pass(report, p.t0, p.c0, dry_run=False)
         self.passes_completed += 1
         self.notifier.status(report.one_line())
-        for hook in self.on_pass_done:
-            hook()
+        for companion in self.companions:
+            try:
+                companion.pass_done()
+            except Exception:
+                log.exception("companion failed after a pass", extra={"reason": "CompanionError"})
 
     # -- workers -------------------------------------------------------------------
     def _worker(self) -> None:
@@ -209,8 +270,13 @@ class Daemon:
     def _process(self, kind: str) -> None:
         with self._lock:
             spec = self._specs.get(kind)
+            # A retry of a later phase's key waits: its phase queues it again.
+            held = (spec is not None and self._pass is not None
+                    and self.agent.phase_of(kind) > self._pass.phase)
         if spec is None:
             self.queue.forget(kind)
+            return
+        if held:
             return
         try:
             result = self.agent.reconcile(kind, spec)
@@ -223,11 +289,16 @@ class Daemon:
         else:
             self.queue.forget(kind)
         finish = False
+        wave: list[str] = []
         with self._lock:
             if self._pass is not None and kind in self._pass.pending:
                 self._pass.pending.discard(kind)
                 self._pass.results[kind] = result
-                finish = not self._pass.pending
+                if not self._pass.pending:
+                    wave = self._next_wave_locked()
+                    finish = not wave
+        for key in wave:
+            self.queue.add(key)
         if finish:
             self._finish_pass()
 

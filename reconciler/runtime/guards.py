@@ -29,7 +29,7 @@ from specs.status import Outcome
 from specs.window import MaintenanceWindow
 
 
-class Verdict(BaseModel):
+class GuardVerdict(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     guard: str
@@ -49,6 +49,15 @@ class Verdict(BaseModel):
 
 
 @dataclass(frozen=True)
+class GuardPolicy:
+    """What the operator configured for the guards (the same for every action)."""
+
+    window: MaintenanceWindow
+    allow_outside_window: bool
+    max_skew_ms: int  # ntpMaxSkewMs: above it no disruptive action runs
+
+
+@dataclass(frozen=True)
 class GuardContext:
     now: datetime
     dry_run: bool
@@ -60,13 +69,13 @@ class GuardContext:
     backoff_until: datetime | None = None  # per-action backoff, from the store
 
 
-DRY_RUN_VERDICT = Verdict(guard="dry_run", allowed=False, reason="DryRun",
+DRY_RUN_VERDICT = GuardVerdict(guard="dry_run", allowed=False, reason="DryRun",
                           message="dry run: nothing is changed")
 
 
-def evaluate(action: Action, ctx: GuardContext) -> list[Verdict]:
+def evaluate(action: Action, ctx: GuardContext) -> list[GuardVerdict]:
     """All verdicts up to and including the first refusal."""
-    verdicts: list[Verdict] = []
+    verdicts: list[GuardVerdict] = []
     for v in _checks(action, ctx):
         verdicts.append(v)
         if not v.allowed:
@@ -74,32 +83,32 @@ def evaluate(action: Action, ctx: GuardContext) -> list[Verdict]:
     return verdicts
 
 
-def allowed(verdicts: list[Verdict]) -> bool:
+def allowed(verdicts: list[GuardVerdict]) -> bool:
     return all(v.allowed for v in verdicts)
 
 
-def _checks(action: Action, ctx: GuardContext) -> Iterable[Verdict]:
+def _checks(action: Action, ctx: GuardContext) -> Iterable[GuardVerdict]:
     if ctx.dry_run:
         yield DRY_RUN_VERDICT
         return
-    yield Verdict(guard="dry_run", allowed=True, reason="LiveRun")
+    yield GuardVerdict(guard="dry_run", allowed=True, reason="LiveRun")
 
     if action.order_id is not None:
         if action.order_id in ctx.admitted_orders:
-            yield Verdict(guard="order_authenticity", allowed=True, reason="OrderAdmitted",
-                          message=f"order {action.order_id} passed admission")
+            yield GuardVerdict(guard="order_authenticity", allowed=True, reason="OrderAdmitted",
+                               message=f"order {action.order_id} passed admission")
         else:
-            yield Verdict(guard="order_authenticity", allowed=False, reason="OrderNotAdmitted",
-                          message=f"order {action.order_id} was never admitted",
-                          outcome=Outcome.rejected)
+            yield GuardVerdict(guard="order_authenticity", allowed=False, reason="OrderNotAdmitted",
+                               message=f"order {action.order_id} was never admitted",
+                               outcome=Outcome.rejected)
             return
 
     if action.disruptive:
         if ctx.clock_offset_ms is None:
-            yield Verdict(guard="clock_sanity", allowed=True, reason="ClockUnchecked",
-                          message="no clock observation; time resource not managed")
+            yield GuardVerdict(guard="clock_sanity", allowed=True, reason="ClockUnchecked",
+                               message="no clock observation; time resource not managed")
         elif abs(ctx.clock_offset_ms) > ctx.max_skew_ms:
-            yield Verdict(
+            yield GuardVerdict(
                 guard="clock_sanity", allowed=False, reason="ClockSkewed",
                 message=f"clock offset {ctx.clock_offset_ms:.0f} ms exceeds "
                 f"ntpMaxSkewMs {ctx.max_skew_ms}; disruptive action skipped",
@@ -107,18 +116,19 @@ def _checks(action: Action, ctx: GuardContext) -> Iterable[Verdict]:
             )
             return
         else:
-            yield Verdict(guard="clock_sanity", allowed=True, reason="ClockInSync",
-                          message=f"offset {ctx.clock_offset_ms:.0f} ms")
+            yield GuardVerdict(guard="clock_sanity", allowed=True, reason="ClockInSync",
+                               message=f"offset {ctx.clock_offset_ms:.0f} ms")
 
         if ctx.window.contains(ctx.now):
-            yield Verdict(guard="maintenance_window", allowed=True, reason="InsideWindow",
-                          message=f"inside {ctx.window} UTC")
+            yield GuardVerdict(guard="maintenance_window", allowed=True, reason="InsideWindow",
+                               message=f"inside {ctx.window} UTC")
         elif ctx.allow_outside_window:
-            yield Verdict(guard="maintenance_window", allowed=True, reason="OutsideWindowAllowed",
-                          message=f"outside {ctx.window} UTC; allowDisruptiveOutsideWindow")
+            yield GuardVerdict(
+                guard="maintenance_window", allowed=True, reason="OutsideWindowAllowed",
+                message=f"outside {ctx.window} UTC; allowDisruptiveOutsideWindow")
         else:
             nxt = ctx.window.next_opening(ctx.now)
-            yield Verdict(
+            yield GuardVerdict(
                 guard="maintenance_window", allowed=False, reason="OutsideMaintenanceWindow",
                 message=f"disruptive action deferred to the window {ctx.window} UTC "
                 f"(opens {nxt:%Y-%m-%dT%H:%MZ})",
@@ -127,7 +137,7 @@ def _checks(action: Action, ctx: GuardContext) -> Iterable[Verdict]:
             return
 
     if ctx.backoff_until is not None and ctx.now < ctx.backoff_until:
-        yield Verdict(
+        yield GuardVerdict(
             guard="backoff", allowed=False, reason="BackingOff",
             message=f"{action.key} was tried recently and did not hold; "
             f"next attempt after {ctx.backoff_until:%H:%M:%SZ}",

@@ -13,31 +13,30 @@ What the result means for the caller (the workqueue):
 from __future__ import annotations
 
 import logging
-import math
 import traceback
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from pydantic import BaseModel
-
+from controllers.base import (
+    DEFAULT_BACKOFF,
+    Controller,
+    KindController,
+    ObservedT,
+    SpecT,
+)
 from reconciler.actuator.result import ActionResult, Actuator, dry_run_result, skipped_result
 from reconciler.runtime import guards
 from reconciler.runtime.conditions import desired_conditions, set_condition
 from reconciler.store.status import StatusStore
 from specs.actions import Action
-from specs.config import AgentConfig
 from specs.drift import Drift, Remedy
 from specs.host import Host
 from specs.resource import ResourceSpec
 from specs.status import ActionRecord, Condition, ConditionType, Outcome, ResourceStatus
-from specs.window import MaintenanceWindow
 
 log = logging.getLogger("compliance_agent.runtime")
-
-DEFAULT_BACKOFF = (10.0, 900.0)
-HTTP_DATE_TOLERANCE_MS = 1500.0  # HTTP Date has 1 s resolution, plus the round trip
 
 
 @dataclass
@@ -51,7 +50,7 @@ class ReconcileResult:
     drifts: list[Drift] = field(default_factory=list)
     planned: list[Action] = field(default_factory=list)
     results: list[ActionResult] = field(default_factory=list)
-    verdicts: list[list[guards.Verdict]] = field(default_factory=list)
+    verdicts: list[list[guards.GuardVerdict]] = field(default_factory=list)
     remaining: list[Drift] = field(default_factory=list)
     outcome: Outcome = Outcome.success
     error: str | None = None
@@ -82,38 +81,33 @@ ReconcileListener = Callable[[ReconcileResult], None]
 
 
 class Runtime:
+    """Reconciles one resource at a time with the controller of its kind.
+
+    Kind-agnostic: everything specific to a kind comes from its controller,
+    and the clock guard's input is `clock_offset_ms` (see clock_health.py).
+    `listeners` get every result, in the given order.
+    """
+
     def __init__(
         self,
-        cfg: AgentConfig,
+        policy: guards.GuardPolicy,
         host: Host,
         actuator: Actuator,
-        controllers: Mapping[str, Any],
+        controllers: Mapping[str, KindController],
         status_store: StatusStore | None,
         *,
+        clock_offset_ms: Callable[[], float | None] = lambda: None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
-        listeners: list[ReconcileListener] | None = None,
+        listeners: Sequence[ReconcileListener] = (),
     ) -> None:
-        self.cfg = cfg
+        self.policy = policy
         self.host = host
         self.actuator = actuator
         self.controllers = controllers
         self.status_store = status_store
+        self.clock_offset_ms = clock_offset_ms
         self.clock = clock
-        self.listeners = listeners or []
-        self.window = MaintenanceWindow.parse(cfg.maintenance_window)
-        self.clock_offset_ms: float | None = None  # from the time controller (NTP)
-        self.http_offset_ms: float | None = None  # from the control plane's Date header
-
-    def effective_clock_offset(self) -> float | None:
-        """The offset the clock guard judges: NTP's, unless the control plane's
-        HTTP Date (1 s resolution, so widened by a tolerance) says it is worse."""
-        candidates = []
-        if self.clock_offset_ms is not None:
-            candidates.append(self.clock_offset_ms)
-        http = self.http_offset_ms
-        if http is not None and abs(http) > HTTP_DATE_TOLERANCE_MS:
-            candidates.append(http - math.copysign(HTTP_DATE_TOLERANCE_MS, http))
-        return max(candidates, key=abs) if candidates else None
+        self.listeners = tuple(listeners)
 
     def reconcile(self, kind: str, spec: ResourceSpec, dry_run: bool = False) -> ReconcileResult:
         started = self.clock()
@@ -121,8 +115,9 @@ class Runtime:
             kind=kind, generation=spec.generation, started=started, finished=started,
             dry_run=dry_run,
         )
+        steps = _Steps(self, res)
         try:
-            self._reconcile(kind, spec, res)
+            self.controllers[kind].run_with(steps, spec)
         except Exception as e:  # a controller bug must not stop the loop
             log.error(
                 "reconcile crashed",
@@ -132,7 +127,7 @@ class Runtime:
             res.outcome = Outcome.failed
             res.error = f"controller error: {type(e).__name__}: {e}"
         res.finished = self.clock()
-        self._update_status(kind, spec, res)
+        self._update_status(kind, spec, res, steps.backoff)
         for listener in self.listeners:
             try:
                 listener(res)
@@ -140,90 +135,18 @@ class Runtime:
                 log.exception("reconcile listener failed", extra={"resource": kind})
         return res
 
-    # -- the steps -----------------------------------------------------------
-    def _reconcile(self, kind: str, spec: ResourceSpec, res: ReconcileResult) -> None:
-        ctrl = self.controllers[kind]
-        try:
-            observed = ctrl.observe(self.host, spec)
-        except Exception as e:
-            res.outcome = Outcome.failed
-            res.error = f"observe failed: {type(e).__name__}: {e}"
-            log.warning("observe failed", extra={"resource": kind, "reason": "ObserveFailed",
-                                                  "detail": str(e)})
-            return
-        res.pre_observed = res.observed = _dump(observed)
-        res.drifts = list(ctrl.diff(spec, observed))
-        res.planned = list(ctrl.plan(spec, observed, res.drifts)) if res.drifts else []
-        res.facts = dict(ctrl.facts(spec, observed))
-        self._note_clock(kind, res.facts)
+    def guard_context(self, dry_run: bool, admitted: frozenset[str],
+                      backoff_until: datetime | None) -> guards.GuardContext:
+        p = self.policy
+        return guards.GuardContext(
+            now=self.clock(), dry_run=dry_run, window=p.window,
+            allow_outside_window=p.allow_outside_window, max_skew_ms=p.max_skew_ms,
+            clock_offset_ms=self.clock_offset_ms(), admitted_orders=admitted,
+            backoff_until=backoff_until,
+        )
 
-        acted = False
-        step = 1
-        admitted = frozenset(t.order_id for t in spec.triggers)
-        base, cap = backoff_of(ctrl, spec)
-        for action in res.planned:
-            backoff_key = f"{kind}/{action.key}"
-            ctx = guards.GuardContext(
-                now=self.clock(), dry_run=res.dry_run, window=self.window,
-                allow_outside_window=self.cfg.allow_disruptive_outside_window,
-                max_skew_ms=self.cfg.ntp_max_skew_ms,
-                clock_offset_ms=self.effective_clock_offset(),
-                admitted_orders=admitted,
-                backoff_until=(self.status_store.backoff_until(backoff_key)
-                               if self.status_store and not res.dry_run else None),
-            )
-            if res.dry_run:
-                # report which guard *would* hold it, then stop: nothing runs
-                live = guards.evaluate(action, replace(ctx, dry_run=False))
-                verdicts = [*live, guards.DRY_RUN_VERDICT]
-            else:
-                verdicts = guards.evaluate(action, ctx)
-            res.verdicts.append(verdicts)
-            if guards.allowed(verdicts):
-                result = self.actuator.execute(action, step_start=step)
-                acted = True
-                if self.status_store is not None:
-                    self.status_store.note_attempt(backoff_key, self.clock(), base, cap)
-                log.info(
-                    "action %s", "ok" if result.ok else "failed",
-                    extra={"resource": kind, "reason": action.reason or action.type,
-                           "detail": action.describe() + ("" if result.ok else
-                                                         f" -> {result.error}")},
-                )
-            else:
-                refusal = verdicts[-1]
-                if refusal.reason == "DryRun":
-                    held = next((v for v in verdicts if not v.allowed), refusal)
-                    detail = ("dry run" if held is refusal
-                              else f"dry run; would be held: {held.message}")
-                    result = dry_run_result(action, step_start=step, detail=detail)
-                else:
-                    result = skipped_result(action, refusal.guard_result, refusal.message, step)
-                    log.info("action held by guard", extra={
-                        "resource": kind, "reason": refusal.reason, "detail": refusal.message})
-            res.results.append(result)
-            step += len(result.records)
-
-        if acted:
-            try:
-                observed = ctrl.observe(self.host, spec)
-                res.observed = _dump(observed)
-                res.remaining = list(ctrl.diff(spec, observed))
-                res.facts = dict(ctrl.facts(spec, observed))
-                self._note_clock(kind, res.facts)
-            except Exception as e:
-                res.remaining = res.drifts
-                res.error = f"observe after acting failed: {type(e).__name__}: {e}"
-        else:
-            res.remaining = res.drifts
-        res.outcome = decide_outcome(res)
-
-    def _note_clock(self, kind: str, facts: dict[str, Any]) -> None:
-        offset = facts.get("ntp_offset_ms")
-        if kind == "time" and isinstance(offset, int | float):
-            self.clock_offset_ms = float(offset)
-
-    def _update_status(self, kind: str, spec: ResourceSpec, res: ReconcileResult) -> None:
+    def _update_status(self, kind: str, spec: ResourceSpec, res: ReconcileResult,
+                       backoff: tuple[float, float]) -> None:
         prev = (self.status_store.load(kind) if self.status_store
                 else ResourceStatus(kind=kind))
         fixed = [d for d in res.drifts if d not in res.remaining]
@@ -248,14 +171,87 @@ class Runtime:
             return
         self.status_store.save(res.status, transitions)
         if res.ready:
-            _, cap = backoff_of(self.controllers.get(kind), spec)
-            self.status_store.clear_stable_backoff(kind, res.finished, cap)
+            self.status_store.clear_stable_backoff(kind, res.finished, backoff[1])
 
 
-def backoff_of(ctrl: Any, spec: ResourceSpec) -> tuple[float, float]:
-    """(base, cap) of a controller's per-action backoff; `backoff()` is optional."""
-    policy = getattr(ctrl, "backoff", None)
-    return policy(spec) if policy is not None else DEFAULT_BACKOFF
+class _Steps:
+    """The steps of one reconcile, generic over the controller's spec/observed types."""
+
+    def __init__(self, runtime: Runtime, res: ReconcileResult) -> None:
+        self.rt = runtime
+        self.res = res
+        self.backoff = DEFAULT_BACKOFF
+
+    def __call__(self, ctrl: Controller[SpecT, ObservedT], spec: SpecT, /) -> None:
+        rt, res, kind = self.rt, self.res, self.res.kind
+        self.backoff = base, cap = ctrl.backoff(spec)
+        try:
+            observed = ctrl.observe(rt.host, spec)
+        except Exception as e:
+            res.outcome = Outcome.failed
+            res.error = f"observe failed: {type(e).__name__}: {e}"
+            log.warning("observe failed", extra={"resource": kind, "reason": "ObserveFailed",
+                                                  "detail": str(e)})
+            return
+        res.pre_observed = res.observed = observed.model_dump(mode="json")
+        res.drifts = list(ctrl.diff(spec, observed))
+        res.planned = list(ctrl.plan(spec, observed, res.drifts)) if res.drifts else []
+        res.facts = dict(ctrl.facts(spec, observed))
+
+        acted = False
+        step = 1
+        admitted = frozenset(t.order_id for t in spec.triggers)
+        for action in res.planned:
+            backoff_key = f"{kind}/{action.key}"
+            ctx = rt.guard_context(
+                res.dry_run, admitted,
+                (rt.status_store.backoff_until(backoff_key)
+                 if rt.status_store and not res.dry_run else None),
+            )
+            if res.dry_run:
+                # report which guard *would* hold it, then stop: nothing runs
+                live = guards.evaluate(action, replace(ctx, dry_run=False))
+                verdicts = [*live, guards.DRY_RUN_VERDICT]
+            else:
+                verdicts = guards.evaluate(action, ctx)
+            res.verdicts.append(verdicts)
+            if guards.allowed(verdicts):
+                result = rt.actuator.execute(action, step_start=step)
+                acted = True
+                if rt.status_store is not None:
+                    rt.status_store.note_attempt(backoff_key, rt.clock(), base, cap)
+                log.info(
+                    "action %s", "ok" if result.ok else "failed",
+                    extra={"resource": kind, "reason": action.reason or action.type,
+                           "detail": action.describe() + ("" if result.ok else
+                                                         f" -> {result.error}")},
+                )
+            else:
+                refusal = verdicts[-1]
+                if refusal.reason == "DryRun":
+                    held = next((v for v in verdicts if not v.allowed), refusal)
+                    detail = ("dry run" if held is refusal
+                              else f"dry run; would be held: {held.message}")
+                    result = dry_run_result(action, step_start=step, detail=detail)
+                else:
+                    result = skipped_result(action, refusal.guard_result, refusal.message, step)
+                    log.info("action held by guard", extra={
+                        "resource": kind, "reason": refusal.reason, "detail": refusal.message})
+            res.results.append(result)
+            step += len(result.records)
+
+        if acted:
+            try:
+                observed = ctrl.observe(rt.host, spec)
+                res.observed = observed.model_dump(mode="json")
+                res.remaining = list(ctrl.diff(spec, observed))
+                res.facts = dict(ctrl.facts(spec, observed))
+            except Exception as e:
+                res.remaining = res.drifts
+                res.error = f"observe after acting failed: {type(e).__name__}: {e}"
+        else:
+            res.remaining = res.drifts
+        res.outcome = decide_outcome(res)
 
 
 def decide_outcome(res: ReconcileResult) -> Outcome:
@@ -292,11 +288,3 @@ def decide_outcome(res: ReconcileResult) -> Outcome:
 def _guard_detail(res: ReconcileResult) -> str:
     held = [v[-1] for v in res.verdicts if v and not v[-1].allowed]
     return "; ".join(f"{v.reason}: {v.message}" for v in held)
-
-
-def _dump(observed: Any) -> dict[str, Any]:
-    if isinstance(observed, BaseModel):
-        return observed.model_dump(mode="json")
-    if isinstance(observed, dict):
-        return observed
-    return {"value": repr(observed)}

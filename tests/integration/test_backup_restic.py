@@ -217,6 +217,7 @@ def test_run_backup_order_through_runtime_starts_the_real_job_unit(
 ) -> None:
     from reconciler.actuator.local import LocalActuator
     from reconciler.runtime.reconcile import Runtime
+    from reconciler.service import guard_policy
     from specs.config import parse_config
     from specs.status import Outcome
     from tests.harness.sdbox import Bind, SystemdContainer
@@ -247,7 +248,7 @@ def test_run_backup_order_through_runtime_starts_the_real_job_unit(
             "stateDirectory": str(tmp_path / "state"), "statusSocket": None,
         })  # fmt: skip
         ctl = BackupController()
-        rt = Runtime(cfg, box, LocalActuator(box), {"backup": ctl}, None)
+        rt = Runtime(guard_policy(cfg), box, LocalActuator(box), {"backup": ctl}, None)
 
         first = rt.reconcile("backup", spec)
         assert {d.reason for d in first.drifts} == {"NoSnapshot", "BackupRequested"}

@@ -18,6 +18,7 @@ import pytest
 from controllers.logging_ import LoggingController
 from reconciler.actuator.local import LocalActuator
 from reconciler.runtime.reconcile import Runtime
+from reconciler.service import guard_policy
 from specs.actions import RestartUnit
 from specs.config import parse_config
 from specs.drift import Remedy
@@ -190,7 +191,7 @@ def test_guardrail_8_through_the_runtime_window_guard(
     box.check(["systemctl", "kill", "-s", "STOP", JOURNALD])
 
     def runtime(at: datetime) -> Runtime:
-        return Runtime(cfg, box, LocalActuator(box), {"logging": LoggingController()}, None,
+        return Runtime(guard_policy(cfg), box, LocalActuator(box), {"logging": LoggingController()}, None,
                        clock=lambda: at)  # fmt: skip
 
     business_hours = runtime(datetime(2026, 11, 26, 12, 0, tzinfo=UTC))

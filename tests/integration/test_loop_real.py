@@ -12,8 +12,14 @@ from typing import Any
 
 import pytest
 
+from controllers.base import KindController
+from controllers.firewall import FirewallController, FirewallObserved
 from reconciler.actuator.local import LocalActuator
 from reconciler.runtime.agent import Agent, exit_code_for
+from reconciler.runtime.desired import TriggerSource, no_triggers
+from reconciler.service import new_agent
+from specs.host import Host
+from specs.kinds.firewall import FirewallSpec
 from specs.status import ConditionStatus, ConditionType, Outcome
 from tests.harness.sdbox import SystemdContainer
 from tests.unit.conftest import make_config
@@ -52,13 +58,14 @@ class Clock:
 
 
 def make_agent(tmp_path: Path, box: SystemdContainer, units: list[str], clock: Clock,
-               controllers: dict[str, Any] | None = None, **spec: Any) -> Agent:
+               controllers: dict[str, KindController] | None = None,
+               triggers: TriggerSource = no_triggers, **spec: Any) -> Agent:
     (tmp_path / "baseline.json").write_text(json.dumps({
         "version": 1, "policy_version": "1.0",
         "services": {"units": [{"name": u} for u in units], **spec},
     }))
-    return Agent(make_config(tmp_path), host=box, actuator=LocalActuator(box),
-                 clock=clock, controllers=controllers)
+    return new_agent(make_config(tmp_path), host=box, actuator=LocalActuator(box),
+                     clock=clock, controllers=controllers, triggers=triggers)
 
 
 def active_state(box: SystemdContainer, unit: str) -> str:
@@ -183,10 +190,8 @@ def test_dry_run_changes_nothing_on_the_host(
     assert exit_code_for(report) == 1
 
 
-class ExplodingController:
-    kind = "firewall"
-
-    def observe(self, host: Any, spec: Any) -> Any:
+class ExplodingController(FirewallController):
+    def observe(self, host: Host, spec: FirewallSpec) -> FirewallObserved:
         raise RuntimeError("nft segfaulted")
 
 
@@ -203,9 +208,9 @@ def test_a_raising_controller_does_not_stop_the_others(
     }))
     from controllers.services import ServicesController
 
-    agent = Agent(make_config(tmp_path), host=box, actuator=LocalActuator(box), clock=Clock(),
-                  controllers={"firewall": ExplodingController(),
-                               "services": ServicesController()})
+    agent = new_agent(make_config(tmp_path), host=box, actuator=LocalActuator(box), clock=Clock(),
+                      controllers={"firewall": ExplodingController(sandbox_argv=["false"]),
+                                   "services": ServicesController()})
     report = agent.run_pass()
     by_kind = {r.kind: r for r in report.results}
     assert by_kind["firewall"].outcome is Outcome.failed
@@ -225,11 +230,11 @@ def test_restart_order_is_satisfied_once_in_a_real_systemd(
     box.install_unit("clinic-web.service", WEB_UNIT)
     box.check(["systemctl", "enable", "--now", "clinic-web.service"])
     clock = Clock()
-    agent = make_agent(tmp_path, box, ["clinic-web.service"], clock)
     issued = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=1)
     trigger = Trigger(order_id="ord-1", action="restart_service",
                       params={"unit": "clinic-web.service"}, requested_at=issued)
-    agent.desired.trigger_source = lambda: {"services": [trigger]}
+    agent = make_agent(tmp_path, box, ["clinic-web.service"], clock,
+                       triggers=lambda: {"services": [trigger]})
 
     def invocation() -> str:
         return box.run(["systemctl", "show", "-p", "InvocationID", "--value",

@@ -165,6 +165,7 @@ def test_runtime_records_reverted_outcome(
 ) -> None:
     """The whole reconcile: observe -> WrongSystem -> guards -> transaction -> reverted."""
     from reconciler.runtime.reconcile import Runtime
+    from reconciler.service import guard_policy
     from specs.config import AgentConfig
 
     box, paths = nixos
@@ -177,7 +178,7 @@ def test_runtime_records_reverted_outcome(
     })
     in_window = datetime(2026, 11, 26, 2, 30, tzinfo=UTC)
     ctrl = PatchingController(clock=lambda: in_window)
-    runtime = Runtime(cfg, box, LocalActuator(box, rebuild_health_timeout=30),
+    runtime = Runtime(guard_policy(cfg), box, LocalActuator(box, rebuild_health_timeout=30),
                       {"patching": ctrl}, None, clock=lambda: in_window)
     spec = PatchingSpec(target=paths["bad"], require_reboot_alert=False)
     res = runtime.reconcile("patching", spec)
@@ -193,7 +194,7 @@ def test_runtime_records_reverted_outcome(
     assert state(box) == "running"
     # outside the window the same drift is only deferred: nothing runs
     outside = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
-    late = Runtime(cfg, box, LocalActuator(box), {"patching": ctrl}, None, clock=lambda: outside)
+    late = Runtime(guard_policy(cfg), box, LocalActuator(box), {"patching": ctrl}, None, clock=lambda: outside)
     res2 = late.reconcile("patching", spec)
     assert res2.outcome is Outcome.deferred
     assert link(box, "/nix/var/nix/profiles/system") == "system-1-link"

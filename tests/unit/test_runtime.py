@@ -11,12 +11,15 @@ from typing import Any
 import pytest
 from pydantic import BaseModel
 
+from controllers.base import ControllerBase, KindController
 from reconciler.actuator.result import ActionResult
 from reconciler.runtime.agent import Agent, exit_code_for
+from reconciler.service import new_agent
 from specs.actions import Action, NixosRebuild, RestartUnit
 from specs.drift import Drift, Remedy
-from specs.host import Completed, FileStat
+from specs.host import Completed, FileStat, Host
 from specs.kinds.services import ServicesSpec
+from specs.resource import ResourceSpec
 from specs.status import ActionRecord, ConditionStatus, ConditionType, Outcome
 from tests.unit.conftest import make_config, write_baseline
 
@@ -38,47 +41,49 @@ class Obs(BaseModel):
     state: str
 
 
-class ScriptedController:
-    """Observes a mutable 'world' dict; plans a restart when it is not 'active'."""
+class ScriptedController(ControllerBase[ResourceSpec, Obs]):
+    """Observes a mutable 'world' dict; plans a restart when it is not 'active'.
+    Takes any spec, so it can stand in for any kind."""
 
     kind = "services"
+    spec_type = ResourceSpec
 
     def __init__(self, world: dict[str, str], disruptive: bool = False) -> None:
         self.world = world
         self.disruptive = disruptive
         self.observe_calls = 0
 
-    def observe(self, host: Any, spec: Any) -> Obs:
+    def observe(self, host: Host, spec: ResourceSpec) -> Obs:
         self.observe_calls += 1
         if self.world["state"] == "explode":
             raise RuntimeError("systemctl vanished")
         return Obs(state=self.world["state"])
 
-    def diff(self, spec: Any, observed: Obs) -> list[Drift]:
+    def diff(self, spec: ResourceSpec, observed: Obs) -> list[Drift]:
         if observed.state == "active":
             return []
         remedy = Remedy.alert if observed.state == "masked" else Remedy.remediate
         return [Drift(field="units.a.service", reason="UnitFailed", expected="active",
                       actual=observed.state, remedy=remedy)]
 
-    def plan(self, spec: Any, observed: Obs, drifts: list[Drift]) -> list[Action]:
+    def plan(self, spec: ResourceSpec, observed: Obs, drifts: list[Drift]) -> list[Action]:
         if any(d.remedy is Remedy.alert for d in drifts):
             return []
         if self.disruptive:
             return [NixosRebuild(target="/nix/store/x-nixos", reason="Stale")]
         return [RestartUnit(unit="a.service", reason="UnitFailed")]
 
-    def facts(self, spec: Any, observed: Obs) -> dict[str, Any]:
+    def facts(self, spec: ResourceSpec, observed: Obs) -> dict[str, Any]:
         return {"state": observed.state}
 
-    def backoff(self, spec: Any) -> tuple[float, float]:
+    def backoff(self, spec: ResourceSpec) -> tuple[float, float]:
         return (10.0, 100.0)
 
 
 class BrokenController(ScriptedController):
     kind = "firewall"
 
-    def diff(self, spec: Any, observed: Obs) -> list[Drift]:
+    def diff(self, spec: ResourceSpec, observed: Obs) -> list[Drift]:
         raise KeyError("bug in diff")
 
 
@@ -105,15 +110,15 @@ class Clock:
         return self.now
 
 
-def make_agent(tmp_path: Path, controllers: dict[str, Any], world: dict[str, str], *,
+def make_agent(tmp_path: Path, controllers: dict[str, KindController], world: dict[str, str], *,
                fix: bool = True, clock: Clock | None = None, **cfg: Any) -> tuple[Agent, RecordingActuator]:
     write_baseline(tmp_path, {
         "services": {"units": [{"name": "a.service"}]},
         "firewall": {"ruleset_path": "/etc/nft.conf", "ruleset_sha256": "0" * 64},
     })
     actuator = RecordingActuator(world, fix=fix)
-    agent = Agent(make_config(tmp_path, **cfg), host=NoHost(), actuator=actuator,
-                  controllers=controllers, clock=clock or Clock(NOON))
+    agent = new_agent(make_config(tmp_path, **cfg), host=NoHost(), actuator=actuator,
+                      controllers=controllers, clock=clock or Clock(NOON))
     return agent, actuator
 
 
