@@ -169,6 +169,11 @@ def offset_from_http_date(date_header: str, local_now: datetime) -> float:
         raise ValueError(f"{date_header[:64]!r} is not an HTTP date") from None
     if server.tzinfo is None:  # '-0000' means UTC of unknown origin; HTTP dates are GMT
         server = server.replace(tzinfo=UTC)
+    return http_date_offset_ms(server, local_now)
+
+
+def http_date_offset_ms(server: datetime, local_now: datetime) -> float:
+    """Offset (reference - local, ms) from a parsed HTTP `Date`, centred in its second."""
     centred = server + timedelta(milliseconds=HTTP_DATE_TOLERANCE_MS)
     return (centred - local_now).total_seconds() * 1000.0
 

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+from controllers.time_ import http_date_offset_ms
 from reconciler.delivery.baseline_resolver import BaselineResolver
 from reconciler.delivery.checkpoints import CheckpointDelivery
 from reconciler.delivery.client import ControlPlaneClient, ControlPlaneError
@@ -197,12 +198,10 @@ class ControlPlaneLoop:
             "reason": "ControlPlaneError", "detail": f"{what}: {e}"[:500]})
 
     def _note_server_clock(self) -> None:
-        server = getattr(self.client, "last_server_date", None)
+        server = self.client.last_server_date
         if server is None:
             return
-        # The header has 1 s resolution: centre it in its second.
-        offset = (server.timestamp() + 0.5 - self.clock().timestamp()) * 1000.0
-        self.stats.http_offset_ms = offset
+        self.stats.http_offset_ms = http_date_offset_ms(server, self.clock())
 
     def _cursor(self) -> str | None:
         return self.meta.get(ORDERS_CURSOR)

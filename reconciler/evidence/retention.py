@@ -32,9 +32,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Connection
-
 from reconciler.evidence.writer import EvidenceRequest, EvidenceWriter
+from reconciler.store.database import Transaction
 from reconciler.store.evidence_index import IndexRow, all_rows, mark_pruned
 from specs.evidence import PRUNE_CHECK
 from specs.orders import format_rfc3339
@@ -146,7 +145,7 @@ def prune(writer: EvidenceWriter, policy: RetentionPolicy, now: datetime) -> Pru
             pruned_at = format_rfc3339(now)
 
             def mark(
-                conn: Connection, bundle_id: str, seqs: list[int] = seqs, at: str = pruned_at
+                conn: Transaction, bundle_id: str, seqs: list[int] = seqs, at: str = pruned_at
             ) -> None:
                 mark_pruned(conn, seqs, at, bundle_id)
 

@@ -14,9 +14,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from sqlalchemy import Connection
-
 from reconciler.evidence.merkle import Frontier, ProofError, evidence_leaf
+from reconciler.store.database import Transaction
 from reconciler.store.evidence_index import chain_head
 from reconciler.store.evidence_tree import digests_from, save_tree_state, tree_state
 from specs.errors import ComplianceAgentError
@@ -26,7 +25,7 @@ class TreeTampered(ComplianceAgentError):
     """The stored tree and the index disagree: something was deleted or edited."""
 
 
-def load_frontier(conn: Connection) -> Frontier:
+def load_frontier(conn: Transaction) -> Frontier:
     state = tree_state(conn)
     if state is None:
         raise TreeTampered("the evidence tree state row is missing (table evidence_tree)")
@@ -37,7 +36,7 @@ def load_frontier(conn: Connection) -> Frontier:
         raise TreeTampered(str(e)) from None
 
 
-def check_appendable(conn: Connection) -> tuple[int, str | None]:
+def check_appendable(conn: Transaction) -> tuple[int, str | None]:
     """The chain head, after checking the index still holds every leaf of the tree.
 
     Writing on top of a truncated index would reuse sequence numbers the tree
@@ -54,7 +53,7 @@ def check_appendable(conn: Connection) -> tuple[int, str | None]:
     return head, digest
 
 
-def extend_tree(conn: Connection, first_sequence: int, digests: Sequence[str]) -> Frontier:
+def extend_tree(conn: Transaction, first_sequence: int, digests: Sequence[str]) -> Frontier:
     """Add the bundles `first_sequence`.. (just inserted) to the stored frontier."""
     frontier = load_frontier(conn)
     if frontier.size < first_sequence - 1:
@@ -74,7 +73,7 @@ def extend_tree(conn: Connection, first_sequence: int, digests: Sequence[str]) -
     return frontier
 
 
-def synced_frontier(conn: Connection) -> Frontier:
+def synced_frontier(conn: Transaction) -> Frontier:
     """The frontier, caught up with the index if the writer has not appended since
     the tree was introduced (read-only callers get the caught-up value, unsaved)."""
     frontier = load_frontier(conn)

@@ -34,10 +34,9 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 from pydantic_core import to_jsonable_python
-from sqlalchemy import Connection
 
 from reconciler.evidence.tree import check_appendable, extend_tree
-from reconciler.store.database import Store
+from reconciler.store.database import Store, Transaction
 from reconciler.store.evidence_index import (
     EvidenceDir,
     IndexRow,
@@ -62,7 +61,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 Clock = Callable[[], datetime]
-OnStored = Callable[[Connection, str, bytes], None]
+OnStored = Callable[[Transaction, str, bytes], None]
 
 # facts keys that have their own predicate field; anything else goes to `facts`.
 FACT_FIELDS = ("ruleset_hash", "nixos_revision", "derivation_digest", "ntp_offset_ms")
@@ -214,9 +213,9 @@ class EvidenceWriter:
 
     def append(
         self,
-        conn: Connection,
+        conn: Transaction,
         requests: Sequence[EvidenceRequest],
-        extra: Callable[[Connection, str], None] | None = None,
+        extra: Callable[[Transaction, str], None] | None = None,
     ) -> list[str]:
         """`record_many` inside the caller's write transaction (caller holds `_lock`).
 

@@ -113,6 +113,7 @@ class AgentMetrics:
                           "element counts, ...), by kind and fact name.",
                           ["kind", "fact"], registry=r)
         self._collect_hooks = tuple(collect_hooks)
+        self._fact_names: dict[str, set[str]] = {}  # kind -> fact labels set so far
 
     def observe_status(self, status: ResourceStatus) -> None:
         for gauge, ctype in ((self.ready, ConditionType.Ready),
@@ -137,18 +138,28 @@ class AgentMetrics:
             if isinstance(value, dict):
                 for sub, inner in value.items():
                     if _numeric(inner):
-                        self.fact.labels(kind, f"{name}.{sub}").set(float(inner))
+                        self._set_fact(kind, f"{name}.{sub}", float(inner))
             elif _numeric(value):
-                self.fact.labels(kind, name).set(float(value))
+                self._set_fact(kind, name, float(value))
+
+    def _set_fact(self, kind: str, name: str, value: float) -> None:
+        self.fact.labels(kind, name).set(value)
+        self._fact_names.setdefault(kind, set()).add(name)
 
     def remove_kind(self, kind: str) -> None:
+        """Every gauge series of a kind that left the baseline (counters are history)."""
         for g in (self.ready, self.drifted):
             with contextlib.suppress(KeyError):
                 g.remove(kind)
         for ctype in ConditionType:
+            with contextlib.suppress(KeyError):
+                self.condition_since.remove(kind, ctype.value)
             for st in ConditionStatus:
                 with contextlib.suppress(KeyError):
                     self.condition.remove(kind, ctype.value, st.value)
+        for name in self._fact_names.pop(kind, set()):
+            with contextlib.suppress(KeyError):
+                self.fact.remove(kind, name)
 
     def exposition(self) -> bytes:
         for hook in self._collect_hooks:

@@ -114,6 +114,11 @@ class Agent:
     def reconcile(self, kind: str, spec: ResourceSpec, dry_run: bool = False) -> ReconcileResult:
         return self.runtime.reconcile(kind, spec, dry_run=dry_run)
 
+    def forget_kinds_except(self, kinds: set[str]) -> None:
+        """A kind that left the baseline: its status and its metric series go."""
+        for kind in self.status_store.forget_kinds_except(kinds):
+            self.metrics.remove_kind(kind)
+
     def run_pass(self, dry_run: bool = False) -> PassReport:
         started, t0, c0 = self.clock(), time.perf_counter(), time.process_time()
         report = PassReport(started=started, finished=started, wall_seconds=0, cpu_seconds=0)
@@ -124,7 +129,7 @@ class Agent:
             report.summary = HostSummary.Failed
         else:
             if not dry_run:
-                self.status_store.forget_kinds_except(set(specs))
+                self.forget_kinds_except(set(specs))
             for kind, spec in specs.items():
                 report.results.append(self.reconcile(kind, spec, dry_run=dry_run))
             statuses = [r.status for r in report.results if r.status is not None]

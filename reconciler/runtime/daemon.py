@@ -208,7 +208,7 @@ class Daemon:
                                                        "detail": str(e)})
             self.notifier.status(f"Failed: {e}")
             return
-        self.agent.status_store.forget_kinds_except(set(specs))
+        self.agent.forget_kinds_except(set(specs))
         by_phase: dict[int, list[str]] = {}
         for kind in specs:
             by_phase.setdefault(self.agent.phase_of(kind), []).append(kind)

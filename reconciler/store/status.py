@@ -128,12 +128,16 @@ class StatusStore(StatusView):
                     },
                 )
 
-    def forget_kinds_except(self, kinds: set[str]) -> None:
-        """Drop status of kinds no longer in the baseline (history is kept)."""
+    def forget_kinds_except(self, kinds: set[str]) -> list[str]:
+        """Drop status of kinds no longer in the baseline (history is kept);
+        returns the kinds dropped."""
+        dropped: list[str] = []
         with self.store.begin() as conn:
             for (kind,) in conn.execute(text("SELECT kind FROM resource_status")).all():
                 if kind not in kinds:
                     conn.execute(text("DELETE FROM resource_status WHERE kind = :k"), {"k": kind})
+                    dropped.append(kind)
+        return dropped
 
     def record_pass(
         self, started: datetime, finished: datetime, duration: float, cpu: float,

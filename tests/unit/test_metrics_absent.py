@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, datetime
+from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
 from reconciler.ops.metrics import AgentMetrics
+from reconciler.service import new_agent
 from specs.status import Condition, ConditionStatus, ConditionType, ResourceStatus
+from tests.unit.conftest import make_config, write_baseline
+from tests.unit.test_runtime import NoHost, RecordingActuator, ScriptedController
 
 T = datetime(2026, 3, 1, tzinfo=UTC)
 
@@ -51,3 +55,24 @@ def test_unknown_conditions_have_no_ready_sample_but_say_unknown() -> None:
     # known -> unknown again: the stale 1 must not linger
     m.observe_status(status("firewall", ConditionStatus.unknown, ConditionStatus.unknown))
     assert ("compliance_agent_resource_ready", (("kind", "firewall"),)) not in samples(m)
+
+
+def test_a_kind_that_leaves_the_baseline_leaves_the_metrics(tmp_path: Path) -> None:
+    """Its Ready/Drifted/condition/fact series go with its status: a removed check
+    must not keep reporting its last state forever."""
+    world = {"state": "active"}
+    write_baseline(tmp_path, {"services": {"units": [{"name": "a.service"}]}, "time": {}})
+    agent = new_agent(make_config(tmp_path), host=NoHost(), actuator=RecordingActuator(world),
+                      controllers={"time": ScriptedController(world),
+                                   "services": ScriptedController(world)})
+    agent.run_pass()
+    agent.metrics.observe_facts("services", {"units": 1})
+    kinds = {dict(labels).get("kind") for (_, labels) in samples(agent.metrics)}
+    assert "services" in kinds
+    write_baseline(tmp_path, {"time": {}})
+    agent.run_pass()
+    left = {(name, labels) for (name, labels) in samples(agent.metrics)
+            if dict(labels).get("kind") == "services"
+            and not name.endswith(("_total", "_created"))}  # counters are history
+    assert left == set()
+    agent.close()
