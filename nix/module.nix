@@ -32,7 +32,7 @@ let
   agentOptionNames = [
     "enable" "siteId" "hostId" "baselinePath" "clientCertFile" "clientKeyFile"
     "signingKeyFile" "caCertFile" "mcpPublicKeys" "mcpUrl" "allowedHosts"
-    "deploymentMode" "resellerId" "policyVersion" "pollInterval" "orderTtl"
+    "natsUrl" "deploymentMode" "resellerId" "policyVersion" "pollInterval" "orderTtl"
     "maintenanceWindow" "allowDisruptiveOutsideWindow" "evidenceRetention"
     "pruneRetentionDays" "ntpMaxSkewMs" "rebuildHealthCheckTimeout" "rmmWebhookUrl"
     "syslogTarget" "webhookSecretFile" "logLevel" "stateDirectory" "statusSocket"
@@ -77,10 +77,20 @@ let
       "\t\t${proto} dport ${port} ip daddr @allowed_v4 accept"
       "\t\t${proto} dport ${port} ip6 daddr @allowed_v6 accept"
     ]);
+  # natsUrl "tls://host[:port]": order wake-ups; that port to the allowlisted
+  # addresses too (its host must be in allowedHosts, asserted below).
+  natsParts = if cfg.natsUrl == null then null
+    else builtins.match "tls://([^/:@]+)(:([0-9]+))?/?" cfg.natsUrl;
+  natsPort = if natsParts == null || builtins.elemAt natsParts 2 == null then "4222"
+    else builtins.elemAt natsParts 2;
+  natsRules = lib.optionals (natsParts != null) [
+    "\t\ttcp dport ${natsPort} ip daddr @allowed_v4 accept"
+    "\t\ttcp dport ${natsPort} ip6 daddr @allowed_v6 accept"
+  ];
   egressRuleset = builtins.replaceStrings
     [ "@egressTable@" "@dnsRules@" "@extraRules@" ]
     [ cfg.egressTable (lib.concatStringsSep "\n" dnsRules)
-      (lib.concatMapStrings (r: r + "\n") syslogRules) ]
+      (lib.concatMapStrings (r: r + "\n") (syslogRules ++ natsRules)) ]
     (builtins.readFile ./egress.nft.in);
 
   # Tools the controllers run (observation is read-only; changes go through
@@ -217,6 +227,19 @@ in
       type = types.listOf types.str;
       default = [ "mcp.local" ];
       description = "Host names the egress allowlist resolves; the only HTTPS destinations of this host.";
+    };
+
+    natsUrl = mkOption {
+      type = types.nullOr types.str;
+      default = null;
+      example = "tls://nats.example-msp.net:4222";
+      description = ''
+        Optional NATS server for order wake-ups, "tls://host:port" (port 4222 if
+        omitted). The agent keeps one outbound TLS connection with its client
+        certificate and caCertFile; a wake-up only makes it poll orders over HTTPS
+        now (orders are still signed and fetched over mutual TLS). Its host must be
+        in allowedHosts; the egress allowlist then also allows that port.
+      '';
     };
 
     deploymentMode = mkOption {
@@ -467,6 +490,14 @@ in
       {
         assertion = syslogParts == null || lib.elem (builtins.elemAt syslogParts 1) cfg.allowedHosts;
         message = "services.compliance-agent.syslogTarget host \"${if syslogParts == null then "" else builtins.elemAt syslogParts 1}\" is not in allowedHosts: the egress allowlist would drop syslog; add it to allowedHosts.";
+      }
+      {
+        assertion = cfg.natsUrl == null || natsParts != null;
+        message = "services.compliance-agent.natsUrl = \"${toString cfg.natsUrl}\" must look like \"tls://nats.example.net:4222\" (TLS only, no credentials in the URL).";
+      }
+      {
+        assertion = natsParts == null || lib.elem (builtins.elemAt natsParts 0) cfg.allowedHosts;
+        message = "services.compliance-agent.natsUrl host \"${if natsParts == null then "" else builtins.elemAt natsParts 0}\" is not in allowedHosts: the egress allowlist would block order wake-ups; add it to allowedHosts.";
       }
       {
         assertion = lib.hasPrefix "/var/lib/" cfg.stateDirectory;

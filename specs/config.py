@@ -91,6 +91,13 @@ class AgentConfig(BaseModel):
         default_factory=lambda: ["mcp.local"],
         description="Host names the egress allowlist resolves; the only HTTPS destinations.",
     )
+    nats_url: str | None = Field(
+        None,
+        description="Optional NATS server 'tls://host:port' (port 4222 if omitted) for order "
+        "wake-ups: the agent keeps one outbound TLS connection with its client certificate and "
+        "caCertFile, and a wake-up only makes it poll orders over HTTPS now. Its host must be in "
+        "allowedHosts; null disables it (orders still arrive every pollInterval).",
+    )
     deployment_mode: DeploymentMode = Field(
         DeploymentMode.reseller,
         description="'reseller' (MSP: webhook + syslog integrations) or 'direct'.",
@@ -197,6 +204,25 @@ class AgentConfig(BaseModel):
             raise ValueError(f"{v!r} must be an https:// URL with a host name")
         return v.rstrip("/")
 
+    @field_validator("nats_url")
+    @classmethod
+    def _nats_url(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        parts = urlsplit(v)
+        try:
+            port = parts.port
+        except ValueError:
+            port = None
+            parts = parts._replace(netloc="")  # an out-of-range port: report below
+        if (parts.scheme != "tls" or not parts.hostname or parts.path not in ("", "/")
+                or parts.query or parts.fragment or parts.username or parts.password
+                or (port is None and ":" in parts.netloc.rsplit("]", 1)[-1])):
+            raise ValueError(
+                f"{v!r} must look like 'tls://nats.example.net:4222' (TLS only, no credentials "
+                "in the URL: the client certificate authenticates the agent)")
+        return v.rstrip("/")
+
     @field_validator("syslog_target")
     @classmethod
     def _syslog_target(cls, v: str | None) -> str | None:
@@ -219,6 +245,12 @@ class AgentConfig(BaseModel):
             raise ValueError(
                 f"the mcpUrl host {host!r} is not in allowedHosts {self.allowed_hosts}: "
                 "the egress allowlist would block the control plane; add it to allowedHosts"
+            )
+        nats_host = urlsplit(self.nats_url).hostname if self.nats_url else None
+        if nats_host is not None and nats_host not in self.allowed_hosts:
+            raise ValueError(
+                f"the natsUrl host {nats_host!r} is not in allowedHosts {self.allowed_hosts}: "
+                "the egress allowlist would block order wake-ups; add it to allowedHosts"
             )
         if self.rmm_webhook_url and not self.webhook_secret_file:
             raise ValueError("rmmWebhookUrl needs webhookSecretFile (the HMAC secret's path)")

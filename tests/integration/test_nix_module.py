@@ -185,6 +185,8 @@ BREAKERS: list[tuple[dict[str, Any], tuple[str, ...], str]] = [
     ({"syslogTarget": "siem:514"}, (), "syslogTarget"),
     ({"syslogTarget": "tcp://siem.example.net:514"}, (), "would drop syslog"),
     ({"stateDirectory": "/srv/agent"}, (), "under /var/lib/"),
+    ({"natsUrl": "nats://mcp.local:4222"}, (), "natsUrl"),
+    ({"natsUrl": "tls://nats.example.net:4222"}, (), "would block order wake-ups"),
 ]
 
 
@@ -267,6 +269,18 @@ def test_egress_table_matches_the_shipped_example(base_eval: Any) -> None:
         "udp dport 123 accept",
     ):
         assert needle in ruleset, needle
+
+
+def test_nats_wakeups_open_their_port_to_the_allowlist_only() -> None:
+    out = evaluate({"natsUrl": "tls://nats.example.net:7422",
+                    "allowedHosts": ["mcp.local", "nats.example.net"]})
+    assert out["failedAssertions"] == []
+    assert parse_config(json.loads(out["configText"])).nats_url == "tls://nats.example.net:7422"
+    rules = out["nftables"]["ruleset"]
+    assert "\t\ttcp dport 7422 ip daddr @allowed_v4 accept\n" in rules
+    assert "\t\ttcp dport 7422 ip6 daddr @allowed_v6 accept\n" in rules
+    default_port = evaluate({"natsUrl": "tls://mcp.local"})["nftables"]["ruleset"]
+    assert "\t\ttcp dport 4222 ip daddr @allowed_v4 accept\n" in default_port
 
 
 def test_dns_is_confined_to_known_resolvers() -> None:
