@@ -50,6 +50,7 @@ from specs.window import MaintenanceWindow
 if TYPE_CHECKING:
     from reconciler.actuator.result import Actuator
     from reconciler.delivery.loop import ControlPlaneLoop
+    from reconciler.delivery.wakeup import WakeupWatcher
     from reconciler.evidence.checkpoint import Checkpointer
     from reconciler.evidence.recorder import EvidenceRecorder
     from reconciler.evidence.writer import EvidenceWriter
@@ -251,6 +252,7 @@ class Service:
     link: ControlPlaneLink
     wake: threading.Event  # set: run a pass now (an order was admitted)
     closers: tuple[Callable[[], None], ...]
+    wakeups: WakeupWatcher | None = None  # NATS order wake-ups (natsUrl), not yet started
 
     @property
     def control_plane(self) -> ControlPlaneLoop | None:
@@ -325,9 +327,12 @@ def build_service(
     )
     if with_control_plane:
         link.connect()
+    wakeups = order_wakeups(cfg, store, link, agent.metrics)
     return Service(agent=agent, writer=writer, outbox=outbox, recorder=recorder,
                    triggers=triggers, checkpointer=checkpointer, link=link, wake=wake,
-                   closers=(agent.close, writer.close, checkpointer.close, hook.close))
+                   closers=(agent.close, writer.close, checkpointer.close, hook.close,
+                            *([wakeups.stop] if wakeups else [])),  # stopped first
+                   wakeups=wakeups)
 
 
 def _control_plane(
@@ -372,6 +377,38 @@ def _control_plane(
     )
 
 
+def order_wakeups(cfg: AgentConfig, store: Store, link: ControlPlaneLink,
+                  metrics: AgentMetrics) -> WakeupWatcher | None:
+    """The NATS order wake-up watch when natsUrl is set (its client is imported only
+    then): a wake-up asks the control-plane loop to poll now; its state goes to
+    `status` (meta table) and the metrics."""
+    if cfg.nats_url is None:
+        return None
+    from reconciler.delivery.client import ClientConfigError, build_ssl_context
+    from reconciler.delivery.wakeup import WATCH_STATE_KEY, WakeupCollector, watch_order_wakeups
+    from reconciler.store.meta import MetaStore
+
+    try:
+        context = build_ssl_context(cfg.ca_cert_file, cfg.client_cert_file, cfg.client_key_file)
+    except ClientConfigError as e:
+        log.error("order wake-ups disabled: polling continues", extra={
+            "reason": "WakeupWatchUnavailable", "detail": str(e)})
+        return None
+    meta = MetaStore(store)
+
+    def poll_now() -> None:
+        loop = link.loop  # None until built: it polls as soon as it starts anyway
+        if loop is not None:
+            loop.request_poll()
+
+    watcher = watch_order_wakeups(
+        url=cfg.nats_url, context=context, site_id=cfg.site_id, host_id=cfg.host_id,
+        request_poll=poll_now,
+        on_change=lambda snap: meta.put(WATCH_STATE_KEY, json.dumps(snap.to_json())))
+    metrics.registry.register(WakeupCollector(watcher))
+    return watcher
+
+
 def _outbox_metrics(outbox: Outbox) -> CollectHook:
     def collect(metrics: AgentMetrics) -> None:
         stats = outbox.stats()
@@ -413,7 +450,8 @@ def build_daemon(cfg: AgentConfig) -> Daemon:
         svc.agent, daemon_policy(cfg), wake=svc.wake,
         # in this order after each pass: sign a checkpoint, then deliver it with the
         # pass's bundles; stopped before the closers, while the store is still open
-        companions=(CheckpointOnPass(svc.checkpointer), svc.link),
+        companions=(CheckpointOnPass(svc.checkpointer), svc.link,
+                    *([svc.wakeups] if svc.wakeups else [])),
         background=(_daily_prune(Pruner(svc.writer, RetentionPolicy.from_config(cfg))),),
         closers=(svc.close,),
     )

@@ -40,6 +40,7 @@ log = logging.getLogger("compliance_agent.control_plane")
 @dataclass
 class ControlPlaneStats:
     polls: int = 0
+    requested_polls: int = 0  # of `polls`, made at once on request (order wake-ups)
     poll_errors: int = 0
     orders_admitted: int = 0
     orders_refused: dict[str, int] = field(default_factory=dict)
@@ -84,6 +85,7 @@ class ControlPlaneLoop:
         self.recent_verdicts: deque[AdmissionVerdict] = deque(maxlen=50)  # for status and the demo
         self._stop = threading.Event()
         self._kick = threading.Event()
+        self._poll_requested = threading.Event()
         self._thread: threading.Thread | None = None
 
     # -- lifecycle ---------------------------------------------------------------
@@ -102,15 +104,28 @@ class ControlPlaneLoop:
         """Deliver now (e.g. right after a pass wrote bundles)."""
         self._kick.set()
 
+    def request_poll(self) -> None:
+        """Poll orders and the baseline as soon as this thread is free (an order
+        wake-up). Thread-safe and non-blocking; requests made before the poll
+        starts coalesce into one. The interval schedule is not changed."""
+        self._poll_requested.set()
+        self._kick.set()
+
     def _run(self) -> None:
         next_poll = 0.0
         while not self._stop.is_set():
             now = time.monotonic()
             if now >= next_poll:
+                self._poll_requested.clear()
                 self.poll_once()
                 next_poll = now + self.poll_interval * (1 + self.rng.uniform(-0.1, 0.1))
+            elif self._poll_requested.is_set():
+                self._poll_requested.clear()
+                self.stats.requested_polls += 1
+                self.poll_once()
             self.deliver_once()
-            self._kick.wait(min(5.0, max(0.2, next_poll - time.monotonic())))
+            if not self._poll_requested.is_set():
+                self._kick.wait(min(5.0, max(0.2, next_poll - time.monotonic())))
             self._kick.clear()
 
     # -- one round ---------------------------------------------------------------
