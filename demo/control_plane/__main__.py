@@ -50,7 +50,25 @@ def serve_on_socket(sock: socket.socket, args: argparse.Namespace) -> None:
         access_log=False,
         timeout_keep_alive=30,
     )
-    uvicorn.Server(config).run(sockets=[sock])
+    fanout = _fanout(args)
+    try:
+        uvicorn.Server(config).run(sockets=[sock])
+    finally:
+        if fanout is not None:
+            fanout.stop()
+
+
+def _fanout(args: argparse.Namespace) -> Any:
+    """Order wake-ups and evidence to JetStream when --nats-url is given."""
+    if not args.nats_url:
+        return None
+    from demo.control_plane.fanout import FanOut, client_tls
+
+    fanout = FanOut(_storage(args), args.nats_url, client_tls(args.ca, args.cert, args.key))
+    fanout.start()
+    print(f"publishing order wake-ups and evidence to {args.nats_url}", file=sys.stderr,
+          flush=True)
+    return fanout
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -166,6 +184,8 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--signing-key", required=True, help="control plane seed file (hex)")
     s.add_argument("--evidence-payload-type", default="application/vnd.in-toto+json")
     s.add_argument("--log-level", default="warning")
+    s.add_argument("--nats-url", help="tls://host:port of a NATS server with JetStream: publish "
+                   "order wake-ups and every verified envelope (client cert: --cert/--key)")
     s.set_defaults(func=cmd_serve)
 
     k = sub.add_parser("keygen", help="write an Ed25519 seed file (0600), print the public key")

@@ -225,6 +225,25 @@ class Storage:
             ).fetchall()
         return [(int(r[0]), json.loads(r[1])) for r in rows]
 
+    def order_hosts_after(self, after: int) -> tuple[int, list[tuple[str, str]]]:
+        """(highest order id, the distinct (site, host) with orders above `after`)."""
+        with self._lock:
+            top = self._db.execute("SELECT COALESCE(MAX(id), 0) FROM orders").fetchone()[0]
+            rows = self._db.execute(
+                "SELECT DISTINCT site_id, host_id FROM orders WHERE id > ? AND id <= ?",
+                (after, top)).fetchall()
+        return int(top), [(str(r[0]), str(r[1])) for r in rows]
+
+    def evidence_after(self, rowid: int, limit: int = 200) -> list[tuple[int, StoredEvidence]]:
+        """Stored (verified) evidence in arrival order, for the fan-out to JetStream."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT rowid, bundle_id, site_id, host_id, sequence, prev_digest, digest,"
+                " envelope FROM evidence WHERE rowid > ? ORDER BY rowid LIMIT ?",
+                (rowid, limit)).fetchall()
+        return [(int(r[0]), StoredEvidence(r[1], r[2], r[3], r[4], r[5], r[6], bytes(r[7])))
+                for r in rows]
+
     def put_baseline(
         self, site_id: str, host_id: str, version: int, envelope: bytes, etag: str
     ) -> None:

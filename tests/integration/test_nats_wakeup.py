@@ -1,0 +1,107 @@
+"""Order wake-ups through a real nats-server (TLS with client certificates).
+
+A wake-up makes the agent poll at once, so a signed order is admitted long
+before the 300 s poll interval would have fetched it; junk and floods cost at
+most rate-limited polls and change nothing else; with NATS killed polling goes
+on, and once NATS is back wake-ups resume.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import json
+import ssl
+from pathlib import Path
+
+import pytest
+
+from reconciler.delivery.wakeup import BURST, POLLS_PER_MINUTE, WatchState, wakeup_subject
+from reconciler.store.meta import MetaDocuments
+from tests.support.nats_stack import HOST, SITE, signed_order, wait_until, wakeup_stack
+
+pytestmark = pytest.mark.integration
+
+
+def publish(url: str, tls_files: object, subject: str, payloads: list[bytes]) -> None:
+    import nats
+
+    async def run() -> None:
+        ctx = ssl.create_default_context(cafile=str(tls_files.ca_cert))  # type: ignore[attr-defined]
+        ctx.load_cert_chain(str(tls_files.client_cert), str(tls_files.client_key))  # type: ignore[attr-defined]
+        nc = await nats.connect(url, tls=ctx)
+        for p in payloads:
+            await nc.publish(subject, p)
+        await nc.flush()
+        await nc.close()
+
+    asyncio.run(run())
+
+
+def test_a_wakeup_makes_the_agent_fetch_and_admit_an_order_long_before_the_poll(
+    tmp_path: Path,
+) -> None:
+    with wakeup_stack(tmp_path, poll_interval=300) as st:
+        wait_until(lambda: st.watcher.snapshot().state is WatchState.connected, 15, "connected")
+        wait_until(lambda: st.loop.stats.polls >= 1, 15, "the first interval poll")
+        st.queue_order()
+        wait_until(lambda: st.loop.stats.orders_admitted == 1, 30,
+                   "the order to be admitted (the next interval poll is 270+ s away)")
+        assert st.loop.stats.requested_polls >= 1
+        assert st.loop.stats.polls == 1 + st.loop.stats.requested_polls  # no interval poll
+        assert st.watcher.snapshot().wakeups >= 1
+        doc = MetaDocuments(st.svc.agent.store).get("order_wakeups")
+        assert doc is not None and doc["state"] == "connected" and doc["polls_requested"] >= 1
+        metrics = st.svc.agent.metrics.exposition().decode()
+        assert 'compliance_agent_order_wakeup_watch_state{state="connected"} 1.0' in metrics
+        assert "compliance_agent_order_wakeup_polls_total" in metrics
+
+
+def test_forged_and_flooding_wakeups_cause_only_rate_limited_polls(tmp_path: Path) -> None:
+    with wakeup_stack(tmp_path, poll_interval=300) as st:
+        wait_until(lambda: st.watcher.snapshot().state is WatchState.connected, 15, "connected")
+        wait_until(lambda: st.loop.stats.polls >= 1, 15, "the first interval poll")
+        forged = json.dumps(signed_order(st.cp.signing_key)).encode()  # content is ignored
+        junk = [forged, b"", b"\x00" * 60000, b"poll now!", b'{"orders": []}'] * 100
+        subject = wakeup_subject(SITE, HOST)
+
+
+        started = time.monotonic()
+        publish(st.nats.url, st.tls, subject, junk)
+        wait_until(lambda: st.watcher.snapshot().wakeups >= len(junk), 30, "all junk received")
+        elapsed = time.monotonic() - started
+        snap = st.watcher.snapshot()
+        allowed = BURST + POLLS_PER_MINUTE / 60.0 * elapsed + 1
+        assert snap.polls_requested <= allowed, (snap, elapsed)
+        assert st.loop.stats.requested_polls <= snap.polls_requested
+        assert snap.throttled >= len(junk) - allowed
+        # nothing else: no order seen, no verdict, no trigger; the watch stays up
+        assert st.loop.stats.orders_admitted == 0
+        assert not st.loop.recent_verdicts
+        assert not st.svc.triggers.active(st.loop.clock())
+        assert snap.state is WatchState.connected
+        assert st.loop.stats.poll_errors == 0
+
+
+def test_nats_killed_polling_continues_then_wakeups_resume(tmp_path: Path) -> None:
+    with wakeup_stack(tmp_path, poll_interval=2) as st:
+        wait_until(lambda: st.watcher.snapshot().state is WatchState.connected, 15, "connected")
+        st.nats.stop(kill=True)
+        wait_until(lambda: st.watcher.snapshot().state is not WatchState.connected, 30,
+                   "the watch to notice the server is gone")
+        polls = st.loop.stats.polls
+        wait_until(lambda: st.loop.stats.polls >= polls + 2, 30, "interval polls without NATS")
+        st.queue_order()
+        wait_until(lambda: st.loop.stats.orders_admitted == 1, 30, "admission by polling")
+        store_doc = MetaDocuments(st.svc.agent.store).get("order_wakeups")
+        assert store_doc is not None and store_doc["state"] in ("backoff", "connecting")
+        assert store_doc["last_error"]
+
+        st.nats.start()  # same port, same JetStream store
+        wait_until(lambda: st.watcher.snapshot().state is WatchState.connected, 90,
+                   "the watch to reconnect with backoff")
+        assert st.watcher.snapshot().connects >= 2
+        wakeups = st.watcher.snapshot().wakeups
+        st.queue_order()
+        wait_until(lambda: st.watcher.snapshot().wakeups > wakeups, 30, "a wake-up again")
+        wait_until(lambda: st.loop.stats.orders_admitted == 2, 30, "the second order")
