@@ -1,7 +1,9 @@
 """DEV ONLY: `python -m demo.archiver {run,tally}`.
 
 `run` consumes the EVIDENCE stream with a durable pull consumer and explicit
-acks (each message is acknowledged only after its archive line is on disk),
+acks (each message is acknowledged only after its archive line is on disk);
+on every (re)connect the consumer is set to start right after the last stream
+sequence the archive holds, so the archive stays in stream order,
 and writes its lag (messages not yet acknowledged) and counters to a
 Prometheus textfile. `tally` prints what the archive holds, per host.
 """
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import signal
 import sys
@@ -47,7 +50,8 @@ class Metrics:
 async def run(args: argparse.Namespace) -> int:
     import nats
     from nats.errors import TimeoutError as NatsTimeout
-    from nats.js.api import AckPolicy, ConsumerConfig
+    from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+    from nats.js.errors import NotFoundError
 
     from demo.control_plane.fanout import client_tls
 
@@ -69,17 +73,21 @@ async def run(args: argparse.Namespace) -> int:
             continue
         try:
             js = nc.jetstream(timeout=5)
+            with contextlib.suppress(NotFoundError):
+                await js.delete_consumer(STREAM, DURABLE)
+            start = archive.last_stream_seq + 1
             sub = await js.pull_subscribe(
                 "evidence.>", durable=DURABLE, stream=STREAM,
-                config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, ack_wait=30,
-                                      max_ack_pending=1000))
+                config=ConsumerConfig(
+                    ack_policy=AckPolicy.EXPLICIT, ack_wait=30, max_ack_pending=1000,
+                    deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=start))
             while not stop.is_set():
                 try:
                     msgs = await sub.fetch(100, timeout=1)
                 except NatsTimeout:
                     msgs = []
                 for msg in msgs:
-                    _archive_one(archive, metrics, msg.data)
+                    _archive_one(archive, metrics, msg.data, msg.metadata.sequence.stream)
                     await msg.ack()
                 if msgs:
                     await nc.flush(5)
@@ -95,9 +103,9 @@ async def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _archive_one(archive: Archive, metrics: Metrics, data: bytes) -> None:
+def _archive_one(archive: Archive, metrics: Metrics, data: bytes, stream_seq: int) -> None:
     try:
-        if archive.append(data):
+        if archive.append(data, stream_seq):
             metrics.archived.inc()
         else:
             metrics.duplicates.inc()

@@ -5,6 +5,10 @@ Each line: {"bundle_id", "sequence", "prev_digest", "digest", "envelope"} where
 JSON, what the agent's next bundle names as prev_digest). A line is written
 and fsync'ed before the message is acknowledged, so a crash can only cause a
 redelivery, which `append` recognises by bundle_id and skips (no duplicates).
+Each line also keeps the message's JetStream stream sequence: the archive is
+its own cursor (`last_stream_seq`), so a restarted archiver resumes in stream
+order instead of waiting for unacknowledged messages to be redelivered late,
+out of order.
 Chain continuity is checked on the way in: a bundle whose sequence is not the
 last one + 1, or whose prev_digest is not the last one's digest, is archived
 (it is verified evidence) and counted as a break.
@@ -63,6 +67,7 @@ class Archive:
         self.root = root
         self.hosts: dict[tuple[str, str], HostChain] = {}
         self.duplicates = 0
+        self.last_stream_seq = 0
         root.mkdir(parents=True, exist_ok=True)
         for path in sorted(root.glob("*/*.jsonl")):
             for line in path.read_text().splitlines():
@@ -88,12 +93,14 @@ class Archive:
         chain.first_sequence = chain.first_sequence if chain.count > 1 else seq
         chain.last_sequence, chain.last_digest = seq, rec["digest"]
         chain.bundle_ids.add(rec["bundle_id"])
+        self.last_stream_seq = max(self.last_stream_seq, int(rec.get("stream_seq") or 0))
 
-    def append(self, raw: bytes) -> bool:
+    def append(self, raw: bytes, stream_seq: int) -> bool:
         """Archive one envelope; False if it is already archived (a redelivery)."""
-        rec = describe(raw)
+        rec = {**describe(raw), "stream_seq": stream_seq}
         key = self._key(rec)
-        if rec["bundle_id"] in self.hosts.get(key, HostChain()).bundle_ids:
+        if (stream_seq <= self.last_stream_seq
+                or rec["bundle_id"] in self.hosts.get(key, HostChain()).bundle_ids):
             self.duplicates += 1
             return False
         path = self._path(key)

@@ -9,9 +9,9 @@ on, and once NATS is back wake-ups resume.
 from __future__ import annotations
 
 import asyncio
-import time
 import json
 import ssl
+import time
 from pathlib import Path
 
 import pytest
