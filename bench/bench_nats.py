@@ -122,7 +122,7 @@ def main() -> int:
                 time.sleep(60.0 / POLLS_PER_MINUTE * 1.1)  # stay under the rate limit
             interval_polls = st.loop.stats.polls - st.loop.stats.requested_polls
         ms = sorted(x * 1000 for x in latencies)
-        p95 = ms[int(round(0.95 * (len(ms) - 1)))]
+        p95 = ms[round(0.95 * (len(ms) - 1))]
         print("wake-up -> order fetched over mTLS and admitted (poll interval 300 s):")
         print(f"  n={len(ms)}  p50 {statistics.median(ms):.1f} ms  p95 {p95:.1f} ms  "
               f"max {ms[-1]:.1f} ms  (budget p95 <= 1000 ms; interval polls meanwhile: "

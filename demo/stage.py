@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-NEEDED_TOOLS = ("systemd-nspawn", "debootstrap", "nsenter", "nft", "ip")
-DEBIAN_PACKAGES = "systemd-container debootstrap nftables iproute2"
+NEEDED_TOOLS = ("systemd-nspawn", "debootstrap", "nsenter", "nft", "ip", "nats-server")
+DEBIAN_PACKAGES = "systemd-container debootstrap nftables iproute2 nats-server"
 
 
 def preflight() -> list[str]:
@@ -65,7 +65,8 @@ def make_pki(directory: Path) -> Pki:
 class ControlPlane:
     """`python -m demo.control_plane serve` as a child process on 127.0.0.1."""
 
-    def __init__(self, state: Path, pki: Pki, agent_public_key: str) -> None:
+    def __init__(self, state: Path, pki: Pki, agent_public_key: str,
+                 nats_url: str | None = None) -> None:
         from nacl.signing import SigningKey
 
         self.db = state / "control-plane.db"
@@ -81,7 +82,7 @@ class ControlPlane:
              "--host", "127.0.0.1", "--port", "0", "--port-file", str(port_file),
              "--cert", str(pki.server_cert), "--key", str(pki.server_key), "--ca", str(pki.ca),
              "--agent-key", agent_public_key, "--signing-key", str(self.seed_file),
-             "--log-level", "warning"],
+             "--log-level", "warning", *(["--nats-url", nats_url] if nats_url else [])],
             cwd=REPO, stdout=self.log, stderr=subprocess.STDOUT,
         )
         deadline = time.monotonic() + 20
@@ -112,7 +113,7 @@ class ControlPlane:
 
 
 def agent_config(state: Path, pki: Pki, cp: ControlPlane, signing_key: Path,
-                 window: str) -> Path:
+                 window: str, nats_url: str | None = None) -> Path:
     cfg = {
         "enable": True, "siteId": "clinic-demo", "hostId": "exam-room-1",
         "deploymentMode": "reseller", "resellerId": "msp-demo",
@@ -121,7 +122,8 @@ def agent_config(state: Path, pki: Pki, cp: ControlPlane, signing_key: Path,
         "signingKeyFile": str(signing_key), "caCertFile": str(pki.ca),
         "mcpPublicKeys": [cp.public_key],
         "mcpUrl": f"https://localhost:{cp.port}", "allowedHosts": ["localhost"],
-        "maintenanceWindow": window, "pollInterval": 5,
+        "maintenanceWindow": window, "pollInterval": 300 if nats_url else 5,
+        "natsUrl": nats_url,
         "stateDirectory": str(state / "agent"), "statusSocket": None,
         "metricsTextfile": str(state / "agent" / "compliance_agent.prom"),
     }
