@@ -10,8 +10,24 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from demo.natsd import NatsServer
+from demo.natsd import NATS_CLIENT_PORT, NatsServer
 from demo.stage import REPO, Pki
+
+# What `make demo` runs beside the systemd container, by docker-compose service
+# name, with the port each listens on by default (make demo picks free ports on
+# 127.0.0.1; docker-compose.yml publishes these; a test checks the two agree).
+CONTROL_PLANE_PORT = 8443
+STACK: dict[str, list[int]] = {
+    "nats": [NATS_CLIENT_PORT], "control-plane": [CONTROL_PLANE_PORT],
+    "archiver": [], "agent": [],
+}
+
+
+def archiver_argv(*, nats_url: str, ca: str, cert: str, key: str | None, directory: str,
+                  metrics: str) -> list[str]:
+    return ["python", "-m", "demo.archiver", "run", "--nats-url", nats_url, "--ca", ca,
+            "--cert", cert, *(["--key", key] if key else []), "--dir", directory,
+            "--metrics", metrics]
 
 
 class NatsStage:
@@ -21,11 +37,11 @@ class NatsStage:
         self.archive_dir = state / "archive"
         self.metrics = state / "archiver.prom"
         self.log = open(state / "archiver.log", "wb")  # noqa: SIM115 - child keeps it
-        self.archiver = subprocess.Popen(
-            [sys.executable, "-m", "demo.archiver", "run", "--nats-url", self.nats.url,
-             "--ca", str(pki.ca), "--cert", str(pki.client_cert), "--key", str(pki.client_key),
-             "--dir", str(self.archive_dir), "--metrics", str(self.metrics)],
-            cwd=REPO, stdout=self.log, stderr=subprocess.STDOUT)
+        argv = archiver_argv(nats_url=self.nats.url, ca=str(pki.ca), cert=str(pki.client_cert),
+                             key=str(pki.client_key), directory=str(self.archive_dir),
+                             metrics=str(self.metrics))
+        self.archiver = subprocess.Popen([sys.executable, *argv[1:]], cwd=REPO,
+                                         stdout=self.log, stderr=subprocess.STDOUT)
 
     def tally(self) -> dict[str, Any]:
         out = subprocess.run([sys.executable, "-m", "demo.archiver", "tally", "--dir",

@@ -93,7 +93,7 @@ async def run(args: argparse.Namespace) -> int:
                     await nc.flush(5)
                 info = await sub.consumer_info()
                 metrics.lag.set(info.num_pending + info.num_ack_pending)
-                metrics.breaks.set(sum(len(c.breaks) for c in archive.hosts.values()))
+                metrics.breaks.set(sum(len(c.report()["breaks"]) for c in archive.hosts.values()))
                 metrics.write()
         except Exception as e:
             print(f"archiver: {type(e).__name__}: {e}; reconnecting", flush=True)

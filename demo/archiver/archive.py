@@ -9,9 +9,10 @@ Each line also keeps the message's JetStream stream sequence: the archive is
 its own cursor (`last_stream_seq`), so a restarted archiver resumes in stream
 order instead of waiting for unacknowledged messages to be redelivered late,
 out of order.
-Chain continuity is checked on the way in: a bundle whose sequence is not the
-last one + 1, or whose prev_digest is not the last one's digest, is archived
-(it is verified evidence) and counted as a break.
+Chain continuity is checked per host over everything archived: no missing
+sequence numbers (gaps), every prev_digest equal to its predecessor's digest
+(else a break), no two bundles with one sequence number (forks). A bundle is
+archived whatever it links to: it is verified evidence, and the tally says.
 """
 
 from __future__ import annotations
@@ -33,12 +34,28 @@ def _name(value: str) -> str:
 
 @dataclass
 class HostChain:
-    count: int = 0
-    first_sequence: int | None = None
-    last_sequence: int | None = None
-    last_digest: str | None = None
-    breaks: list[int] = field(default_factory=list)
+    """A host's archived links; the chain is judged as a whole, because the order
+    in which the control plane received bundles need not be their sequence order."""
+
+    links: dict[int, tuple[str, str | None]] = field(default_factory=dict)  # seq -> digests
+    forks: list[int] = field(default_factory=list)
+    unsequenced: int = 0
     bundle_ids: set[str] = field(default_factory=set)
+
+    @property
+    def count(self) -> int:
+        return len(self.bundle_ids)
+
+    def report(self) -> dict[str, Any]:
+        seqs = sorted(self.links)
+        gaps = [n for n in range(seqs[0], seqs[-1] + 1) if n not in self.links][:100] \
+            if seqs else []
+        breaks = [n for n in seqs if n - 1 in self.links
+                  and self.links[n][1] != self.links[n - 1][0]][:100]
+        return {"count": self.count, "first_sequence": seqs[0] if seqs else None,
+                "last_sequence": seqs[-1] if seqs else None, "gaps": gaps, "breaks": breaks,
+                "forks": self.forks[:100], "unsequenced": self.unsequenced,
+                "chain_intact": not (gaps or breaks or self.forks or self.unsequenced)}
 
 
 class BadEnvelope(ValueError):
@@ -85,13 +102,12 @@ class Archive:
     def _note(self, key: tuple[str, str], rec: dict[str, Any]) -> None:
         chain = self.hosts.setdefault(key, HostChain())
         seq = rec["sequence"]
-        if chain.count and (seq is None or chain.last_sequence is None
-                            or seq != chain.last_sequence + 1
-                            or rec["prev_digest"] != chain.last_digest):
-            chain.breaks.append(seq if isinstance(seq, int) else -1)
-        chain.count += 1
-        chain.first_sequence = chain.first_sequence if chain.count > 1 else seq
-        chain.last_sequence, chain.last_digest = seq, rec["digest"]
+        if not isinstance(seq, int):
+            chain.unsequenced += 1
+        elif seq in chain.links:
+            chain.forks.append(seq)
+        else:
+            chain.links[seq] = (rec["digest"], rec["prev_digest"])
         chain.bundle_ids.add(rec["bundle_id"])
         self.last_stream_seq = max(self.last_stream_seq, int(rec.get("stream_seq") or 0))
 
@@ -117,9 +133,7 @@ class Archive:
         return True
 
     def tally(self) -> dict[str, Any]:
-        hosts = {f"{s}/{h}": {"count": c.count, "first_sequence": c.first_sequence,
-                              "last_sequence": c.last_sequence, "breaks": c.breaks[:100],
-                              "chain_intact": not c.breaks}
-                 for (s, h), c in sorted(self.hosts.items())}
+        hosts = {f"{site}/{host}": chain.report()
+                 for (site, host), chain in sorted(self.hosts.items())}
         return {"archived": sum(c.count for c in self.hosts.values()),
                 "hosts": hosts, "chain_intact": all(h["chain_intact"] for h in hosts.values())}

@@ -19,12 +19,27 @@ import trustme
 from nacl.signing import SigningKey
 
 from demo.control_plane import BANNER
+from demo.natsd import NATS_CLIENT_PORT, nats_config
 
 
 def write_secret(path: Path, data: bytes) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as f:
         f.write(data)
+
+
+def write_nats(out: Path, ca: trustme.CA) -> None:
+    """The NATS server's certificate and configuration (JetStream, client certificates
+    required), and the archiver's client certificate."""
+    (out / "nats").mkdir(parents=True, exist_ok=True)
+    (out / "archiver").mkdir(parents=True, exist_ok=True)
+    nats = ca.issue_cert("nats", "localhost", "127.0.0.1")
+    write_secret(out / "nats" / "server.pem", nats.private_key_and_cert_chain_pem.bytes())
+    archiver = ca.issue_cert("archiver.demo")
+    write_secret(out / "archiver" / "client.pem", archiver.private_key_and_cert_chain_pem.bytes())
+    (out / "nats" / "nats-server.conf").write_text(nats_config(
+        listen=f"0.0.0.0:{NATS_CLIENT_PORT}", cert=out / "nats" / "server.pem",
+        key=out / "nats" / "server.pem", ca=out / "ca.pem", store_dir=out / "nats" / "jetstream"))
 
 
 def main(argv: list[str]) -> int:
@@ -39,6 +54,7 @@ def main(argv: list[str]) -> int:
     ca.cert_pem.write_to_path(str(out / "ca.pem"))
     server = ca.issue_cert("control-plane", "localhost", "127.0.0.1")
     write_secret(out / "cp" / "server.pem", server.private_key_and_cert_chain_pem.bytes())
+    write_nats(out, ca)
     client = ca.issue_cert("agent.demo")
     (out / "agent" / "client.crt").write_bytes(client.cert_chain_pems[0].bytes())
     write_secret(out / "agent" / "client.key", client.private_key_pem.bytes())
@@ -61,7 +77,8 @@ def main(argv: list[str]) -> int:
         "caCertFile": str(out / "ca.pem"),
         "mcpPublicKeys": [bytes(cp_key.verify_key).hex()],
         "mcpUrl": "https://control-plane:8443",
-        "allowedHosts": ["control-plane"],
+        "allowedHosts": ["control-plane", "nats"],
+        "natsUrl": f"tls://nats:{NATS_CLIENT_PORT}",
         "deploymentMode": "direct",
         "stateDirectory": str(out / "agent" / "state"),
         "statusSocket": None,
