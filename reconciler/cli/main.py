@@ -96,6 +96,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     try:
         doc = status_document(ss.load_all(), ss.last_pass(), datetime.now(UTC))
         doc["evidence_queue"] = _queue_summary(store)
+        doc["order_wakeups"] = _wakeup_state(store)
     finally:
         store.close()
     if args.output == "json":
@@ -115,6 +116,16 @@ def _queue_summary(store: Any) -> dict[str, Any] | None:
     try:
         return dataclasses.asdict(OutboxView(store).stats())
     except StoreError:  # an agent that never ran delivery has no outbox table yet
+        return None
+
+
+def _wakeup_state(store: Any) -> dict[str, Any] | None:
+    """The NATS order wake-up watch as the daemon last recorded it (natsUrl set)."""
+    from reconciler.store.meta import MetaDocuments
+
+    try:
+        return MetaDocuments(store).get("order_wakeups")
+    except Exception:  # a database from before the meta table cannot have one
         return None
 
 

@@ -138,6 +138,9 @@ def render_status_table(doc: dict[str, Any], now: datetime) -> str:
     if queue:
         tail += (f"; evidence: {queue['depth']} queued, {queue['dead']} dead letter(s), "
                  f"{queue['delivered']} delivered")
+    wakeups = doc.get("order_wakeups")
+    if wakeups:
+        tail += f"; order wake-ups: {wakeups.get('state')}"
     if len(rows) == 1:
         return f"HOST {doc['summary']}: no resources reconciled yet ({tail})"
     return _table(rows) + f"\n\nHOST {doc['summary']}  ({tail})"
