@@ -130,6 +130,7 @@ class WakeupWatcher:
         bucket: TokenBucket,
         backoff: Backoff = RECONNECT_BACKOFF,
         ping_interval: float = 20.0,
+        min_retry: float = 0.5,
         on_change: Callable[[WatchSnapshot], None] | None = None,
         rng: random.Random | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
@@ -140,6 +141,7 @@ class WakeupWatcher:
         self._bucket = bucket
         self._backoff = backoff
         self._ping_interval = ping_interval
+        self._min_retry = min_retry  # full jitter can draw ~0: never spin on a refusing server
         self._on_change = on_change
         self._rng = rng or random.Random()
         self._clock = clock
@@ -184,7 +186,8 @@ class WakeupWatcher:
                              last_error=f"{type(e).__name__}: {e}"[:300])
                 log.warning("order wake-ups unavailable; polling continues", extra={
                     "reason": "WakeupWatchDown", "detail": f"{type(e).__name__}: {e}"[:300]})
-                self._stop.wait(max(0.5, self._backoff.full_jitter(failures, self._rng)))
+                self._stop.wait(max(self._min_retry,
+                                    self._backoff.full_jitter(failures, self._rng)))
             finally:
                 conn, self._conn = self._conn, None
                 if conn is not None:
