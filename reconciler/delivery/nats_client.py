@@ -252,10 +252,10 @@ def _read_info(sock: socket.socket, deadline: float) -> dict[str, object]:
         if len(buf) > MAX_INFO_LINE:
             raise NatsProtocolError("INFO line too long")
     line, rest = bytes(buf).split(b"\r\n", 1)
-    if rest:
-        raise NatsProtocolError("server spoke before the TLS upgrade")
     if not line.startswith(b"INFO "):
         raise NatsProtocolError(f"expected INFO, got {line[:40]!r}")
+    if rest:
+        raise NatsProtocolError("server spoke before the TLS upgrade")
     return _json_object(line[5:])
 
 

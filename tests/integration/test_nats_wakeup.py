@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import ssl
+import threading
 import time
 from pathlib import Path
 
@@ -105,3 +107,50 @@ def test_nats_killed_polling_continues_then_wakeups_resume(tmp_path: Path) -> No
         st.queue_order()
         wait_until(lambda: st.watcher.snapshot().wakeups > wakeups, 30, "a wake-up again")
         wait_until(lambda: st.loop.stats.orders_admitted == 2, 30, "the second order")
+
+
+@pytest.mark.parametrize(("greeting", "error"), [
+    (None, "no INFO"),  # accepts TCP, then says nothing
+    (b'INFO {"max_payload": 1048576}\r\n', "does not offer TLS"),  # plaintext only
+    (b"HTTP/1.1 400 Bad Request\r\n\r\n", "expected INFO"),  # not NATS at all
+])
+def test_a_silent_or_hostile_server_leaves_polling_alone(
+    tmp_path: Path, greeting: bytes | None, error: str
+) -> None:
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    port = listener.getsockname()[1]
+    accepted: list[socket.socket] = []
+    stop = threading.Event()
+
+    def serve() -> None:
+        listener.settimeout(0.1)
+        while not stop.is_set():
+            try:
+                peer, _ = listener.accept()
+            except TimeoutError:
+                continue
+            accepted.append(peer)
+            if greeting is not None:
+                peer.sendall(greeting)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        with wakeup_stack(tmp_path, poll_interval=1,
+                          nats_url=f"tls://localhost:{port}") as st:
+            wait_until(lambda: (st.watcher.snapshot().last_error or "").find(error) >= 0, 30,
+                       f"the watch to fail with {error!r}")
+            assert st.watcher.snapshot().state is not WatchState.connected
+            wait_until(lambda: st.loop.stats.polls >= 2, 30, "interval polls meanwhile")
+            st.queue_order()
+            wait_until(lambda: st.loop.stats.orders_admitted == 1, 30, "admission by polling")
+            assert st.loop.stats.requested_polls == 0
+            assert accepted  # it did dial the hostile server
+    finally:
+        stop.set()
+        thread.join(5)
+        for peer in accepted:
+            peer.close()
+        listener.close()

@@ -72,7 +72,9 @@ class WakeupStack:
 
 
 @contextmanager
-def wakeup_stack(tmp: Path, *, poll_interval: int) -> Iterator[WakeupStack]:
+def wakeup_stack(tmp: Path, *, poll_interval: int,
+                 nats_url: str | None = None) -> Iterator[WakeupStack]:
+    """The agent dials `nats_url` if given (a fake server), else the real one."""
     tls = make_tls(tmp / "tls")
     nats = start_nats(tmp / "nats", tls)
     try:
@@ -88,7 +90,8 @@ def wakeup_stack(tmp: Path, *, poll_interval: int) -> Iterator[WakeupStack]:
                 "signingKeyFile": str(tmp / "signing.key"), "caCertFile": str(tls.ca_cert),
                 "mcpPublicKeys": [bytes(cp.signing_key.verify_key).hex()],
                 "mcpUrl": cp.url(), "allowedHosts": ["localhost"],
-                "natsUrl": nats.url_for("localhost"), "pollInterval": poll_interval,
+                "natsUrl": nats_url or nats.url_for("localhost"),
+                "pollInterval": poll_interval,
                 "stateDirectory": str(tmp / "state"), "statusSocket": None,
             })
             svc = build_service(cfg)
