@@ -4,7 +4,10 @@
    in a fresh interpreter that already holds what the agent has loaded anyway
    (ssl, socket, json, threading, httpx): import time, RSS after import, and
    RSS with one TLS subscription open to a real nats-server.
-2. Wake-up latency: a signed order queued at the control plane -> the agent
+2. The agent's service with and without `natsUrl` (runtime dependencies
+   only, as installed): RSS with the control-plane thread running, and with
+   the wake-up watch connected (the budget for new features is +5 MB).
+3. Wake-up latency: a signed order queued at the control plane -> the agent
    fetched it over mutual TLS and admitted it, with a 300 s poll interval
    (so only the wake-up can explain it); p50/p95/max over 20 orders.
 
@@ -82,6 +85,59 @@ def measure(script: str, tls: object, port: int, runs: int = 5) -> dict[str, flo
     return {k: statistics.median(r[k] for r in rows) for k in rows[0]}
 
 
+SERVICE = """
+import json, sys, time
+from pathlib import Path
+from specs.config import load_config
+from reconciler.service import build_service, order_wakeups
+def rss_kb():
+    for line in open('/proc/self/status'):
+        if line.startswith('VmRSS:'):
+            return int(line.split()[1])
+cfg = load_config(Path(sys.argv[1]))
+svc = build_service(cfg)
+loop = svc.control_plane
+loop.start()
+watcher = order_wakeups(cfg, svc, loop)
+if watcher is not None:
+    watcher.start()
+    deadline = time.monotonic() + 15
+    while watcher.snapshot().state.value != "connected" and time.monotonic() < deadline:
+        time.sleep(0.01)
+time.sleep(3)
+print(json.dumps({"rss_kb": rss_kb(), "nats_client_loaded":
+                  "reconciler.delivery.nats_client" in sys.modules,
+                  "state": watcher.snapshot().state.value if watcher else None}))
+"""
+
+
+def service_rss(tmp: Path, tls: object, nats_url: str | None) -> dict[str, object]:
+    from bench.bench_agent import runtime_python
+    from reconciler.trust.keys import generate_key_file
+
+    tmp.mkdir(parents=True, exist_ok=True)
+    generate_key_file(tmp / "signing.key")
+    (tmp / "baseline.json").write_text(json.dumps({"version": 1, "policy_version": "1.0"}))
+    cfg = {
+        "siteId": "bench", "hostId": "bench-host", "deploymentMode": "direct",
+        "baselinePath": str(tmp / "baseline.json"),
+        "clientCertFile": str(tls.client_cert), "clientKeyFile": str(tls.client_key),  # type: ignore[attr-defined]
+        "caCertFile": str(tls.ca_cert), "signingKeyFile": str(tmp / "signing.key"),  # type: ignore[attr-defined]
+        "mcpPublicKeys": ["ab" * 32], "mcpUrl": "https://localhost:9",
+        "allowedHosts": ["localhost"], "natsUrl": nats_url,
+        "stateDirectory": str(tmp / "state"), "statusSocket": None,
+    }
+    (tmp / "config.json").write_text(json.dumps(cfg))
+    rows = []
+    for _ in range(3):
+        out = subprocess.run([runtime_python(), "-c", SERVICE, str(tmp / "config.json")],
+                             cwd=REPO, capture_output=True, text=True, timeout=120, check=True,
+                             env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
+        rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    rows.sort(key=lambda r: r["rss_kb"])
+    return rows[1]
+
+
 def main() -> int:
     from tests.support.nats_stack import start_nats, wait_until, wakeup_stack
     from tests.support.tls import make_tls
@@ -102,6 +158,14 @@ def main() -> int:
                 print(f"  {name:44} import {m['import_ms']:6.1f} ms  "
                       f"RSS +{m['import_kb'] / 1024:5.2f} MB after import, "
                       f"+{m['connected_kb'] / 1024:5.2f} MB subscribed over TLS")
+            off = service_rss(tmp / "svc-off", tls, None)
+            on = service_rss(tmp / "svc-on", tls, nats.url_for("localhost"))
+            print("agent service (runtime dependencies only; control-plane thread running; "
+                  "median of 3):")
+            print(f"  natsUrl unset: RSS {off['rss_kb'] / 1024:5.1f} MB  (NATS client loaded: "
+                  f"{off['nats_client_loaded']})")
+            print(f"  natsUrl set:   RSS {on['rss_kb'] / 1024:5.1f} MB  (watch {on['state']}; "
+                  f"+{(on['rss_kb'] - off['rss_kb']) / 1024:.1f} MB, budget for watches +5 MB)")
         finally:
             nats.stop()
 
