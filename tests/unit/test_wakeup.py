@@ -283,3 +283,24 @@ def test_archive_judges_the_chain_whatever_the_arrival_order(tmp_path: Any) -> N
     report = Archive(tmp_path).tally()["hosts"]
     assert report["clinic-1/host-b"]["breaks"] == [2]
     assert report["clinic-1/host-a"]["chain_intact"] is True
+
+
+# -- imported only when natsUrl is set -----------------------------------------------------
+def test_the_nats_client_is_not_imported_without_nats_url(tmp_path: Any) -> None:
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[2]
+    script = (
+        "import sys\n"
+        "from reconciler.service import order_wakeups\n"
+        "from tests.unit.conftest import make_config\n"
+        f"cfg = make_config(__import__('pathlib').Path({str(tmp_path)!r}))\n"
+        "assert cfg.nats_url is None\n"
+        "assert order_wakeups(cfg, None, None) is None\n"
+        "print(sorted(m for m in sys.modules if 'nats' in m or 'wakeup' in m))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], cwd=repo, capture_output=True,
+                         text=True, check=True, timeout=60)
+    assert out.stdout.strip() == "[]"
