@@ -14,6 +14,8 @@ Contract of `WakeupWatcher`:
   `per_minute` per minute); a wake-up that finds the bucket empty is kept as
   one pending poll, made when the next token comes, so a flood costs at most
   the bucket's rate of polls and never hides a real order;
+* a server that sends more than `max_messages_per_second` is dropped as
+  hostile (parsing a flood would take CPU, and the GIL, from the reconcile loop);
 * a failed, refused, silent or hostile server is dropped and dialled again
   after `specs.backoff.Backoff` (full jitter); the state (`WatchState`) and
   counters are readable at any time (`snapshot`) and reported to `on_change`.
@@ -32,6 +34,7 @@ from enum import StrEnum
 from typing import Any, Protocol
 
 from specs.backoff import Backoff
+from specs.errors import ComplianceAgentError
 
 log = logging.getLogger("compliance_agent.wakeup")
 
@@ -50,6 +53,10 @@ def subject_token(value: str) -> str:
 
 def wakeup_subject(site_id: str, host_id: str) -> str:
     return f"{SUBJECT_PREFIX}.{subject_token(site_id)}.{subject_token(host_id)}"
+
+
+class FloodError(ComplianceAgentError):
+    """The server sent wake-ups faster than any control plane would."""
 
 
 class WatchState(StrEnum):
@@ -131,6 +138,7 @@ class WakeupWatcher:
         backoff: Backoff = RECONNECT_BACKOFF,
         ping_interval: float = 20.0,
         min_retry: float = 0.5,
+        max_messages_per_second: int = 1000,
         on_change: Callable[[WatchSnapshot], None] | None = None,
         rng: random.Random | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
@@ -142,6 +150,7 @@ class WakeupWatcher:
         self._backoff = backoff
         self._ping_interval = ping_interval
         self._min_retry = min_retry  # full jitter can draw ~0: never spin on a refusing server
+        self._max_rate = max_messages_per_second
         self._on_change = on_change
         self._rng = rng or random.Random()
         self._clock = clock
@@ -205,6 +214,7 @@ class WakeupWatcher:
         log.info("watching order wake-ups", extra={"reason": "WakeupWatchUp",
                                                    "detail": self.subject})
         next_ping = time.monotonic() + self._ping_interval
+        window_start, in_window = time.monotonic(), 0
         while not self._stop.is_set():
             wait = next_ping - time.monotonic()
             if self._pending:
@@ -212,6 +222,13 @@ class WakeupWatcher:
             msg = conn.next_message(max(0.01, wait))
             if msg is not None:
                 self._on_wakeup()
+                now = time.monotonic()
+                if now - window_start >= 1.0:
+                    window_start, in_window = now, 0
+                in_window += 1
+                if in_window > self._max_rate:
+                    raise FloodError(f"more than {self._max_rate} wake-ups in a second; "
+                                     "dropping the connection")
             if self._pending and self._bucket.take():
                 self._pending = False
                 self._update(polls_requested=self.snapshot().polls_requested + 1)

@@ -218,6 +218,25 @@ def test_failures_back_off_then_reconnect_and_the_thread_survives_bugs() -> None
         watcher.stop()
 
 
+def test_a_message_storm_drops_the_connection_before_it_eats_the_cpu() -> None:
+    conns: list[FakeConnection] = []
+
+    def connect() -> FakeConnection:
+        conns.append(FakeConnection([object()] * 5000 if not conns else []))
+        return conns[-1]
+
+    watcher = WakeupWatcher(connect=connect, subject="s", request_poll=lambda: None,
+                            bucket=TokenBucket(5, 60), backoff=Backoff(base=0.01, cap=0.02),
+                            min_retry=0.0, max_messages_per_second=100)
+    watcher.start()
+    try:
+        wait_until(lambda: len(conns) == 2 and watcher.snapshot().state is WatchState.connected)
+        assert conns[0].closed and len(conns[0].inbox) >= 5000 - 101  # the rest never parsed
+        assert watcher.snapshot().wakeups <= 101
+    finally:
+        watcher.stop()
+
+
 # -- the control-plane loop ------------------------------------------------------------
 class CountingLoop(ControlPlaneLoop):
     def __init__(self) -> None:
