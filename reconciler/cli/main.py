@@ -121,12 +121,14 @@ def _queue_summary(store: Any) -> dict[str, Any] | None:
 
 def _wakeup_state(store: Any) -> dict[str, Any] | None:
     """The NATS order wake-up watch as the daemon last recorded it (natsUrl set)."""
-    from reconciler.store.meta import MetaDocuments
+    from reconciler.store.meta import MetaStore
 
     try:
-        return MetaDocuments(store).get("order_wakeups")
-    except Exception:  # a database from before the meta table cannot have one
+        raw = MetaStore(store).get("order_wakeups")
+        doc = json.loads(raw) if raw else None
+    except Exception:  # unreadable: status shows the rest rather than failing
         return None
+    return doc if isinstance(doc, dict) else None
 
 
 def cmd_describe(args: argparse.Namespace) -> int:

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from reconciler.delivery.wakeup import BURST, POLLS_PER_MINUTE, WatchState, wakeup_subject
-from reconciler.store.meta import MetaDocuments
+from reconciler.store.meta import MetaStore
 from tests.support.nats_stack import HOST, SITE, signed_order, wait_until, wakeup_stack
 
 pytestmark = pytest.mark.integration
@@ -52,7 +52,7 @@ def test_a_wakeup_makes_the_agent_fetch_and_admit_an_order_long_before_the_poll(
         assert st.loop.stats.requested_polls >= 1
         assert st.loop.stats.polls == 1 + st.loop.stats.requested_polls  # no interval poll
         assert st.watcher.snapshot().wakeups >= 1
-        doc = MetaDocuments(st.svc.agent.store).get("order_wakeups")
+        doc = json.loads(MetaStore(st.svc.agent.store).get("order_wakeups") or "null")
         assert doc is not None and doc["state"] == "connected" and doc["polls_requested"] >= 1
         metrics = st.svc.agent.metrics.exposition().decode()
         assert 'compliance_agent_order_wakeup_watch_state{state="connected"} 1.0' in metrics
@@ -95,7 +95,7 @@ def test_nats_killed_polling_continues_then_wakeups_resume(tmp_path: Path) -> No
         wait_until(lambda: st.loop.stats.polls >= polls + 2, 30, "interval polls without NATS")
         st.queue_order()
         wait_until(lambda: st.loop.stats.orders_admitted == 1, 30, "admission by polling")
-        store_doc = MetaDocuments(st.svc.agent.store).get("order_wakeups")
+        store_doc = json.loads(MetaStore(st.svc.agent.store).get("order_wakeups") or "null")
         assert store_doc is not None and store_doc["state"] in ("backoff", "connecting")
         assert store_doc["last_error"]
 

@@ -242,7 +242,7 @@ class CountingLoop(ControlPlaneLoop):
     def __init__(self) -> None:
         dummy: Any = object()
         super().__init__(client=dummy, admission=dummy, triggers=dummy, writer=dummy,
-                         outbox=dummy, deliverer=dummy, baseline_source=dummy, store=dummy,
+                         outbox=dummy, deliverer=dummy, baseline_resolver=dummy, store=dummy,
                          poll_interval=300.0, on_admitted=lambda _k, _a: None)
         self.polled = 0
         self.release = threading.Event()
