@@ -89,7 +89,7 @@ SERVICE = """
 import json, sys, time
 from pathlib import Path
 from specs.config import load_config
-from reconciler.service import build_service, order_wakeups
+from reconciler.service import build_service
 def rss_kb():
     for line in open('/proc/self/status'):
         if line.startswith('VmRSS:'):
@@ -98,7 +98,7 @@ cfg = load_config(Path(sys.argv[1]))
 svc = build_service(cfg)
 loop = svc.control_plane
 loop.start()
-watcher = order_wakeups(cfg, svc, loop)
+watcher = svc.wakeups
 if watcher is not None:
     watcher.start()
     deadline = time.monotonic() + 15

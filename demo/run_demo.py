@@ -294,10 +294,9 @@ def nats_story(cfg: Any, svc: Any, loop: Any, cp: ControlPlane, box: Any, nats: 
     """9. An order wake-up over NATS, then the JetStream archive's tally."""
     from demo.control_plane.app import make_order
     from reconciler.delivery.wakeup import WatchState
-    from reconciler.service import order_wakeups
 
     say(f"9. NATS: order wake-ups (poll interval {cfg.poll_interval} s) and the evidence archive")
-    watcher = order_wakeups(cfg, svc, loop)
+    watcher = svc.wakeups
     assert watcher is not None, "natsUrl is set in the demo config"
     loop.start()
     watcher.start()

@@ -20,7 +20,7 @@ from demo.control_plane.fanout import FanOut, client_tls
 from demo.natsd import NatsServer
 from reconciler.delivery.loop import ControlPlaneLoop
 from reconciler.delivery.wakeup import WakeupWatcher
-from reconciler.service import Service, build_service, order_wakeups
+from reconciler.service import Service, build_service
 from reconciler.trust.keys import generate_key_file
 from specs.config import AgentConfig, parse_config
 from tests.harness.require import require_tool
@@ -97,7 +97,7 @@ def wakeup_stack(tmp: Path, *, poll_interval: int,
             svc = build_service(cfg)
             loop = svc.control_plane
             assert loop is not None
-            watcher = order_wakeups(cfg, svc, loop)
+            watcher = svc.wakeups
             assert watcher is not None
             loop.start()
             watcher.start()

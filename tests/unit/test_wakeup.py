@@ -317,7 +317,7 @@ def test_the_nats_client_is_not_imported_without_nats_url(tmp_path: Any) -> None
         "from tests.unit.conftest import make_config\n"
         f"cfg = make_config(__import__('pathlib').Path({str(tmp_path)!r}))\n"
         "assert cfg.nats_url is None\n"
-        "assert order_wakeups(cfg, None, None) is None\n"
+        "assert order_wakeups(cfg, None, None, None) is None\n"
         "print(sorted(m for m in sys.modules if 'nats' in m or 'wakeup' in m))\n"
     )
     out = subprocess.run([sys.executable, "-c", script], cwd=repo, capture_output=True,
