@@ -154,3 +154,75 @@ def test_a_silent_or_hostile_server_leaves_polling_alone(
         for peer in accepted:
             peer.close()
         listener.close()
+
+
+def test_the_real_daemon_watches_wakeups_and_shows_it_in_status(tmp_path: Path) -> None:
+    import base64
+    import subprocess
+    import sys
+
+    from nacl.signing import SigningKey
+
+    from demo.control_plane.fanout import FanOut, client_tls
+    from reconciler.trust.keys import generate_key_file
+    from tests.support.control_plane import REPO_ROOT, ControlPlaneThread
+    from tests.support.nats_stack import start_nats
+    from tests.support.tls import make_tls
+
+    tls = make_tls(tmp_path / "tls")
+    nats = start_nats(tmp_path / "nats", tls)
+    signer = generate_key_file(tmp_path / "signing.key")
+    (tmp_path / "baseline.json").write_text(json.dumps({
+        "version": 1, "policy_version": "1.0", "encryption": {"devices": []}}))
+    cp_key = SigningKey.generate()
+    config = tmp_path / "config.json"
+    try:
+        with ControlPlaneThread(tls, tmp_path / "cp.db", [signer.public_key_hex],
+                                signing_key=cp_key) as cp:
+            fanout = FanOut(cp.storage, nats.url, client_tls(tls.ca_cert, tls.server_pem, None))
+            fanout.start()
+            config.write_text(json.dumps({
+                "siteId": SITE, "hostId": HOST, "deploymentMode": "direct",
+                "baselinePath": str(tmp_path / "baseline.json"),
+                "clientCertFile": str(tls.client_cert), "clientKeyFile": str(tls.client_key),
+                "signingKeyFile": str(tmp_path / "signing.key"), "caCertFile": str(tls.ca_cert),
+                "mcpPublicKeys": [bytes(cp_key.verify_key).hex()], "mcpUrl": cp.url(),
+                "allowedHosts": ["localhost"], "natsUrl": nats.url_for("localhost"),
+                "stateDirectory": str(tmp_path / "state"), "statusSocket": None,
+                "pollInterval": 300,
+            }))
+
+            def status() -> dict[str, object]:
+                out = subprocess.run(
+                    [sys.executable, "-m", "reconciler.cli", "status", "--output", "json",
+                     "--config", str(config)], cwd=REPO_ROOT, capture_output=True, text=True,
+                    timeout=60)
+                return json.loads(out.stdout) if out.returncode == 0 else {}
+
+            def order_evidence() -> list[dict[str, object]]:
+                preds = [json.loads(base64.b64decode(json.loads(e.envelope)["payload"]))
+                         ["predicate"] for e in cp.storage.evidence()]
+                return [p for p in preds if p.get("check") == "order"]
+
+            log = (tmp_path / "daemon.log").open("ab")
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "reconciler.cli", "run", "--config", str(config)],
+                cwd=REPO_ROOT, stdout=log, stderr=log)
+            try:
+                wait_until(lambda: (status().get("order_wakeups") or {}).get("state")
+                           == "connected", 60, "status to show the watch connected")
+                cp.storage.add_order(SITE, HOST, signed_order(cp_key))
+                wait_until(order_evidence, 60, "the order's verdict to reach the control plane "
+                           "(the next poll is 300 s away)")
+                assert order_evidence()[0]["outcome"] == "success"
+            finally:
+                proc.terminate()
+                assert proc.wait(20) == 0
+                log.close()
+                fanout.stop()
+        assert (status().get("order_wakeups") or {}).get("state") == "stopped"
+        assert "order wake-ups: stopped" in subprocess.run(
+            [sys.executable, "-m", "reconciler.cli", "status", "--config", str(config)],
+            cwd=REPO_ROOT, capture_output=True, text=True, timeout=60).stdout
+    finally:
+        nats.stop()
