@@ -196,7 +196,8 @@ def story(state: Path, config: Path, cp: ControlPlane, box: Any, pki: Any,
     svc.link.stop()
     svc.close()
     config = agent_config(state, pki, cp, state / "agent-signing.key",
-                          window_including(datetime.now(UTC)))
+                          window_including(datetime.now(UTC)),
+                          nats_url=nats.nats.url_for("localhost"))
     cfg = load_config(config)
     print(f"   maintenance window {cfg.maintenance_window} UTC (open now)")
     svc, agent, loop = start_agent(cfg)
