@@ -210,6 +210,9 @@ class AgentConfig(BaseModel):
         if v is None:
             return v
         parts = urlsplit(v)
+        if "@" in parts.netloc:  # never echo what may be a password
+            raise ValueError("natsUrl must not carry credentials (the client certificate "
+                             "authenticates the agent); use 'tls://host:port'")
         try:
             port = parts.port
         except ValueError:

@@ -323,3 +323,29 @@ def test_the_nats_client_is_not_imported_without_nats_url(tmp_path: Any) -> None
     out = subprocess.run([sys.executable, "-c", script], cwd=repo, capture_output=True,
                          text=True, check=True, timeout=60)
     assert out.stdout.strip() == "[]"
+
+
+# -- the natsUrl option ---------------------------------------------------------------
+@pytest.mark.parametrize(("url", "problem"), [
+    ("tls://nats.local:4222", None),
+    ("tls://nats.local", None),
+    ("nats://nats.local:4222", "must look like 'tls://"),
+    ("tls://user:secret@nats.local:4222", "must not carry credentials"),
+    ("tls://nats.local:99999", "must look like"),
+    ("tls://nats.local:4222/sub", "must look like"),
+    ("tls://elsewhere.net:4222", "not in allowedHosts"),
+])
+def test_nats_url_is_tls_without_credentials_and_allowlisted(
+    tmp_path: Any, url: str, problem: str | None
+) -> None:
+    from specs.config import ConfigError
+    from tests.unit.conftest import make_config
+
+    if problem is None:
+        cfg = make_config(tmp_path, natsUrl=url, allowedHosts=["mcp.local", "nats.local"])
+        assert cfg.nats_url == url
+        return
+    with pytest.raises(ConfigError) as err:
+        make_config(tmp_path, natsUrl=url, allowedHosts=["mcp.local", "nats.local"])
+    assert problem in str(err.value)
+    assert "secret" not in str(err.value)
