@@ -9,7 +9,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 PKGS   := specs controllers reconciler
 
-.PHONY: test unit integration lint typecheck schemas schemas-check demo bench deps clean
+.PHONY: test unit integration lint typecheck schemas schemas-check demo bench deps clean nixpkgs-build
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,11 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy --strict $(PKGS)
 
+# nix/package.nix built as nixpkgs builds it (Python 3.13, nixos-26.05's versions),
+# without Nix; also part of `make test` (tests/integration/test_nixpkgs_build.py).
+nixpkgs-build: $(STAMP)
+	$(PY) scripts/nixpkgs-build-emulation.py
+
 schemas: $(STAMP)
 	$(PY) -m reconciler.cli.schemas write schemas
 
@@ -49,4 +54,4 @@ bench: $(STAMP) deps
 	$(PY) -m bench.run_all
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .nixpkgs-emulation
