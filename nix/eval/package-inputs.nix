@@ -33,10 +33,11 @@ in
   inherit (args) pname version;
   pyproject = args.pyproject or false;
   format = args.format or null;
-  buildSystem = pnames (args.build-system or [ ]);
-  dependencies = pnames (args.dependencies or [ ]);
+  # (the older spellings too, so the emulation can replay an older package.nix)
+  buildSystem = pnames (args.build-system or args.nativeBuildInputs or [ ]);
+  dependencies = pnames (args.dependencies or args.propagatedBuildInputs or [ ]);
   nativeCheckInputs = pnames (args.nativeCheckInputs or [ ]);
-  enabledTestPaths = args.enabledTestPaths or [ ];
+  enabledTestPaths = args.enabledTestPaths or args.pytestFlagsArray or [ ];
   disabledTestPaths = args.disabledTestPaths or [ ];
   pytestFlags = args.pytestFlags or [ ];
   pythonImportsCheck = args.pythonImportsCheck or [ ];
