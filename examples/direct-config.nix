@@ -30,7 +30,8 @@ in
     enable = true;
     deploymentMode = "direct";
     siteId = "clinic-0042";
-    baselinePath = ./minimal-baseline.json;
+    # services, a restic backup to the NAS over SFTP, egress and time
+    baselinePath = ./clinic-baseline.json;
     mcpUrl = "https://mcp.example-health.net";
     allowedHosts = [ "mcp.example-health.net" ];
     mcpPublicKeys = [

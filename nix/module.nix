@@ -39,7 +39,8 @@ let
     "actuatorSocket" "metricsTextfile" "egressTable" "workers"
     "evidenceSnapshotInterval"
   ];
-  agentSettings = lib.genAttrs agentOptionNames (name: cfg.${name});
+  agentSettings = lib.genAttrs agentOptionNames (name: cfg.${name})
+    // { allowedHosts = effectiveAllowedHosts; };
   configFile = pkgs.writeText "compliance-agent.json" (builtins.toJSON agentSettings);
 
   exe = "${cfg.package}/bin/compliance-agent";
@@ -62,26 +63,44 @@ let
   isV6 = a: lib.hasInfix ":" a;
   dnsRuleFor = family: addrs:
     lib.optionals (addrs != [ ]) (map (proto:
-      "\t\t${family} daddr { ${lib.concatStringsSep ", " addrs} } ${proto} dport 53 accept"
+      "\t${family} daddr { ${lib.concatStringsSep ", " addrs} } ${proto} dport 53 accept"
     ) [ "udp" "tcp" ]);
   dnsRules =
-    if cfg.dnsResolvers == [ ] then [ "\t\tudp dport 53 accept" "\t\ttcp dport 53 accept" ]
+    if cfg.dnsResolvers == [ ] then [ "\tudp dport 53 accept" "\ttcp dport 53 accept" ]
     else dnsRuleFor "ip" (lib.filter (a: !isV6 a) cfg.dnsResolvers)
       ++ dnsRuleFor "ip6" (lib.filter isV6 cfg.dnsResolvers);
-  # syslogTarget "tcp://host:port": that port to the allowlisted addresses too
-  # (its host must be in allowedHosts, asserted below).
+  localRules = lib.concatMap (net:
+    [ "\t${if isV6 net then "ip6" else "ip"} daddr ${net} accept" ]) cfg.egressLocalNetworks;
+
+  # --- what this configuration itself needs to reach (nix/egress-hosts.nix)
+  needs = import ./egress-hosts.nix { inherit lib config cfg; };
+  neededHosts = lib.unique (map (n: n.host) needs.destinations);
+  missingHosts = lib.filter (h: !(lib.elem h cfg.allowedHosts)) neededHosts;
+  # allowedHosts as the agent sees them (the JSON config): the configured ones,
+  # plus what the configuration needs when egressAllowConfiguredHosts is on.
+  effectiveAllowedHosts = cfg.allowedHosts
+    ++ lib.optionals cfg.egressAllowConfiguredHosts missingHosts;
+  tcpPorts = lib.unique ([ 443 ] ++ cfg.egressExtraTcpPorts
+    ++ lib.optionals cfg.egressAllowConfiguredHosts
+      (map (n: n.port) (lib.filter (n: n.proto == "tcp") needs.destinations)));
+  udpPorts = lib.unique (lib.optionals cfg.egressAllowConfiguredHosts
+    (map (n: n.port) (lib.filter (n: n.proto == "udp") needs.destinations)));
+  udpRules = lib.optionals (udpPorts != [ ]) (let ports = lib.concatMapStringsSep ", " toString udpPorts; in [
+    "\tudp dport { ${ports} } ip daddr @allowed_v4 accept"
+    "\tudp dport { ${ports} } ip6 daddr @allowed_v6 accept"
+  ]);
   syslogParts = if cfg.syslogTarget == null then null
     else builtins.match "(tcp|udp)://([^/:]+):([0-9]+)" cfg.syslogTarget;
-  syslogRules = lib.optionals (syslogParts != null) (
-    let proto = builtins.elemAt syslogParts 0; port = builtins.elemAt syslogParts 2; in [
-      "\t\t${proto} dport ${port} ip daddr @allowed_v4 accept"
-      "\t\t${proto} dport ${port} ip6 daddr @allowed_v6 accept"
-    ]);
-  egressRuleset = builtins.replaceStrings
-    [ "@egressTable@" "@dnsRules@" "@extraRules@" ]
-    [ cfg.egressTable (lib.concatStringsSep "\n" dnsRules)
-      (lib.concatMapStrings (r: r + "\n") syslogRules) ]
+  # The content of `table inet <egressTable>` (networking.nftables.tables).
+  egressTableContent = builtins.replaceStrings
+    [ "@dnsRules@" "@tcpPorts@" "@extraRules@" ]
+    [ (lib.concatStringsSep "\n" (dnsRules ++ [ "\tudp dport 123 accept" ] ++ localRules))
+      (lib.concatMapStringsSep ", " toString tcpPorts)
+      (lib.concatMapStrings (r: r + "\n") udpRules) ]
     (builtins.readFile ./egress.nft.in);
+  # Egress sets kept across nftables (re)loads (nix/egress-sets.sh).
+  egressSets = action: "${pkgs.coreutils}/bin/env NFT=${pkgs.nftables}/bin/nft ${pkgs.bash}/bin/bash ${./egress-sets.sh} ${action} ${cfg.egressTable} /run/nftables-${cfg.egressTable}-sets.nft";
+  startRefresh = "${config.systemd.package}/bin/systemctl start --no-block compliance-agent-egress-refresh.service";
 
   # Tools the controllers run (observation is read-only; changes go through
   # the actuator). The running system's profile last, for what the host has.
@@ -367,25 +386,69 @@ in
       type = types.bool;
       default = true;
       description = ''
-        Install the nftables egress allowlist table: outbound traffic is dropped
-        except loopback, replies, DHCP/ND, DNS, NTP and HTTPS to the addresses of
-        allowedHosts. This applies to the whole host (list e.g. your binary cache
-        in allowedHosts). Fail closed: until the first refresh only DNS/NTP pass.
+        Install the nftables egress allowlist table (networking.nftables.tables,
+        no global flush): outbound traffic of the WHOLE HOST, every program, is
+        dropped except loopback, replies, DHCP/ND, DNS, NTP, egressLocalNetworks
+        and TCP 443 (plus egressExtraTcpPorts and the ports the configuration
+        needs) to the addresses of allowedHosts. Hosts this configuration itself
+        needs (binary caches, webhook, syslog, backup repositories and a flake
+        target of the local baseline) are added when egressAllowConfiguredHosts
+        is on, warned about otherwise. Fail closed: until the first refresh after
+        boot only DNS/NTP pass; the refresh runs before the agent starts.
       '';
     };
 
     dnsResolvers = mkOption {
       type = types.listOf types.str;
-      default = config.networking.nameservers;
-      defaultText = literalExpression "config.networking.nameservers";
-      description = "Resolver addresses DNS may go to; empty allows DNS to any address.";
+      default = [ ];
+      example = [ "192.0.2.53" ];
+      description = ''
+        Resolver addresses DNS may go to; empty (the default) allows DNS to any
+        address, so resolvers learned by DHCP keep working. List every resolver
+        the host uses (static and DHCP-learned) to confine DNS.
+      '';
+    };
+
+    egressAllowConfiguredHosts = mkOption {
+      type = types.bool;
+      default = true;
+      description = ''
+        Add to the allowlist the hosts this configuration itself needs, with their
+        ports: binary caches (nix.settings.substituters), rmmWebhookUrl,
+        syslogTarget, and from a local baseline given as a Nix path the backup
+        repositories and a flake patching target's origin, plus flakeInputHosts.
+        Off: each such host missing from allowedHosts is a warning instead.
+      '';
+    };
+
+    egressExtraTcpPorts = mkOption {
+      type = types.listOf types.port;
+      default = [ ];
+      example = [ 22 587 ];
+      description = "TCP ports, besides 443, allowed to the addresses of allowedHosts (e.g. SSH to a backup host, SMTP submission).";
+    };
+
+    egressLocalNetworks = mkOption {
+      type = types.listOf types.str;
+      default = [ ];
+      example = [ "192.168.10.0/24" "fd00:10::/64" ];
+      description = "Destination networks (CIDR) reached without restriction: the site's LAN (printers, NAS, PACS).";
+    };
+
+    flakeInputHosts = mkOption {
+      type = types.listOf types.str;
+      default = [ ];
+      example = [ "github.com" "api.github.com" "codeload.github.com" ];
+      description = "Hosts the inputs of a flake patching target are fetched from (HTTPS); the target's own origin is derived from the baseline.";
     };
 
     metricsNodeExporter = mkOption {
       type = types.bool;
-      default = nodeExporter.enable && lib.elem "textfile" nodeExporter.enabledCollectors;
+      # node_exporter enables its textfile collector by default: wire it
+      # whenever the exporter runs, unless the host disabled that collector.
+      default = nodeExporter.enable && !(lib.elem "textfile" nodeExporter.disabledCollectors);
       defaultText = literalExpression
-        ''config.services.prometheus.exporters.node.enable && elem "textfile" config.services.prometheus.exporters.node.enabledCollectors'';
+        ''config.services.prometheus.exporters.node.enable && !(elem "textfile" config.services.prometheus.exporters.node.disabledCollectors)'';
       description = ''
         Wire the node exporter's textfile collector to metricsTextfileDirectory
         (adds --collector.textfile.directory; turn off if you set that flag yourself).
@@ -465,8 +528,16 @@ in
         message = "services.compliance-agent.syslogTarget = \"${toString cfg.syslogTarget}\" must look like \"tcp://host:514\" or \"udp://host:514\".";
       }
       {
-        assertion = syslogParts == null || lib.elem (builtins.elemAt syslogParts 1) cfg.allowedHosts;
-        message = "services.compliance-agent.syslogTarget host \"${if syslogParts == null then "" else builtins.elemAt syslogParts 1}\" is not in allowedHosts: the egress allowlist would drop syslog; add it to allowedHosts.";
+        assertion = syslogParts == null || cfg.egressAllowConfiguredHosts
+          || lib.elem (builtins.elemAt syslogParts 1) cfg.allowedHosts;
+        message = "services.compliance-agent.syslogTarget host \"${if syslogParts == null then "" else builtins.elemAt syslogParts 1}\" is not in allowedHosts: the egress allowlist would drop syslog; add it to allowedHosts (or leave egressAllowConfiguredHosts on).";
+      }
+      {
+        # NixOS's nftables firewall asserts these are empty too, without naming
+        # this module; say why nftables is on and what to do.
+        assertion = !cfg.enforceEgress
+          || (config.networking.firewall.extraCommands == "" && config.networking.firewall.extraStopCommands == "");
+        message = "services.compliance-agent.enforceEgress turns on nftables (networking.nftables.enable) for the egress allowlist, and NixOS's nftables firewall cannot run the iptables commands of networking.firewall.extraCommands / extraStopCommands: move those rules to networking.firewall.extraInputRules / extraForwardRules or networking.nftables.tables, or set services.compliance-agent.enforceEgress = false (then outbound traffic is not confined).";
       }
       {
         assertion = lib.hasPrefix "/var/lib/" cfg.stateDirectory;
@@ -480,6 +551,14 @@ in
       assertion = !(badSecretPath cfg.${name});
       message = "services.compliance-agent.${name} = \"${toString cfg.${name}}\" must be an absolute path outside /nix/store (the store is world-readable): use a runtime secret path such as one from sops-nix, as a string, not a Nix path.";
     }) secretOptions;
+
+    warnings = lib.optionals cfg.enforceEgress (
+      map (what: "services.compliance-agent: the egress allowlist may block ${what}: add its hosts to allowedHosts (and ports to egressExtraTcpPorts) or its network to egressLocalNetworks.") needs.unknown
+      ++ lib.optionals (!cfg.egressAllowConfiguredHosts) (map (n:
+        "services.compliance-agent: ${n.why} needs ${n.host} (${n.proto}/${toString n.port}), which is not in allowedHosts: the egress allowlist drops it (add it, or turn egressAllowConfiguredHosts on).")
+        (lib.filter (n: lib.elem n.host missingHosts) needs.destinations))
+      ++ lib.optional (needs.flakeTarget && cfg.flakeInputHosts == [ ])
+        "services.compliance-agent: the baseline's patching target is a flake: the hosts its inputs come from must be reachable; list them in flakeInputHosts (e.g. github.com, api.github.com, codeload.github.com).");
 
     users.users.${user} = {
       isSystemUser = true;
@@ -498,7 +577,9 @@ in
       description = "Compliance agent: declarative compliance reconciler";
       wantedBy = [ "multi-user.target" ];
       wants = [ "network-online.target" "compliance-agent-actuator.socket" ];
-      after = [ "network-online.target" "nftables.service" "compliance-agent-actuator.socket" ];
+      # The allowlist is filled before the agent's first HTTPS request.
+      after = [ "network-online.target" "nftables.service" "compliance-agent-actuator.socket" ]
+        ++ lib.optional cfg.enforceEgress "compliance-agent-egress-refresh.service";
       restartTriggers = [ configFile ];
       path = agentPath;
       serviceConfig = unprivilegedHardening // {
@@ -539,6 +620,9 @@ in
       restartTriggers = [ configFile ];
       # Fixed argv only, no shell; these are what the typed actions run.
       path = [ config.systemd.package pkgs.nftables config.nix.package config.system.build.nixos-rebuild ];
+      # Builds go to nix-daemon, outside this unit's seccomp/personality limits
+      # (as root, nix would otherwise use the store directly and build here).
+      environment.NIX_REMOTE = "daemon";
       serviceConfig = {
         Type = "simple";
         ExecStart = "${exe} actuator --config ${configFile} --allow-user ${user} --idle-exit 600";
@@ -569,8 +653,12 @@ in
 
     systemd.services.compliance-agent-egress-refresh = {
       description = "Compliance agent: refresh the egress allowlist from DNS";
+      # At boot: as soon as the network is online (ordering, no timer delay),
+      # and before the agent; later hourly (timer) and after nftables reloads.
+      wantedBy = lib.optional cfg.enforceEgress "multi-user.target";
       wants = [ "network-online.target" "compliance-agent-actuator.socket" ];
-      after = [ "network-online.target" "nftables.service" "compliance-agent-actuator.socket" ];
+      after = [ "network-online.target" "nss-lookup.target" "nftables.service" "compliance-agent-actuator.socket" ];
+      before = [ "compliance-agent.service" ];
       path = agentPath;
       serviceConfig = unprivilegedHardening // {
         Type = "oneshot";
@@ -583,7 +671,6 @@ in
       description = "Refresh the compliance-agent egress allowlist";
       wantedBy = [ "timers.target" ];
       timerConfig = {
-        OnBootSec = "30s";
         OnCalendar = cfg.egressRefreshInterval;
         RandomizedDelaySec = "5min";
         Persistent = true;
@@ -609,9 +696,26 @@ in
       };
     };
 
+    # Our own table only: NixOS deletes and recreates it on every nftables
+    # start/reload and leaves other tables alone (no `flush ruleset`, which a
+    # non-empty networking.nftables.ruleset would turn on).
     networking.nftables = mkIf cfg.enforceEgress {
       enable = true;
-      ruleset = egressRuleset;
+      tables.${cfg.egressTable} = {
+        family = "inet";
+        content = egressTableContent;
+      };
+    };
+
+    # That recreation empties the allowlist sets: keep their elements across
+    # the reload, then refresh from DNS ("-": the firewall itself must load even
+    # if this fails).
+    systemd.services.nftables.serviceConfig = mkIf cfg.enforceEgress {
+      ExecReload = lib.mkMerge [
+        (lib.mkBefore [ "-${egressSets "save"}" ])
+        (lib.mkAfter [ "-${egressSets "restore"}" "-${startRefresh}" ])
+      ];
+      ExecStartPost = lib.mkAfter [ "-${egressSets "restore"}" "-${startRefresh}" ];
     };
 
     # The clock guard needs a synchronized clock; keep any NTP daemon the host chose.

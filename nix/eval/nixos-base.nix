@@ -12,6 +12,9 @@ in
     warnings = mkOption { type = types.listOf types.str; default = [ ]; };
     networking.hostName = mkOption { type = types.str; default = "nixos"; };
     networking.nameservers = mkOption { type = types.listOf types.str; default = [ ]; };
+    networking.firewall.extraCommands = mkOption { type = types.lines; default = ""; };
+    networking.firewall.extraStopCommands = mkOption { type = types.lines; default = ""; };
+    nix.settings.substituters = mkOption { type = types.listOf types.str; default = [ "https://cache.nixos.org/" ]; };
     services.chrony.enable = flag false;
     services.ntp.enable = flag false;
     services.openntpd.enable = flag false;
@@ -19,6 +22,7 @@ in
     services.prometheus.exporters.node = {
       enable = flag false;
       enabledCollectors = mkOption { type = types.listOf types.str; default = [ ]; };
+      disabledCollectors = mkOption { type = types.listOf types.str; default = [ ]; };
       extraFlags = mkOption { type = types.listOf types.str; default = [ ]; };
     };
     systemd.package = mkOption { type = types.package; default = pkgs.systemd; };

@@ -110,6 +110,10 @@ let
   mkDefault = mkOverride 1000;
   mkOptionDefault = mkOverride 1500;
   mkForce = mkOverride 50;
+  # Ordering of list definitions (mkBefore 500, plain 1000, mkAfter 1500).
+  mkOrder = priority: content: { _type = "order"; inherit priority content; };
+  mkBefore = mkOrder 500;
+  mkAfter = mkOrder 1500;
 
   # The definitions of attribute `name` inside a (possibly wrapped) definition,
   # wrappers pushed inside; never evaluates a condition.
@@ -117,6 +121,7 @@ let
     if isType "if" d then map (mkIf d.condition) (childDefs name d.content)
     else if isType "merge" d then b.concatMap (childDefs name) d.contents
     else if isType "override" d then map (mkOverride d.priority) (childDefs name d.content)
+    else if isType "order" d then map (mkOrder d.priority) (childDefs name d.content)
     else if b.isAttrs d && !isDerivation d && d ? ${name} then [ d.${name} ]
     else [ ];
 
@@ -125,19 +130,24 @@ let
     if isType "if" d then defNames d.content
     else if isType "merge" d then b.concatMap defNames d.contents
     else if isType "override" d then defNames d.content
+    else if isType "order" d then defNames d.content
     else if b.isAttrs d && !isDerivation d then b.attrNames d
     else [ ];
 
-  # Evaluate conditions: a list of { priority, value } with wrappers removed.
-  discharge = priority: d:
-    if isType "if" d then (if d.condition then discharge priority d.content else [ ])
-    else if isType "merge" d then b.concatMap (discharge priority) d.contents
-    else if isType "override" d then discharge d.priority d.content
-    else [ { inherit priority; value = d; } ];
+  # Evaluate conditions: a list of { priority, order, value } with wrappers removed.
+  dischargeOrdered = order: priority: d:
+    if isType "if" d then (if d.condition then dischargeOrdered order priority d.content else [ ])
+    else if isType "merge" d then b.concatMap (dischargeOrdered order priority) d.contents
+    else if isType "override" d then dischargeOrdered order d.priority d.content
+    else if isType "order" d then dischargeOrdered d.priority priority d.content
+    else [ { inherit priority order; value = d; } ];
+  discharge = dischargeOrdered 1000;
 
+  # The winning definitions (highest priority), in mkBefore/mkAfter order
+  # (builtins.sort is stable: equal orders keep module order).
   highest = defs:
     let best = b.foldl' (m: d: if d.priority < m then d.priority else m) 9999 defs; in
-    map (d: d.value) (b.filter (d: d.priority == best) defs);
+    map (d: d.value) (b.sort (x: y: x.order < y.order) (b.filter (d: d.priority == best) defs));
 
   unique = xs: b.foldl' (acc: x: if b.elem x acc then acc else acc ++ [ x ]) [ ] xs;
 
@@ -226,7 +236,16 @@ let
   # ---------------------------------------------------------------- lib
   lib = {
     inherit types mkOption mkEnableOption mkIf mkMerge mkOverride mkDefault mkForce
-      mkOptionDefault evalModules literalExpression;
+      mkOptionDefault mkOrder mkBefore mkAfter evalModules literalExpression;
+    toInt = s: let n = b.fromJSON s; in
+      if b.match "[0-9]+" s != null && b.isInt n then n else throw "toInt: ${s} is not an integer";
+    splitString = sep: s: b.filter b.isString (b.split (b.replaceStrings
+      [ "\\" "." "[" "]" "(" ")" "*" "+" "?" "{" "}" "|" "^" "$" ]
+      [ "\\\\" "\\." "\\[" "\\]" "\\(" "\\)" "\\*" "\\+" "\\?" "\\{" "\\}" "\\|" "\\^" "\\$" ]
+      sep) s);
+    removeSuffix = sfx: s:
+      let ls = b.stringLength s; lx = b.stringLength sfx; in
+      if lx <= ls && b.substring (ls - lx) lx s == sfx then b.substring 0 (ls - lx) s else s;
     literalMD = text: { _type = "literalMD"; inherit text; };
     mdDoc = x: x;
     optional = c: x: if c then [ x ] else [ ];
