@@ -66,7 +66,8 @@ let
       (let d = fromUrl why (lib.removePrefix "s3:" (lib.removePrefix "rest:" repo)); in
        if d != null then { ok = d; } else { unknown = "${why} (${repo})"; })
     else if s3Short != null then { ok = https why (b.elemAt s3Short 0); }
-    else if b.match "[a-z0-9]+:.*" repo != null && !(lib.hasInfix "@" repo) && scpLike == null
+    # cloud backends of restic: their endpoints are the provider's, not derived
+    else if b.match "(b2|azure|gs|swift|rclone):.*" repo != null
     then { unknown = "${why} (${repo}: its service's hosts are not derived here)"; }
     else if scpLike != null then { ok = dest "tcp" 22 why (b.elemAt scpLike 1); }
     else { unknown = "${why} (${repo})"; };

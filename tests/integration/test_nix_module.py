@@ -183,7 +183,8 @@ BREAKERS: list[tuple[dict[str, Any], tuple[str, ...], str]] = [
     ({"webhookSecretFile": "/nix/store/x-secret"}, (), "webhookSecretFile"),
     ({"rmmWebhookUrl": "https://rmm.example.net/hook"}, (), "needs webhookSecretFile"),
     ({"syslogTarget": "siem:514"}, (), "syslogTarget"),
-    ({"syslogTarget": "tcp://siem.example.net:514"}, (), "would drop syslog"),
+    ({"syslogTarget": "tcp://siem.example.net:514", "egressAllowConfiguredHosts": False}, (),
+     "would drop syslog"),
     ({"stateDirectory": "/srv/agent"}, (), "under /var/lib/"),
 ]
 
@@ -199,6 +200,7 @@ def test_each_assertion_fires_with_an_actionable_message(
 
 def test_assertions_pass_for_valid_variants() -> None:
     ok = evaluate({
+        "egressAllowConfiguredHosts": False,
         "deploymentMode": "reseller", "resellerId": "msp-7",
         "mcpUrl": "https://cp.example.net:8443/base",
         "allowedHosts": ["cp.example.net", "siem.example.net"],
@@ -207,9 +209,12 @@ def test_assertions_pass_for_valid_variants() -> None:
     })
     assert ok["failedAssertions"] == []
     parse_config(json.loads(ok["configText"]))
-    rules = ok["nftables"]["ruleset"]
-    assert "\t\ttcp dport 514 ip daddr @allowed_v4 accept\n" in rules
-    assert "\t\ttcp dport 514 ip6 daddr @allowed_v6 accept\n" in rules
+    rules = ok["egressRuleset"]
+    assert "\t\ttcp dport { 443 } ip daddr @allowed_v4 accept\n" in rules
+    # hosts the configuration needs but allowedHosts lacks: warned, not allowed
+    assert any("binary cache https://cache.nixos.org/" in w and "cache.nixos.org" in w
+               for w in ok["warnings"]), ok["warnings"]
+    assert "cache.nixos.org" not in json.loads(ok["configText"])["allowedHosts"]
 
 
 @pytest.mark.parametrize(
@@ -254,16 +259,20 @@ def test_examples_evaluate_without_failed_assertions(example: str) -> None:
 
 
 def test_egress_table_matches_the_shipped_example(base_eval: Any) -> None:
-    ruleset = base_eval["nftables"]["ruleset"]
-    assert base_eval["nftables"]["enable"] is True
+    ruleset = base_eval["egressRuleset"]
+    nft = base_eval["nftables"]
+    assert nft["enable"] is True
+    # our own table, no global ruleset (which would turn flushRuleset on in NixOS)
+    assert set(nft["tables"]) == {"compliance_egress"} and "ruleset" not in nft
+    assert nft["tables"]["compliance_egress"]["family"] == "inet"
     assert ruleset == (REPO / "examples" / "egress-table.nft").read_text()
     for needle in (
         "table inet compliance_egress {",
         "set allowed_v4 {\n\t\ttype ipv4_addr\n\t\tflags interval",
         "set allowed_v6 {\n\t\ttype ipv6_addr\n\t\tflags interval",
         "type filter hook output priority 0; policy drop;",
-        "tcp dport 443 ip daddr @allowed_v4 accept",
-        "tcp dport 443 ip6 daddr @allowed_v6 accept",
+        "tcp dport { 443 } ip daddr @allowed_v4 accept",
+        "tcp dport { 443 } ip6 daddr @allowed_v6 accept",
         "udp dport 123 accept",
     ):
         assert needle in ruleset, needle
@@ -271,7 +280,7 @@ def test_egress_table_matches_the_shipped_example(base_eval: Any) -> None:
 
 def test_dns_is_confined_to_known_resolvers() -> None:
     out = evaluate({"dnsResolvers": ["192.0.2.53", "2001:db8::53"], "egressTable": "egress_x"})
-    rs = out["nftables"]["ruleset"]
+    rs = out["egressRuleset"]
     assert "table inet egress_x {" in rs
     assert "ip daddr { 192.0.2.53 } udp dport 53 accept" in rs
     assert "ip6 daddr { 2001:db8::53 } tcp dport 53 accept" in rs
@@ -293,10 +302,8 @@ def test_timers_and_time_sync(base_eval: Any) -> None:
 
 
 def test_node_exporter_textfile_is_wired_when_enabled() -> None:
-    out = evaluate(extra=(
-        "services.prometheus.exporters.node.enable = true; "
-        'services.prometheus.exporters.node.enabledCollectors = [ "textfile" ];'
-    ))
+    # node_exporter's textfile collector is on by default: no enabledCollectors needed
+    out = evaluate(extra="services.prometheus.exporters.node.enable = true;")
     data = json.loads(out["configText"])
     assert data["metricsTextfile"] == "/var/lib/prometheus-node-exporter-text/compliance_agent.prom"
     assert "--collector.textfile.directory=/var/lib/prometheus-node-exporter-text" in out[
@@ -379,3 +386,109 @@ def test_flake_outputs_have_the_promised_shape(tmp_path: Path) -> None:
         assert out["devShells"][system] == ["default"]
         assert out["apps"][system]["demo"] == "app"
     assert set(out["nixosModules"]) == {"compliance-agent", "default"}
+
+
+def test_node_exporter_with_textfile_disabled_is_left_alone() -> None:
+    out = evaluate(extra=(
+        "services.prometheus.exporters.node.enable = true; "
+        'services.prometheus.exporters.node.disabledCollectors = [ "textfile" ];'
+    ))
+    assert json.loads(out["configText"])["metricsTextfile"] is None
+    assert out["nodeExporterFlags"] == []
+
+
+def test_iptables_only_firewall_options_fail_with_a_clear_message() -> None:
+    failed = evaluate(extra='networking.firewall.extraCommands = "iptables -A INPUT -j ACCEPT";')[
+        "failedAssertions"]
+    assert any("enforceEgress" in m and "extraCommands" in m for m in failed), failed
+    off = evaluate({"enforceEgress": False},
+                   extra='networking.firewall.extraCommands = "iptables -A INPUT -j ACCEPT";')
+    assert off["failedAssertions"] == [] and off["nftables"] in (None, {})
+
+
+def test_configured_hosts_and_ports_are_allowed() -> None:
+    out = evaluate(
+        {"deploymentMode": "reseller", "resellerId": "msp-7",
+         "rmmWebhookUrl": "https://rmm.example.net:8443/h", "webhookSecretFile": "/run/secrets/h",
+         "syslogTarget": "udp://siem.example.net:514",
+         "egressExtraTcpPorts": [587], "egressLocalNetworks": ["192.168.10.0/24", "fd00:10::/64"],
+         "flakeInputHosts": ["github.com"]},
+        extra='nix.settings.substituters = [ "https://cache.nixos.org/" "http://cache.lan:5000" ];',
+    )
+    assert out["failedAssertions"] == [] and out["warnings"] == []
+    hosts = json.loads(out["configText"])["allowedHosts"]
+    assert hosts == ["mcp.local", "cache.nixos.org", "cache.lan", "rmm.example.net",
+                     "siem.example.net", "github.com"]
+    rs = out["egressRuleset"]
+    assert "tcp dport { 443, 587, 5000, 8443 } ip daddr @allowed_v4 accept" in rs
+    assert "udp dport { 514 } ip6 daddr @allowed_v6 accept" in rs
+    assert "\t\tip daddr 192.168.10.0/24 accept\n" in rs
+    assert "\t\tip6 daddr fd00:10::/64 accept\n" in rs
+
+
+@pytest.mark.parametrize(
+    ("repository", "host", "port"),
+    [
+        ("sftp:backup@nas.clinic.lan:/srv/restic/ehr", "nas.clinic.lan", 22),
+        ("sftp://backup@nas.clinic.lan:2222//srv/x", "nas.clinic.lan", 2222),
+        ("rest:https://restic.example.net:8000/clinic", "restic.example.net", 8000),
+        ("s3:https://s3.example.net/bucket", "s3.example.net", 443),
+        ("ssh://borg@backup.example.net:23/./repo", "backup.example.net", 23),
+        ("borg@backup.example.net:repo", "backup.example.net", 22),
+    ],
+)
+def test_backup_repository_hosts_come_from_a_nix_path_baseline(
+    tmp_path: Path, repository: str, host: str, port: int
+) -> None:
+    baseline = tmp_path / "baseline.json"
+    baseline.write_text(json.dumps({"version": 1, "policy_version": "1", "backup": {"jobs": [
+        {"name": "j", "tool": "restic", "repository": repository, "password_file": "/run/p",
+         "max_snapshot_age": 26}]}}))
+    out = nix_eval(module_with({k: v for k, v in BASE.items() if k != "baselinePath"},
+                               f"services.compliance-agent.baselinePath = {baseline};"))
+    assert host in json.loads(out["configText"])["allowedHosts"]
+    assert re.search(rf"tcp dport {{ [0-9, ]*\b{port}\b[0-9, ]* }} ip daddr @allowed_v4", out[
+        "egressRuleset"]), out["egressRuleset"]
+    assert out["warnings"] == []
+
+
+def test_unknown_destinations_and_flake_targets_are_warned_about(tmp_path: Path) -> None:
+    baseline = tmp_path / "baseline.json"
+    baseline.write_text(json.dumps({
+        "version": 1, "policy_version": "1",
+        "patching": {"target": "github:clinic/infra#reception"},
+        "backup": {"jobs": [{"name": "b2", "tool": "restic", "repository": "b2:bucket:/x",
+                             "password_file": "/run/p", "max_snapshot_age": 26}]}}))
+    out = nix_eval(module_with({k: v for k, v in BASE.items() if k != "baselinePath"},
+                               f"services.compliance-agent.baselinePath = {baseline};"))
+    hosts = json.loads(out["configText"])["allowedHosts"]
+    assert {"github.com", "api.github.com", "codeload.github.com"} <= set(hosts)
+    warnings = "\n".join(out["warnings"])
+    assert "backup repository of job b2 (b2:bucket:/x" in warnings
+    assert "flakeInputHosts" in warnings
+
+
+def test_nftables_reload_keeps_the_sets(base_eval: Any) -> None:
+    svc = base_eval["nftablesService"]["serviceConfig"]
+    reload = svc["ExecReload"]
+    assert re.search(r"egress-sets\.sh save compliance_egress ", reload[0]), reload
+    assert re.search(r"egress-sets\.sh restore compliance_egress ", reload[-2]), reload
+    assert reload[-1].endswith("systemctl start --no-block compliance-agent-egress-refresh.service")
+    assert all(line.startswith("-") for line in reload)
+    assert re.search(r"egress-sets\.sh restore ", svc["ExecStartPost"][0])
+
+
+def test_refresh_runs_at_boot_before_the_agent(base_eval: Any) -> None:
+    services = base_eval["systemd"]["services"]
+    refresh = services["compliance-agent-egress-refresh"]
+    assert "multi-user.target" in refresh["wantedBy"]
+    assert "network-online.target" in refresh["after"] and "nftables.service" in refresh["after"]
+    assert "compliance-agent.service" in refresh["before"]
+    assert "compliance-agent-egress-refresh.service" in services["compliance-agent"]["after"]
+    timer = base_eval["systemd"]["timers"]["compliance-agent-egress-refresh"]["timerConfig"]
+    assert "OnBootSec" not in timer
+
+
+def test_actuator_runs_nix_through_the_daemon(base_eval: Any) -> None:
+    actuator = base_eval["systemd"]["services"]["compliance-agent-actuator"]
+    assert actuator["environment"]["NIX_REMOTE"] == "daemon"
