@@ -708,14 +708,29 @@ in
     };
 
     # That recreation empties the allowlist sets: keep their elements across
-    # the reload, then refresh from DNS ("-": the firewall itself must load even
-    # if this fails).
-    systemd.services.nftables.serviceConfig = mkIf cfg.enforceEgress {
-      ExecReload = lib.mkMerge [
-        (lib.mkBefore [ "-${egressSets "save"}" ])
-        (lib.mkAfter [ "-${egressSets "restore"}" "-${startRefresh}" ])
-      ];
-      ExecStartPost = lib.mkAfter [ "-${egressSets "restore"}" "-${startRefresh}" ];
+    # a reload, then refresh from DNS ("-": the firewall itself must load even
+    # if this fails). ExecReload is a list in NixOS's nftables module, so ours
+    # go around it; ExecStartPost there is a single string (systemd unit
+    # options may not mix lists and strings), so stop/start is handled by the
+    # unit below instead.
+    systemd.services.nftables.serviceConfig.ExecReload = mkIf cfg.enforceEgress (lib.mkMerge [
+      (lib.mkBefore [ "-${egressSets "save"}" ])
+      (lib.mkAfter [ "-${egressSets "restore"}" "-${startRefresh}" ])
+    ]);
+
+    # Bound to nftables.service: stopped (saving the sets) before it stops,
+    # started (restoring them, then refreshing) after it starts, restarted with it.
+    systemd.services.compliance-agent-egress-keep = mkIf cfg.enforceEgress {
+      description = "Compliance agent: keep the egress allowlist sets across nftables restarts";
+      wantedBy = [ "nftables.service" ];
+      partOf = [ "nftables.service" ];
+      after = [ "nftables.service" ];
+      serviceConfig = {
+        Type = "oneshot";
+        RemainAfterExit = true;
+        ExecStart = [ "-${egressSets "restore"}" "-${startRefresh}" ];
+        ExecStop = "-${egressSets "save"}";
+      };
     };
 
     # The clock guard needs a synchronized clock; keep any NTP daemon the host chose.

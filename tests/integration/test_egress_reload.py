@@ -4,8 +4,8 @@ The example configuration (examples/direct-config.nix: control plane, the
 binary cache from nix.settings.substituters, a restic backup to
 nas.clinic.lan over SFTP) is evaluated by nix/eval/eval.nix; what it yields
 (the table content of networking.nftables.tables, the allowedHosts of the
-agent's JSON config, the ExecReload/ExecStartPost lines it adds to
-nftables.service) is loaded into a private network namespace and exercised.
+agent's JSON config, the ExecReload lines it adds to nftables.service and
+the compliance-agent-egress-keep unit bound to it) is loaded into a private network namespace and exercised.
 
 What is emulated, and how (NixOS's nixos/modules/services/networking/nftables.nix,
 as of the 25.x/26.x releases): nftables.service's start and reload run one
@@ -16,7 +16,9 @@ NAME`; `flush ruleset` only when flushRuleset is true, which this module no
 longer causes), then each table as `table FAMILY NAME { CONTENT }`, then
 networking.nftables.ruleset. ExecReload is [ensure-deletions, rules script,
 save-deletions]; the module wraps it with its save (mkBefore) and restore +
-refresh trigger (mkAfter). Here: the deletions files live in the test's tmp
+refresh trigger (mkAfter). A restart is ExecStop (the saved deletions) then
+start; the module's keep unit (PartOf, After nftables.service) saves on its
+stop and restores on its start. Here: the deletions files live in the test's tmp
 dir, `systemctl start --no-block` of the refresh is not run (no systemd in the
 namespace), and the module's nix/egress-sets.sh runs from the repository with
 the arguments the module passes. A table loaded by someone else (a Docker-like
@@ -82,6 +84,8 @@ class Reload:
     table: str
     content: str
     exec_reload: list[str]
+    keep_start: list[str]
+    keep_stop: str
 
     def _rules_file(self) -> Path:
         deletions = self.tmp / "deletions-current.nft"
@@ -110,6 +114,15 @@ class Reload:
         self.host.check(["nft", "-f", str(self._rules_file())])
         (self.tmp / "deletions-var.nft").write_text(
             (self.tmp / "deletions-current.nft").read_text())
+
+    def restart(self) -> None:
+        """`systemctl restart nftables`: the keep unit (PartOf, After) stops first
+        (ExecStop: save), nftables' ExecStop runs the saved deletions, then
+        nftables starts and the keep unit starts after it (ExecStart: restore)."""
+        self._module_step(self.keep_stop)
+        self.host.check(["nft", "-f", str(self.tmp / "deletions-var.nft")])
+        self.start()
+        self._module_step(self.keep_start[0])
 
     def reload(self, *, with_module_steps: bool = True) -> None:
         """ExecReload: the module's mkBefore step(s), NixOS's three, the module's mkAfter ones."""
@@ -178,8 +191,10 @@ def lab(tmp_path: Path, example: Any) -> Iterator[Reload]:
         stack.callback(_stop, listener)
         _wait_ready(listener, "TCP listener")
         service = example["nftablesService"]["serviceConfig"]
+        keep = example["systemd"]["services"]["compliance-agent-egress-keep"]["serviceConfig"]
         yield Reload(host=host, net=net, tmp=tmp_path, table=table, content=content,
-                     exec_reload=list(service["ExecReload"]))
+                     exec_reload=list(service["ExecReload"]),
+                     keep_start=list(keep["ExecStart"]), keep_stop=keep["ExecStop"])
 
 
 def refresh(lab: Reload, example: Any) -> None:
@@ -225,6 +240,11 @@ def test_reload_keeps_other_tables_and_the_allowlist(lab: Reload, example: Any) 
     listing = lab.host.check(["nft", "list", "table", "inet", lab.table]).stdout
     assert listing.count("chain output") == 1
     assert listing.count("@allowed_v4 accept") == 1
+
+    lab.restart()  # stop + start, e.g. `systemctl restart nftables`
+    assert lab.elements("allowed_v4") == filled
+    assert "table ip docker_nat" in lab.host.check(["nft", "list", "tables"]).stdout
+    assert lab.connect(ADDRS["cache.nixos.org"], 443) == "connected"
 
 
 def test_without_the_module_steps_a_reload_empties_the_sets(lab: Reload, example: Any) -> None:

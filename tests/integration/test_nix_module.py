@@ -475,7 +475,12 @@ def test_nftables_reload_keeps_the_sets(base_eval: Any) -> None:
     assert re.search(r"egress-sets\.sh restore compliance_egress ", reload[-2]), reload
     assert reload[-1].endswith("systemctl start --no-block compliance-agent-egress-refresh.service")
     assert all(line.startswith("-") for line in reload)
-    assert re.search(r"egress-sets\.sh restore ", svc["ExecStartPost"][0])
+    # NixOS's ExecStartPost is one string: nothing of ours may be merged into it
+    assert "ExecStartPost" not in svc
+    keep = base_eval["systemd"]["services"]["compliance-agent-egress-keep"]
+    assert keep["partOf"] == keep["after"] == keep["wantedBy"] == ["nftables.service"]
+    assert re.search(r"egress-sets\.sh restore ", keep["serviceConfig"]["ExecStart"][0])
+    assert re.search(r"egress-sets\.sh save ", keep["serviceConfig"]["ExecStop"])
 
 
 def test_refresh_runs_at_boot_before_the_agent(base_eval: Any) -> None:
