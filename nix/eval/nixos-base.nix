@@ -1,12 +1,13 @@
 # Stub declarations of the NixOS options nix/module.nix reads, with NixOS's
-# defaults. Everything else it writes (systemd.*, users.*, networking.nftables,
-# sops.*, ...) is merged freeform by stub-lib.nix.
+# defaults; the ones it writes are in ./nixos-options.nix with NixOS's types.
+# Anything else (e.g. sops.* without sops-nix) is merged freeform by stub-lib.nix.
 { lib, pkgs, ... }:
 let
   inherit (lib) mkOption types;
   flag = default: mkOption { type = types.bool; inherit default; };
 in
 {
+  imports = [ ./nixos-options.nix ];
   options = {
     assertions = mkOption { type = types.listOf types.anything; default = [ ]; };
     warnings = mkOption { type = types.listOf types.str; default = [ ]; };

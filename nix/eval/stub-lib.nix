@@ -90,11 +90,52 @@ let
       check = v: b.isList v && b.all t.check v;
       merge = _: values: b.concatLists values;
     };
+    # Merged per attribute with the element type (mkIf false drops an attribute).
     attrsOf = t: mkType {
       name = "attrsOf";
       description = "attribute set of ${t.description}";
-      check = v: b.isAttrs v && b.all t.check (b.attrValues v);
-      merge = path: values: mergeFreeform path values;
+      check = b.isAttrs;
+      merge = path: values:
+        let
+          one = n:
+            let ds = b.concatMap (discharge 100) (b.concatMap (childDefs n) values); in
+            if ds == [ ] then null
+            else { name = n; value = checkedValue (path ++ [ n ]) t (t.merge (path ++ [ n ]) (highest ds)); };
+        in b.listToAttrs (b.filter (x: x != null) (map one (unique (b.concatMap defNames values))));
+    };
+    lazyAttrsOf = attrsOf;
+    unspecified = mkType { name = "unspecified"; check = _: true; };
+    singleLineStr = mkType {
+      name = "singleLineStr";
+      description = "(optionally newline-terminated) single-line string";
+      check = v: b.isString v && b.match "[^\n]*\n?" v != null;
+    };
+    oneOf = ts: mkType {
+      name = "oneOf";
+      description = b.concatStringsSep " or " (map (t: t.description) ts);
+      check = v: b.any (t: t.check v) ts;
+    };
+    addCheck = t: extra: t // { check = v: t.check v && extra v; };
+    passwdEntry = t: t // {
+      name = "passwdEntry ${t.name}";
+      description = "${t.description}, not containing newlines or colons";
+      check = v: t.check v && b.match ".*[:\n].*" (toString v) == null;
+    };
+    # NixOS's submodule: the definitions are evaluated as modules together with
+    # `modules` (attribute sets or functions of { name, config, ... }), and a
+    # definition of an undeclared option is an error, as in NixOS.
+    submodule = modules: mkType {
+      name = "submodule";
+      description = "submodule";
+      check = b.isAttrs;
+      merge = path: values:
+        (evalModulesWith {
+          strict = true;
+          prefix = path;
+          modules = (if b.isList modules then modules else [ modules ])
+            ++ map (v: { config = v; }) values;
+          specialArgs = { name = b.elemAt path (b.length path - 1); };
+        }).config;
     };
     either = t1: t2: mkType {
       name = "either";
@@ -179,6 +220,10 @@ let
     description = "Whether to enable ${what}.";
   };
 
+  checkedValue = path: type: v:
+    if type.check v then v
+    else throw "A definition for option `${showPath path}' is not of type `${type.description}'. Definition value: ${b.toJSON v}";
+
   evalOptionValue = path: opt: defs:
     let
       discharged = b.concatMap (discharge 100) defs
@@ -191,17 +236,26 @@ let
     else if type.check merged then merged
     else throw "A definition for option `${showPath path}' is not of type `${type.description}'. Definition value: ${b.toJSON merged}";
 
-  # Walk declarations and definitions together.
-  evalTree = path: decls: defs:
+  # Walk declarations and definitions together. Undeclared paths are merged
+  # freeform at the top level (options of NixOS this stub does not declare)
+  # and are errors inside a submodule (`strict`). A declared option with no
+  # default and no definition is left out (NixOS would throw on access).
+  evalTreeWith = strict: path: decls: defs:
     if isOption decls then evalOptionValue path decls defs
     else
       let
-        names = unique (b.attrNames decls ++ b.concatMap defNames defs);
+        defined = unique (b.concatMap defNames defs);
+        names = unique (b.filter (n: !(isOption decls.${n}) || decls.${n} ? default || b.elem n defined)
+          (b.attrNames decls) ++ defined);
         valueOf = n:
           let sub = b.concatMap (childDefs n) defs; in
-          if decls ? ${n} then evalTree (path ++ [ n ]) decls.${n} sub
+          if decls ? ${n} then evalTreeWith strict (path ++ [ n ]) decls.${n} sub
+          else if strict && b.concatMap (discharge 100) sub != [ ]
+          then throw "The option `${showPath (path ++ [ n ])}' does not exist. Definition values: ${b.toJSON (map (d: d.value) (b.concatMap (discharge 100) sub))}"
           else mergeFreeform (path ++ [ n ]) sub;
-      in b.listToAttrs (map (n: { name = n; value = valueOf n; }) names);
+      in b.listToAttrs (b.filter (x: !(strict && x.value == null && !(decls ? ${x.name})))
+        (map (n: { name = n; value = valueOf n; }) names));
+  evalTree = evalTreeWith false;
 
   # Merge option declaration trees from several modules.
   mergeDecls = a: c:
@@ -214,6 +268,8 @@ let
   # or paths to either; `imports` are followed. A module without `options`,
   # `config` or `imports` is all config (the shorthand form).
   evalModules = { modules, specialArgs ? { } }:
+    evalModulesWith { inherit modules specialArgs; strict = false; prefix = [ ]; };
+  evalModulesWith = { modules, specialArgs ? { }, strict, prefix }:
     let
       args = { inherit lib; } // specialArgs // { inherit config options; };
       load = m:
@@ -228,7 +284,7 @@ let
         } ] ++ b.concatMap load (raw.imports or [ ]);
       loaded = b.concatMap load modules;
       options = b.foldl' mergeDecls { } (map (m: m.options) loaded);
-      config = evalTree [ ] options (map (m: m.config) loaded);
+      config = evalTreeWith strict prefix options (map (m: m.config) loaded);
     in { inherit config options; };
 
   literalExpression = text: { _type = "literalExpression"; inherit text; };
