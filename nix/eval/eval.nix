@@ -14,6 +14,8 @@ let
     modules = [
       ../module.nix
       ./nixos-base.nix
+      # sops-nix's options, as the examples use them (a stand-in; see its header)
+      ../tests/sops-stub.nix
       { networking.hostName = lib.mkDefault hostName; }
       configuration
     ];

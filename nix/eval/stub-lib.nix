@@ -100,7 +100,7 @@ let
           one = n:
             let ds = b.concatMap (discharge 100) (b.concatMap (childDefs n) values); in
             if ds == [ ] then null
-            else { name = n; value = checkedValue (path ++ [ n ]) t (t.merge (path ++ [ n ]) (highest ds)); };
+            else { name = n; value = checkedMerge (path ++ [ n ]) t (highest ds); };
         in b.listToAttrs (b.filter (x: x != null) (map one (unique (b.concatMap defNames values))));
     };
     lazyAttrsOf = attrsOf;
@@ -224,17 +224,21 @@ let
     if type.check v then v
     else throw "A definition for option `${showPath path}' is not of type `${type.description}'. Definition value: ${b.toJSON v}";
 
+  # As NixOS's mergeDefinitions: every definition is checked against the
+  # type first, then they are merged (and the result checked again).
+  checkedMerge = path: type: values:
+    let bad = b.filter (v: !type.check v) values; in
+    if bad != [ ] then checkedValue path type (b.head bad)
+    else checkedValue path type (type.merge path values);
+
   evalOptionValue = path: opt: defs:
     let
       discharged = b.concatMap (discharge 100) defs
         ++ (if opt ? default then [ { priority = 1500; value = opt.default; } ] else [ ]);
-      winners = highest discharged;
       type = opt.type or types.anything;
-      merged = type.merge path winners;
     in
     if discharged == [ ] then throw "The option `${showPath path}' is used but not defined."
-    else if type.check merged then merged
-    else throw "A definition for option `${showPath path}' is not of type `${type.description}'. Definition value: ${b.toJSON merged}";
+    else checkedMerge path type (highest discharged);
 
   # Walk declarations and definitions together. Undeclared paths are merged
   # freeform at the top level (options of NixOS this stub does not declare)
@@ -253,8 +257,7 @@ let
           else if strict && b.concatMap (discharge 100) sub != [ ]
           then throw "The option `${showPath (path ++ [ n ])}' does not exist. Definition values: ${b.toJSON (map (d: d.value) (b.concatMap (discharge 100) sub))}"
           else mergeFreeform (path ++ [ n ]) sub;
-      in b.listToAttrs (b.filter (x: !(strict && x.value == null && !(decls ? ${x.name})))
-        (map (n: { name = n; value = valueOf n; }) names));
+      in b.listToAttrs (map (n: { name = n; value = valueOf n; }) names);
   evalTree = evalTreeWith false;
 
   # Merge option declaration trees from several modules.
