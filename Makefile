@@ -19,6 +19,7 @@ $(STAMP): pyproject.toml
 
 deps:
 	@scripts/ensure-system-deps.sh
+	@scripts/ensure-python.sh
 
 test: $(STAMP) deps lint typecheck schemas-check
 	$(PY) -m pytest -q tests
