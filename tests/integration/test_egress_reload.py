@@ -61,6 +61,9 @@ ADDRS = {
     "nas.clinic.lan": "192.0.2.22",
 }
 OTHER = "192.0.2.23"  # reachable in "net", allowed by nothing
+# Another table of networking.nftables.tables (as NixOS's nftables firewall
+# declares `nixos-fw`): recreated by the same rules script.
+NIXOS_FW = ("nixos-fw", "chain input {\n\ttype filter hook input priority 0; policy accept;\n}\n")
 DOCKER_LIKE = (
     "table ip docker_nat {\n"
     "\tset published { type ipv4_addr; elements = { 198.51.100.7 } }\n"
@@ -88,13 +91,15 @@ class Reload:
     keep_stop: str
 
     def _rules_file(self) -> Path:
+        tables = {NIXOS_FW[0]: NIXOS_FW[1], self.table: self.content}
         deletions = self.tmp / "deletions-current.nft"
-        deletions.write_text(f"table inet {self.table}\ndelete table inet {self.table}\n")
+        deletions.write_text("".join(f"table inet {name}\ndelete table inet {name}\n"
+                                     for name in tables))
         rules = self.tmp / "nftables-rules"
         rules.write_text(
             f'include "{self.tmp / "deletions-var.nft"}"\n'
             f'include "{deletions}"\n'
-            f"table inet {self.table} {{\n{self.content}\n}}\n"
+            + "".join(f"table inet {name} {{\n{content}\n}}\n" for name, content in tables.items())
         )
         return rules
 
@@ -229,6 +234,7 @@ def test_reload_keeps_other_tables_and_the_allowlist(lab: Reload, example: Any) 
 
     tables = lab.host.check(["nft", "list", "tables"]).stdout.split("\n")
     assert f"table inet {lab.table}" in tables and "table ip docker_nat" in tables
+    assert tables.count("table inet nixos-fw") == 1
     docker = lab.host.check(["nft", "list", "set", "ip", "docker_nat", "published"]).stdout
     assert "198.51.100.7" in docker
     # right after the reload, before any DNS refresh: the sets hold their addresses
