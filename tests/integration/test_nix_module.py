@@ -27,7 +27,8 @@ pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
 EVAL_NIX = REPO / "nix" / "eval" / "eval.nix"
 KEY = "ab" * 32
-SKIP_DIRS = {".git", ".venv", "node_modules", "__pycache__", ".mypy_cache", ".pytest_cache"}
+SKIP_DIRS = {".git", ".venv", "node_modules", "__pycache__", ".mypy_cache", ".pytest_cache",
+             ".nixpkgs-emulation"}
 
 BASE: dict[str, Any] = {
     "enable": True,
