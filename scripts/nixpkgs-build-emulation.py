@@ -42,6 +42,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import tomllib
 from pathlib import Path
 
@@ -153,9 +154,24 @@ def copy_source(entries: list[str], dest: Path) -> None:
             shutil.copy2(src, dest / name)
 
 
+def sandbox_env(vpy: Path, scratch: Path) -> dict[str, str]:
+    """A builder's environment: nothing inherited from the caller (a Nix build starts
+    from a clean one), the environment's interpreter first on PATH, and a short
+    TMPDIR as the sandbox's /build (unix socket paths must stay under 108 bytes)."""
+    home = scratch / "homeless-shelter"
+    home.mkdir(parents=True, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix="nixbld-")
+    return {"PATH": f"{vpy.parent}:/usr/bin:/bin", "HOME": str(home), "TMPDIR": tmp,
+            "LANG": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1", "SOURCE_DATE_EPOCH": "315532800"}
+
+
 def build_wheel(vpy: Path, src: Path) -> Path:
-    done = run([str(vpy), "-m", "build", "--no-isolation", "--outdir", "dist/", "--wheel"],
-               cwd=src)
+    env = sandbox_env(vpy, src.parent / "build-scratch")
+    try:
+        done = run([str(vpy), "-m", "build", "--no-isolation", "--outdir", "dist/", "--wheel"],
+                   cwd=src, env=env)
+    finally:
+        shutil.rmtree(env["TMPDIR"], ignore_errors=True)
     print(done.stdout[-4000:], done.stderr[-8000:], sep="\n")
     if done.returncode != 0:
         raise PhaseFailed("pypaBuildPhase failed (python -m build --no-isolation --wheel)")
@@ -212,11 +228,12 @@ def check_phase(vpy: Path, wheel: Path, src: Path, inputs: dict[str, object]) ->
     paths = [str(p) for p in inputs["enabledTestPaths"]]  # type: ignore[attr-defined]
     flags = [str(f) for f in inputs["pytestFlags"]]  # type: ignore[attr-defined]
     disabled = [f"--ignore={p}" for p in inputs["disabledTestPaths"]]  # type: ignore[attr-defined]
-    env = {**os.environ, "HOME": str(src.parent / "home"), "PYTHONDONTWRITEBYTECODE": "1"}
-    env.pop("PYTHONPATH", None)
-    (src.parent / "home").mkdir(exist_ok=True)
-    tests = run([str(vpy), "-m", "pytest", "-p", "no:cacheprovider", *flags, *disabled, *paths],
-                cwd=src, env=env)
+    env = sandbox_env(vpy, src.parent / "check-scratch")
+    try:
+        tests = run([str(vpy), "-m", "pytest", "-p", "no:cacheprovider", *flags, *disabled,
+                     *paths], cwd=src, env=env)
+    finally:
+        shutil.rmtree(env["TMPDIR"], ignore_errors=True)
     print(tests.stdout[-6000:], tests.stderr[-4000:], sep="\n")
     if tests.returncode != 0:
         raise PhaseFailed("pytestCheckPhase failed (tests above, run with only nativeCheckInputs)")
