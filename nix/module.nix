@@ -40,7 +40,7 @@ let
     "evidenceSnapshotInterval"
   ];
   agentSettings = lib.genAttrs agentOptionNames (name: cfg.${name})
-    // { allowedHosts = effectiveAllowedHosts; };
+    // { allowedHosts = cfg.egressAllowedHosts; };
   configFile = pkgs.writeText "compliance-agent.json" (builtins.toJSON agentSettings);
 
   exe = "${cfg.package}/bin/compliance-agent";
@@ -60,47 +60,8 @@ let
 
   nodeExporter = config.services.prometheus.exporters.node;
 
-  isV6 = a: lib.hasInfix ":" a;
-  dnsRuleFor = family: addrs:
-    lib.optionals (addrs != [ ]) (map (proto:
-      "\t${family} daddr { ${lib.concatStringsSep ", " addrs} } ${proto} dport 53 accept"
-    ) [ "udp" "tcp" ]);
-  dnsRules =
-    if cfg.dnsResolvers == [ ] then [ "\tudp dport 53 accept" "\ttcp dport 53 accept" ]
-    else dnsRuleFor "ip" (lib.filter (a: !isV6 a) cfg.dnsResolvers)
-      ++ dnsRuleFor "ip6" (lib.filter isV6 cfg.dnsResolvers);
-  localRules = lib.concatMap (net:
-    [ "\t${if isV6 net then "ip6" else "ip"} daddr ${net} accept" ]) cfg.egressLocalNetworks;
-
-  # --- what this configuration itself needs to reach (nix/egress-hosts.nix)
-  needs = import ./egress-hosts.nix { inherit lib config cfg; };
-  neededHosts = lib.unique (map (n: n.host) needs.destinations);
-  missingHosts = lib.filter (h: !(lib.elem h cfg.allowedHosts)) neededHosts;
-  # allowedHosts as the agent sees them (the JSON config): the configured ones,
-  # plus what the configuration needs when egressAllowConfiguredHosts is on.
-  effectiveAllowedHosts = cfg.allowedHosts
-    ++ lib.optionals cfg.egressAllowConfiguredHosts missingHosts;
-  tcpPorts = lib.unique ([ 443 ] ++ cfg.egressExtraTcpPorts
-    ++ lib.optionals cfg.egressAllowConfiguredHosts
-      (map (n: n.port) (lib.filter (n: n.proto == "tcp") needs.destinations)));
-  udpPorts = lib.unique (lib.optionals cfg.egressAllowConfiguredHosts
-    (map (n: n.port) (lib.filter (n: n.proto == "udp") needs.destinations)));
-  udpRules = lib.optionals (udpPorts != [ ]) (let ports = lib.concatMapStringsSep ", " toString udpPorts; in [
-    "\tudp dport { ${ports} } ip daddr @allowed_v4 accept"
-    "\tudp dport { ${ports} } ip6 daddr @allowed_v6 accept"
-  ]);
   syslogParts = if cfg.syslogTarget == null then null
     else builtins.match "(tcp|udp)://([^/:]+):([0-9]+)" cfg.syslogTarget;
-  # The content of `table inet <egressTable>` (networking.nftables.tables).
-  egressTableContent = builtins.replaceStrings
-    [ "@dnsRules@" "@tcpPorts@" "@extraRules@" ]
-    [ (lib.concatStringsSep "\n" (dnsRules ++ [ "\tudp dport 123 accept" ] ++ localRules))
-      (lib.concatMapStringsSep ", " toString tcpPorts)
-      (lib.concatMapStrings (r: r + "\n") udpRules) ]
-    (builtins.readFile ./egress.nft.in);
-  # Egress sets kept across nftables (re)loads (nix/egress-sets.sh).
-  egressSets = action: "${pkgs.coreutils}/bin/env NFT=${pkgs.nftables}/bin/nft ${pkgs.bash}/bin/bash ${./egress-sets.sh} ${action} ${cfg.egressTable} /run/nftables-${cfg.egressTable}-sets.nft";
-  startRefresh = "${config.systemd.package}/bin/systemctl start --no-block compliance-agent-egress-refresh.service";
 
   # Tools the controllers run (observation is read-only; changes go through
   # the actuator). The running system's profile last, for what the host has.
@@ -155,6 +116,9 @@ let
   };
 in
 {
+  # The egress allowlist: its options, table, reload handling and warnings.
+  imports = [ ./egress.nix ];
+
   options.services.compliance-agent = {
     enable = mkEnableOption "the compliance agent (declarative compliance reconciler)";
 
@@ -382,66 +346,6 @@ in
 
     # --- module-only options (not in the agent's JSON) ---
 
-    enforceEgress = mkOption {
-      type = types.bool;
-      default = true;
-      description = ''
-        Install the nftables egress allowlist table (networking.nftables.tables,
-        no global flush): outbound traffic of the WHOLE HOST, every program, is
-        dropped except loopback, replies, DHCP/ND, DNS, NTP, egressLocalNetworks
-        and TCP 443 (plus egressExtraTcpPorts and the ports the configuration
-        needs) to the addresses of allowedHosts. Hosts this configuration itself
-        needs (binary caches, webhook, syslog, backup repositories and a flake
-        target of the local baseline) are added when egressAllowConfiguredHosts
-        is on, warned about otherwise. Fail closed: until the first refresh after
-        boot only DNS/NTP pass; the refresh runs before the agent starts.
-      '';
-    };
-
-    dnsResolvers = mkOption {
-      type = types.listOf types.str;
-      default = [ ];
-      example = [ "192.0.2.53" ];
-      description = ''
-        Resolver addresses DNS may go to; empty (the default) allows DNS to any
-        address, so resolvers learned by DHCP keep working. List every resolver
-        the host uses (static and DHCP-learned) to confine DNS.
-      '';
-    };
-
-    egressAllowConfiguredHosts = mkOption {
-      type = types.bool;
-      default = true;
-      description = ''
-        Add to the allowlist the hosts this configuration itself needs, with their
-        ports: binary caches (nix.settings.substituters), rmmWebhookUrl,
-        syslogTarget, and from a local baseline given as a Nix path the backup
-        repositories and a flake patching target's origin, plus flakeInputHosts.
-        Off: each such host missing from allowedHosts is a warning instead.
-      '';
-    };
-
-    egressExtraTcpPorts = mkOption {
-      type = types.listOf types.port;
-      default = [ ];
-      example = [ 22 587 ];
-      description = "TCP ports, besides 443, allowed to the addresses of allowedHosts (e.g. SSH to a backup host, SMTP submission).";
-    };
-
-    egressLocalNetworks = mkOption {
-      type = types.listOf types.str;
-      default = [ ];
-      example = [ "192.168.10.0/24" "fd00:10::/64" ];
-      description = "Destination networks (CIDR) reached without restriction: the site's LAN (printers, NAS, PACS).";
-    };
-
-    flakeInputHosts = mkOption {
-      type = types.listOf types.str;
-      default = [ ];
-      example = [ "github.com" "api.github.com" "codeload.github.com" ];
-      description = "Hosts the inputs of a flake patching target are fetched from (HTTPS); the target's own origin is derived from the baseline.";
-    };
-
     metricsNodeExporter = mkOption {
       type = types.bool;
       # node_exporter enables its textfile collector by default: wire it
@@ -533,13 +437,6 @@ in
         message = "services.compliance-agent.syslogTarget host \"${if syslogParts == null then "" else builtins.elemAt syslogParts 1}\" is not in allowedHosts: the egress allowlist would drop syslog; add it to allowedHosts (or leave egressAllowConfiguredHosts on).";
       }
       {
-        # NixOS's nftables firewall asserts these are empty too, without naming
-        # this module; say why nftables is on and what to do.
-        assertion = !cfg.enforceEgress
-          || (config.networking.firewall.extraCommands == "" && config.networking.firewall.extraStopCommands == "");
-        message = "services.compliance-agent.enforceEgress turns on nftables (networking.nftables.enable) for the egress allowlist, and NixOS's nftables firewall cannot run the iptables commands of networking.firewall.extraCommands / extraStopCommands: move those rules to networking.firewall.extraInputRules / extraForwardRules or networking.nftables.tables, or set services.compliance-agent.enforceEgress = false (then outbound traffic is not confined).";
-      }
-      {
         assertion = lib.hasPrefix "/var/lib/" cfg.stateDirectory;
         message = "services.compliance-agent.stateDirectory = \"${cfg.stateDirectory}\" must be under /var/lib/ (it is the unit's StateDirectory).";
       }
@@ -551,14 +448,6 @@ in
       assertion = !(badSecretPath cfg.${name});
       message = "services.compliance-agent.${name} = \"${toString cfg.${name}}\" must be an absolute path outside /nix/store (the store is world-readable): use a runtime secret path such as one from sops-nix, as a string, not a Nix path.";
     }) secretOptions;
-
-    warnings = lib.optionals cfg.enforceEgress (
-      map (what: "services.compliance-agent: the egress allowlist may block ${what}: add its hosts to allowedHosts (and ports to egressExtraTcpPorts) or its network to egressLocalNetworks.") needs.unknown
-      ++ lib.optionals (!cfg.egressAllowConfiguredHosts) (map (n:
-        "services.compliance-agent: ${n.why} needs ${n.host} (${n.proto}/${toString n.port}), which is not in allowedHosts: the egress allowlist drops it (add it, or turn egressAllowConfiguredHosts on).")
-        (lib.filter (n: lib.elem n.host missingHosts) needs.destinations))
-      ++ lib.optional (needs.flakeTarget && cfg.flakeInputHosts == [ ])
-        "services.compliance-agent: the baseline's patching target is a flake: the hosts its inputs come from must be reachable; list them in flakeInputHosts (e.g. github.com, api.github.com, codeload.github.com).");
 
     users.users.${user} = {
       isSystemUser = true;
@@ -693,43 +582,6 @@ in
         OnCalendar = cfg.evidencePruneInterval;
         RandomizedDelaySec = "1h";
         Persistent = true;
-      };
-    };
-
-    # Our own table only: NixOS deletes and recreates it on every nftables
-    # start/reload and leaves other tables alone (no `flush ruleset`, which a
-    # non-empty networking.nftables.ruleset would turn on).
-    networking.nftables = mkIf cfg.enforceEgress {
-      enable = true;
-      tables.${cfg.egressTable} = {
-        family = "inet";
-        content = egressTableContent;
-      };
-    };
-
-    # That recreation empties the allowlist sets: keep their elements across
-    # a reload, then refresh from DNS ("-": the firewall itself must load even
-    # if this fails). ExecReload is a list in NixOS's nftables module, so ours
-    # go around it; ExecStartPost there is a single string (systemd unit
-    # options may not mix lists and strings), so stop/start is handled by the
-    # unit below instead.
-    systemd.services.nftables.serviceConfig.ExecReload = mkIf cfg.enforceEgress (lib.mkMerge [
-      (lib.mkBefore [ "-${egressSets "save"}" ])
-      (lib.mkAfter [ "-${egressSets "restore"}" "-${startRefresh}" ])
-    ]);
-
-    # Bound to nftables.service: stopped (saving the sets) before it stops,
-    # started (restoring them, then refreshing) after it starts, restarted with it.
-    systemd.services.compliance-agent-egress-keep = mkIf cfg.enforceEgress {
-      description = "Compliance agent: keep the egress allowlist sets across nftables restarts";
-      wantedBy = [ "nftables.service" ];
-      partOf = [ "nftables.service" ];
-      after = [ "nftables.service" ];
-      serviceConfig = {
-        Type = "oneshot";
-        RemainAfterExit = true;
-        ExecStart = [ "-${egressSets "restore"}" "-${startRefresh}" ];
-        ExecStop = "-${egressSets "save"}";
       };
     };
 
