@@ -76,6 +76,7 @@
             export HOME=$TMPDIR NIX_STATE_DIR=$TMPDIR/nix-state NIX_CONF_DIR=$TMPDIR
             cd $src
             python -m pytest -p no:cacheprovider -q tests/integration/test_nix_module.py \
+              tests/integration/test_nix_module_egress.py tests/integration/test_nix_option_types.py \
               tests/integration/test_unit_hardening.py
             touch $out
           '';
