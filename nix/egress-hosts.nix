@@ -38,10 +38,13 @@ let
     (let d = fromUrl "RMM webhook" cfg.rmmWebhookUrl; in
      if d != null then { ok = d; } else { unknown = "RMM webhook ${cfg.rmmWebhookUrl}"; });
 
+  # tcp://, udp://, and tls:// (syslog over TLS, RFC 5425: TCP) targets
   syslog = if cfg.syslogTarget == null then null
-    else b.match "(tcp|udp)://([^/:]+):([0-9]+)" cfg.syslogTarget;
-  syslogDests = lib.optional (syslog != null)
-    { ok = dest (b.elemAt syslog 0) (b.elemAt syslog 2) "syslog collector" (b.elemAt syslog 1); };
+    else b.match "(tcp|udp|tls)://([^/:]+):([0-9]+)" cfg.syslogTarget;
+  syslogDests = lib.optional (syslog != null) {
+    ok = dest (if b.elemAt syslog 0 == "udp" then "udp" else "tcp") (b.elemAt syslog 2)
+      "syslog collector" (b.elemAt syslog 1);
+  };
 
   # The local baseline, when it is a Nix path (a string path is outside the
   # store and pure evaluation may not read it).
