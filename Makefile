@@ -9,7 +9,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 PKGS   := specs controllers reconciler
 
-.PHONY: test unit integration lint typecheck schemas schemas-check demo bench deps clean
+.PHONY: test unit integration lint typecheck schemas schemas-check demo bench deps clean nixpkgs-build
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +19,7 @@ $(STAMP): pyproject.toml
 
 deps:
 	@scripts/ensure-system-deps.sh
+	@scripts/ensure-python.sh
 
 test: $(STAMP) deps lint typecheck schemas-check
 	$(PY) -m pytest -q tests
@@ -36,6 +37,11 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy --strict $(PKGS)
 
+# nix/package.nix built as nixpkgs builds it (Python 3.13, nixos-26.05's versions),
+# without Nix; also part of `make test` (tests/integration/test_nixpkgs_build.py).
+nixpkgs-build: $(STAMP)
+	$(PY) scripts/nixpkgs-build-emulation.py
+
 schemas: $(STAMP)
 	$(PY) -m reconciler.cli.schemas write schemas
 
@@ -49,4 +55,4 @@ bench: $(STAMP) deps
 	$(PY) -m bench.run_all
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .nixpkgs-emulation

@@ -3,7 +3,18 @@
 
   # No flake.lock is committed yet: it could not be generated offline. The
   # first `nix flake lock` (or any nix command on the flake) pins nixpkgs.
-  inputs.nixpkgs.url = "github:NixOS/nixpkgs/nixos-24.11";
+  #
+  # NixOS 26.05, the current stable release (supported to the end of 2026).
+  # What depends on the release, and since when (nix/module.nix, nix/package.nix):
+  # * networking.nftables.tables deleted and recreated by nftables.service,
+  #   flushRuleset defaulting to true only with a non-empty ruleset, ExecReload
+  #   a list and ExecStartPost a string (nftables.nix as of 23.11 and later);
+  # * buildPythonApplication with pyproject/build-system/dependencies (24.05+)
+  #   and pytestCheckHook's enabledTestPaths (25.05+);
+  # * config.system.build.nixos-rebuild (nixos-rebuild-ng from 25.11 on);
+  # * the Python versions of nix/nixpkgs-versions.toml (python3 = 3.13),
+  #   which the build emulation (make nixpkgs-build) checks against.
+  inputs.nixpkgs.url = "github:NixOS/nixpkgs/nixos-26.05";
 
   outputs = { self, nixpkgs }:
     let
@@ -40,7 +51,7 @@
               {
                 boot.loader.grub.enable = false;
                 fileSystems."/" = { device = "/dev/vda"; fsType = "ext4"; };
-                system.stateVersion = "24.11";
+                system.stateVersion = "26.05";
               }
             ];
           };
@@ -65,6 +76,7 @@
             export HOME=$TMPDIR NIX_STATE_DIR=$TMPDIR/nix-state NIX_CONF_DIR=$TMPDIR
             cd $src
             python -m pytest -p no:cacheprovider -q tests/integration/test_nix_module.py \
+              tests/integration/test_nix_module_egress.py tests/integration/test_nix_option_types.py \
               tests/integration/test_unit_hardening.py
             touch $out
           '';

@@ -12,13 +12,15 @@ let
     owner = "compliance-agent";
     group = "compliance-agent";
     mode = "0400";
-    path = "/run/secrets/compliance-agent/${name}";
     restartUnits = [ "compliance-agent.service" ];
   };
   secretPath = name: config.sops.secrets."compliance-agent/${name}".path;
 in
 {
-  sops.defaultSopsFile = "/etc/nixos/secrets/compliance-agent.yaml";
+  # A Nix path (copied to the store, encrypted): sops-nix validates it at
+  # evaluation. The key that decrypts it stays on the host, outside the store.
+  sops.defaultSopsFile = ./secrets/compliance-agent.yaml;
+  sops.age.keyFile = "/var/lib/sops-nix/key.txt";
   sops.secrets = {
     "compliance-agent/client.crt" = secret "client.crt";
     "compliance-agent/client.key" = secret "client.key";
@@ -30,7 +32,8 @@ in
     enable = true;
     deploymentMode = "direct";
     siteId = "clinic-0042";
-    baselinePath = ./minimal-baseline.json;
+    # services, a restic backup to the NAS over SFTP, egress and time
+    baselinePath = ./clinic-baseline.json;
     mcpUrl = "https://mcp.example-health.net";
     allowedHosts = [ "mcp.example-health.net" ];
     mcpPublicKeys = [

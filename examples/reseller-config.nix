@@ -9,13 +9,15 @@ let
     owner = "compliance-agent";
     group = "compliance-agent";
     mode = "0400";
-    path = "/run/secrets/compliance-agent/${name}";
     restartUnits = [ "compliance-agent.service" ];
   };
   secretPath = name: config.sops.secrets."compliance-agent/${name}".path;
 in
 {
-  sops.defaultSopsFile = "/etc/nixos/secrets/compliance-agent.yaml";
+  # A Nix path (copied to the store, encrypted): sops-nix validates it at
+  # evaluation. The key that decrypts it stays on the host, outside the store.
+  sops.defaultSopsFile = ./secrets/compliance-agent.yaml;
+  sops.age.keyFile = "/var/lib/sops-nix/key.txt";
   sops.secrets = {
     "compliance-agent/client.crt" = secret "client.crt";
     "compliance-agent/client.key" = secret "client.key";
@@ -33,7 +35,6 @@ in
     mcpUrl = "https://mcp.northwind-msp.com";
     # every destination: control plane, RMM webhook, syslog collector
     allowedHosts = [ "mcp.northwind-msp.com" "rmm.northwind-msp.com" "siem.northwind-msp.com" ];
-    # RFC 8032 test vector 1: replace with the control plane's key.
     # RFC 8032 test vector 1: replace with the control plane's key.
     mcpPublicKeys = [ "d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a" ];
     clientCertFile = secretPath "client.crt";

@@ -39,7 +39,8 @@ let
     "actuatorSocket" "metricsTextfile" "egressTable" "workers"
     "evidenceSnapshotInterval"
   ];
-  agentSettings = lib.genAttrs agentOptionNames (name: cfg.${name});
+  agentSettings = lib.genAttrs agentOptionNames (name: cfg.${name})
+    // { allowedHosts = cfg.egressAllowedHosts; };
   configFile = pkgs.writeText "compliance-agent.json" (builtins.toJSON agentSettings);
 
   exe = "${cfg.package}/bin/compliance-agent";
@@ -59,39 +60,12 @@ let
 
   nodeExporter = config.services.prometheus.exporters.node;
 
-  isV6 = a: lib.hasInfix ":" a;
-  dnsRuleFor = family: addrs:
-    lib.optionals (addrs != [ ]) (map (proto:
-      "\t\t${family} daddr { ${lib.concatStringsSep ", " addrs} } ${proto} dport 53 accept"
-    ) [ "udp" "tcp" ]);
-  dnsRules =
-    if cfg.dnsResolvers == [ ] then [ "\t\tudp dport 53 accept" "\t\ttcp dport 53 accept" ]
-    else dnsRuleFor "ip" (lib.filter (a: !isV6 a) cfg.dnsResolvers)
-      ++ dnsRuleFor "ip6" (lib.filter isV6 cfg.dnsResolvers);
-  # syslogTarget "tcp://host:port": that port to the allowlisted addresses too
-  # (its host must be in allowedHosts, asserted below).
   syslogParts = if cfg.syslogTarget == null then null
     else builtins.match "(tcp|udp)://([^/:]+):([0-9]+)" cfg.syslogTarget;
-  syslogRules = lib.optionals (syslogParts != null) (
-    let proto = builtins.elemAt syslogParts 0; port = builtins.elemAt syslogParts 2; in [
-      "\t\t${proto} dport ${port} ip daddr @allowed_v4 accept"
-      "\t\t${proto} dport ${port} ip6 daddr @allowed_v6 accept"
-    ]);
-  # natsUrl "tls://host[:port]": order wake-ups; that port to the allowlisted
-  # addresses too (its host must be in allowedHosts, asserted below).
+  # natsUrl "tls://host[:port]": order wake-ups (its port joins the egress
+  # allowlist through nix/egress-hosts.nix; its host must be in allowedHosts).
   natsParts = if cfg.natsUrl == null then null
     else builtins.match "tls://([^/:@]+)(:([0-9]+))?/?" cfg.natsUrl;
-  natsPort = if natsParts == null || builtins.elemAt natsParts 2 == null then "4222"
-    else builtins.elemAt natsParts 2;
-  natsRules = lib.optionals (natsParts != null) [
-    "\t\ttcp dport ${natsPort} ip daddr @allowed_v4 accept"
-    "\t\ttcp dport ${natsPort} ip6 daddr @allowed_v6 accept"
-  ];
-  egressRuleset = builtins.replaceStrings
-    [ "@egressTable@" "@dnsRules@" "@extraRules@" ]
-    [ cfg.egressTable (lib.concatStringsSep "\n" dnsRules)
-      (lib.concatMapStrings (r: r + "\n") (syslogRules ++ natsRules)) ]
-    (builtins.readFile ./egress.nft.in);
 
   # Tools the controllers run (observation is read-only; changes go through
   # the actuator). The running system's profile last, for what the host has.
@@ -146,6 +120,9 @@ let
   };
 in
 {
+  # The egress allowlist: its options, table, reload handling and warnings.
+  imports = [ ./egress.nix ];
+
   options.services.compliance-agent = {
     enable = mkEnableOption "the compliance agent (declarative compliance reconciler)";
 
@@ -386,29 +363,13 @@ in
 
     # --- module-only options (not in the agent's JSON) ---
 
-    enforceEgress = mkOption {
-      type = types.bool;
-      default = true;
-      description = ''
-        Install the nftables egress allowlist table: outbound traffic is dropped
-        except loopback, replies, DHCP/ND, DNS, NTP and HTTPS to the addresses of
-        allowedHosts. This applies to the whole host (list e.g. your binary cache
-        in allowedHosts). Fail closed: until the first refresh only DNS/NTP pass.
-      '';
-    };
-
-    dnsResolvers = mkOption {
-      type = types.listOf types.str;
-      default = config.networking.nameservers;
-      defaultText = literalExpression "config.networking.nameservers";
-      description = "Resolver addresses DNS may go to; empty allows DNS to any address.";
-    };
-
     metricsNodeExporter = mkOption {
       type = types.bool;
-      default = nodeExporter.enable && lib.elem "textfile" nodeExporter.enabledCollectors;
+      # node_exporter enables its textfile collector by default: wire it
+      # whenever the exporter runs, unless the host disabled that collector.
+      default = nodeExporter.enable && !(lib.elem "textfile" nodeExporter.disabledCollectors);
       defaultText = literalExpression
-        ''config.services.prometheus.exporters.node.enable && elem "textfile" config.services.prometheus.exporters.node.enabledCollectors'';
+        ''config.services.prometheus.exporters.node.enable && !(elem "textfile" config.services.prometheus.exporters.node.disabledCollectors)'';
       description = ''
         Wire the node exporter's textfile collector to metricsTextfileDirectory
         (adds --collector.textfile.directory; turn off if you set that flag yourself).
@@ -488,16 +449,18 @@ in
         message = "services.compliance-agent.syslogTarget = \"${toString cfg.syslogTarget}\" must look like \"tcp://host:514\" or \"udp://host:514\".";
       }
       {
-        assertion = syslogParts == null || lib.elem (builtins.elemAt syslogParts 1) cfg.allowedHosts;
-        message = "services.compliance-agent.syslogTarget host \"${if syslogParts == null then "" else builtins.elemAt syslogParts 1}\" is not in allowedHosts: the egress allowlist would drop syslog; add it to allowedHosts.";
+        assertion = syslogParts == null || cfg.egressAllowConfiguredHosts
+          || lib.elem (builtins.elemAt syslogParts 1) cfg.allowedHosts;
+        message = "services.compliance-agent.syslogTarget host \"${if syslogParts == null then "" else builtins.elemAt syslogParts 1}\" is not in allowedHosts: the egress allowlist would drop syslog; add it to allowedHosts (or leave egressAllowConfiguredHosts on).";
       }
       {
         assertion = cfg.natsUrl == null || natsParts != null;
         message = "services.compliance-agent.natsUrl = \"${toString cfg.natsUrl}\" must look like \"tls://nats.example.net:4222\" (TLS only, no credentials in the URL).";
       }
       {
-        assertion = natsParts == null || lib.elem (builtins.elemAt natsParts 0) cfg.allowedHosts;
-        message = "services.compliance-agent.natsUrl host \"${if natsParts == null then "" else builtins.elemAt natsParts 0}\" is not in allowedHosts: the egress allowlist would block order wake-ups; add it to allowedHosts.";
+        assertion = natsParts == null || cfg.egressAllowConfiguredHosts
+          || lib.elem (builtins.elemAt natsParts 0) cfg.allowedHosts;
+        message = "services.compliance-agent.natsUrl host \"${if natsParts == null then "" else builtins.elemAt natsParts 0}\" is not in allowedHosts: the egress allowlist would block order wake-ups; add it to allowedHosts (or leave egressAllowConfiguredHosts on).";
       }
       {
         assertion = lib.hasPrefix "/var/lib/" cfg.stateDirectory;
@@ -529,7 +492,9 @@ in
       description = "Compliance agent: declarative compliance reconciler";
       wantedBy = [ "multi-user.target" ];
       wants = [ "network-online.target" "compliance-agent-actuator.socket" ];
-      after = [ "network-online.target" "nftables.service" "compliance-agent-actuator.socket" ];
+      # The allowlist is filled before the agent's first HTTPS request.
+      after = [ "network-online.target" "nftables.service" "compliance-agent-actuator.socket" ]
+        ++ lib.optional cfg.enforceEgress "compliance-agent-egress-refresh.service";
       restartTriggers = [ configFile ];
       path = agentPath;
       serviceConfig = unprivilegedHardening // {
@@ -570,6 +535,9 @@ in
       restartTriggers = [ configFile ];
       # Fixed argv only, no shell; these are what the typed actions run.
       path = [ config.systemd.package pkgs.nftables config.nix.package config.system.build.nixos-rebuild ];
+      # Builds go to nix-daemon, outside this unit's seccomp/personality limits
+      # (as root, nix would otherwise use the store directly and build here).
+      environment.NIX_REMOTE = "daemon";
       serviceConfig = {
         Type = "simple";
         ExecStart = "${exe} actuator --config ${configFile} --allow-user ${user} --idle-exit 600";
@@ -600,8 +568,12 @@ in
 
     systemd.services.compliance-agent-egress-refresh = {
       description = "Compliance agent: refresh the egress allowlist from DNS";
+      # At boot: as soon as the network is online (ordering, no timer delay),
+      # and before the agent; later hourly (timer) and after nftables reloads.
+      wantedBy = lib.optional cfg.enforceEgress "multi-user.target";
       wants = [ "network-online.target" "compliance-agent-actuator.socket" ];
-      after = [ "network-online.target" "nftables.service" "compliance-agent-actuator.socket" ];
+      after = [ "network-online.target" "nss-lookup.target" "nftables.service" "compliance-agent-actuator.socket" ];
+      before = [ "compliance-agent.service" ];
       path = agentPath;
       serviceConfig = unprivilegedHardening // {
         Type = "oneshot";
@@ -614,7 +586,6 @@ in
       description = "Refresh the compliance-agent egress allowlist";
       wantedBy = [ "timers.target" ];
       timerConfig = {
-        OnBootSec = "30s";
         OnCalendar = cfg.egressRefreshInterval;
         RandomizedDelaySec = "5min";
         Persistent = true;
@@ -638,11 +609,6 @@ in
         RandomizedDelaySec = "1h";
         Persistent = true;
       };
-    };
-
-    networking.nftables = mkIf cfg.enforceEgress {
-      enable = true;
-      ruleset = egressRuleset;
     };
 
     # The clock guard needs a synchronized clock; keep any NTP daemon the host chose.

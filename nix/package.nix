@@ -1,12 +1,27 @@
-# compliance-agent, built from pyproject.toml (setuptools backend).
-# The unit tests run in the build (fast, no root); integration tests need
-# root, nspawn, nft, ... and run in CI (.ci/run) and the NixOS VM test.
+# compliance-agent, built from pyproject.toml (setuptools backend) the way
+# current nixpkgs writes a Python application (`pyproject = true`,
+# `build-system`, `dependencies`). The unit tests run in the build (fast, no
+# root); integration tests need root, nspawn, nft, ... and run in CI (.ci/run)
+# and the NixOS VM test.
+#
+# scripts/nixpkgs-build-emulation.py reads this file (through
+# nix/eval/package-inputs.nix) and replays the build off Nix with the versions
+# of nix/nixpkgs-versions.toml: pypa build without isolation, the runtime-deps
+# check of every Requires-Dist, then this check phase with only
+# nativeCheckInputs (tests/integration/test_nixpkgs_build.py).
+#
+# Release-specific: `enabledTestPaths` is read by pytestCheckHook since nixpkgs
+# 25.05 (older releases ignore it and would collect tests/integration too).
 { lib, python3Packages }:
 
+let
+  # The version lives in pyproject.toml only.
+  project = (builtins.fromTOML (builtins.readFile ../pyproject.toml)).project;
+in
 python3Packages.buildPythonApplication {
-  pname = "compliance-agent";
-  version = (lib.importTOML ../pyproject.toml).project.version;  # the one place it is written
-  format = "pyproject";
+  pname = project.name;
+  inherit (project) version;
+  pyproject = true;
 
   src = lib.cleanSourceWith {
     src = ../.;
@@ -15,13 +30,15 @@ python3Packages.buildPythonApplication {
     filter = path: type:
       let rel = lib.removePrefix (toString ../. + "/") (toString path); in
       lib.any (p: rel == p || lib.hasPrefix "${p}/" rel) [
-        "pyproject.toml" "README.md" "specs" "controllers" "reconciler" "tests" "schemas"
+        "pyproject.toml" "README.md" "LICENSE" "specs" "controllers" "reconciler" "tests" "schemas"
+        # the example baselines: unit tests parse them
+        "examples"
       ];
   };
 
-  nativeBuildInputs = with python3Packages; [ setuptools ];
+  build-system = with python3Packages; [ setuptools ];
 
-  propagatedBuildInputs = with python3Packages; [
+  dependencies = with python3Packages; [
     pydantic
     httpx
     pynacl
@@ -30,6 +47,8 @@ python3Packages.buildPythonApplication {
     cryptography
   ];
 
+  # Everything tests/unit imports beyond the dependencies (dnslib: the DNS
+  # test server of tests/support).
   nativeCheckInputs = with python3Packages; [
     pytestCheckHook
     pytest-timeout
@@ -37,8 +56,12 @@ python3Packages.buildPythonApplication {
     hypothesis
     trustme
     securesystemslib
+    dnslib
   ];
-  pytestFlagsArray = [ "tests/unit" ];
+  enabledTestPaths = [ "tests/unit" ];
+  # Tests of the DEV ONLY demo control plane (demo/, FastAPI): not part of the
+  # package, so neither its source nor its dependencies are in this build.
+  disabledTestPaths = [ "tests/unit/test_control_plane_checkpoints.py" ];
 
   pythonImportsCheck = [ "specs.config" "reconciler.cli.main" "reconciler.actuator.server" ];
 

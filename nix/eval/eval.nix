@@ -14,6 +14,8 @@ let
     modules = [
       ../module.nix
       ./nixos-base.nix
+      # sops-nix's options, as the examples use them (a stand-in; see its header)
+      ../tests/sops-stub.nix
       { networking.hostName = lib.mkDefault hostName; }
       configuration
     ];
@@ -46,6 +48,11 @@ in
   };
   users = config.users or null;
   nftables = config.networking.nftables or null;
+  egressRuleset =
+    let t = (config.networking.nftables.tables or { }).${cfg.egressTable} or null; in
+    if t == null then null else import ../egress-table.nix { inherit lib; } (t.name or cfg.egressTable) t.content;
+  nftablesService = (config.systemd.services or { }).nftables or null;
+  warnings = config.warnings;
   timesyncd = config.services.timesyncd.enable;
   nodeExporterFlags = config.services.prometheus.exporters.node.extraFlags;
   systemPackages = config.environment.systemPackages or [ ];

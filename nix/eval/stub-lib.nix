@@ -90,11 +90,52 @@ let
       check = v: b.isList v && b.all t.check v;
       merge = _: values: b.concatLists values;
     };
+    # Merged per attribute with the element type (mkIf false drops an attribute).
     attrsOf = t: mkType {
       name = "attrsOf";
       description = "attribute set of ${t.description}";
-      check = v: b.isAttrs v && b.all t.check (b.attrValues v);
-      merge = path: values: mergeFreeform path values;
+      check = b.isAttrs;
+      merge = path: values:
+        let
+          one = n:
+            let ds = b.concatMap (discharge 100) (b.concatMap (childDefs n) values); in
+            if ds == [ ] then null
+            else { name = n; value = checkedMerge (path ++ [ n ]) t (highest ds); };
+        in b.listToAttrs (b.filter (x: x != null) (map one (unique (b.concatMap defNames values))));
+    };
+    lazyAttrsOf = attrsOf;
+    unspecified = mkType { name = "unspecified"; check = _: true; };
+    singleLineStr = mkType {
+      name = "singleLineStr";
+      description = "(optionally newline-terminated) single-line string";
+      check = v: b.isString v && b.match "[^\n]*\n?" v != null;
+    };
+    oneOf = ts: mkType {
+      name = "oneOf";
+      description = b.concatStringsSep " or " (map (t: t.description) ts);
+      check = v: b.any (t: t.check v) ts;
+    };
+    addCheck = t: extra: t // { check = v: t.check v && extra v; };
+    passwdEntry = t: t // {
+      name = "passwdEntry ${t.name}";
+      description = "${t.description}, not containing newlines or colons";
+      check = v: t.check v && b.match ".*[:\n].*" (toString v) == null;
+    };
+    # NixOS's submodule: the definitions are evaluated as modules together with
+    # `modules` (attribute sets or functions of { name, config, ... }), and a
+    # definition of an undeclared option is an error, as in NixOS.
+    submodule = modules: mkType {
+      name = "submodule";
+      description = "submodule";
+      check = b.isAttrs;
+      merge = path: values:
+        (evalModulesWith {
+          strict = true;
+          prefix = path;
+          modules = (if b.isList modules then modules else [ modules ])
+            ++ map (v: { config = v; }) values;
+          specialArgs = { name = b.elemAt path (b.length path - 1); };
+        }).config;
     };
     either = t1: t2: mkType {
       name = "either";
@@ -110,6 +151,10 @@ let
   mkDefault = mkOverride 1000;
   mkOptionDefault = mkOverride 1500;
   mkForce = mkOverride 50;
+  # Ordering of list definitions (mkBefore 500, plain 1000, mkAfter 1500).
+  mkOrder = priority: content: { _type = "order"; inherit priority content; };
+  mkBefore = mkOrder 500;
+  mkAfter = mkOrder 1500;
 
   # The definitions of attribute `name` inside a (possibly wrapped) definition,
   # wrappers pushed inside; never evaluates a condition.
@@ -117,6 +162,7 @@ let
     if isType "if" d then map (mkIf d.condition) (childDefs name d.content)
     else if isType "merge" d then b.concatMap (childDefs name) d.contents
     else if isType "override" d then map (mkOverride d.priority) (childDefs name d.content)
+    else if isType "order" d then map (mkOrder d.priority) (childDefs name d.content)
     else if b.isAttrs d && !isDerivation d && d ? ${name} then [ d.${name} ]
     else [ ];
 
@@ -125,19 +171,24 @@ let
     if isType "if" d then defNames d.content
     else if isType "merge" d then b.concatMap defNames d.contents
     else if isType "override" d then defNames d.content
+    else if isType "order" d then defNames d.content
     else if b.isAttrs d && !isDerivation d then b.attrNames d
     else [ ];
 
-  # Evaluate conditions: a list of { priority, value } with wrappers removed.
-  discharge = priority: d:
-    if isType "if" d then (if d.condition then discharge priority d.content else [ ])
-    else if isType "merge" d then b.concatMap (discharge priority) d.contents
-    else if isType "override" d then discharge d.priority d.content
-    else [ { inherit priority; value = d; } ];
+  # Evaluate conditions: a list of { priority, order, value } with wrappers removed.
+  dischargeOrdered = order: priority: d:
+    if isType "if" d then (if d.condition then dischargeOrdered order priority d.content else [ ])
+    else if isType "merge" d then b.concatMap (dischargeOrdered order priority) d.contents
+    else if isType "override" d then dischargeOrdered order d.priority d.content
+    else if isType "order" d then dischargeOrdered d.priority priority d.content
+    else [ { inherit priority order; value = d; } ];
+  discharge = dischargeOrdered 1000;
 
+  # The winning definitions (highest priority), in mkBefore/mkAfter order
+  # (builtins.sort is stable: equal orders keep module order).
   highest = defs:
     let best = b.foldl' (m: d: if d.priority < m then d.priority else m) 9999 defs; in
-    map (d: d.value) (b.filter (d: d.priority == best) defs);
+    map (d: d.value) (b.sort (x: y: x.order < y.order) (b.filter (d: d.priority == best) defs));
 
   unique = xs: b.foldl' (acc: x: if b.elem x acc then acc else acc ++ [ x ]) [ ] xs;
 
@@ -169,29 +220,45 @@ let
     description = "Whether to enable ${what}.";
   };
 
+  checkedValue = path: type: v:
+    if type.check v then v
+    else throw "A definition for option `${showPath path}' is not of type `${type.description}'. Definition value: ${b.toJSON v}";
+
+  # As NixOS's mergeDefinitions: every definition is checked against the
+  # type first, then they are merged (and the result checked again).
+  checkedMerge = path: type: values:
+    let bad = b.filter (v: !type.check v) values; in
+    if bad != [ ] then checkedValue path type (b.head bad)
+    else checkedValue path type (type.merge path values);
+
   evalOptionValue = path: opt: defs:
     let
       discharged = b.concatMap (discharge 100) defs
         ++ (if opt ? default then [ { priority = 1500; value = opt.default; } ] else [ ]);
-      winners = highest discharged;
       type = opt.type or types.anything;
-      merged = type.merge path winners;
     in
     if discharged == [ ] then throw "The option `${showPath path}' is used but not defined."
-    else if type.check merged then merged
-    else throw "A definition for option `${showPath path}' is not of type `${type.description}'. Definition value: ${b.toJSON merged}";
+    else checkedMerge path type (highest discharged);
 
-  # Walk declarations and definitions together.
-  evalTree = path: decls: defs:
+  # Walk declarations and definitions together. Undeclared paths are merged
+  # freeform at the top level (options of NixOS this stub does not declare)
+  # and are errors inside a submodule (`strict`). A declared option with no
+  # default and no definition is left out (NixOS would throw on access).
+  evalTreeWith = strict: path: decls: defs:
     if isOption decls then evalOptionValue path decls defs
     else
       let
-        names = unique (b.attrNames decls ++ b.concatMap defNames defs);
+        defined = unique (b.concatMap defNames defs);
+        names = unique (b.filter (n: !(isOption decls.${n}) || decls.${n} ? default || b.elem n defined)
+          (b.attrNames decls) ++ defined);
         valueOf = n:
           let sub = b.concatMap (childDefs n) defs; in
-          if decls ? ${n} then evalTree (path ++ [ n ]) decls.${n} sub
+          if decls ? ${n} then evalTreeWith strict (path ++ [ n ]) decls.${n} sub
+          else if strict && b.concatMap (discharge 100) sub != [ ]
+          then throw "The option `${showPath (path ++ [ n ])}' does not exist. Definition values: ${b.toJSON (map (d: d.value) (b.concatMap (discharge 100) sub))}"
           else mergeFreeform (path ++ [ n ]) sub;
       in b.listToAttrs (map (n: { name = n; value = valueOf n; }) names);
+  evalTree = evalTreeWith false;
 
   # Merge option declaration trees from several modules.
   mergeDecls = a: c:
@@ -204,6 +271,8 @@ let
   # or paths to either; `imports` are followed. A module without `options`,
   # `config` or `imports` is all config (the shorthand form).
   evalModules = { modules, specialArgs ? { } }:
+    evalModulesWith { inherit modules specialArgs; strict = false; prefix = [ ]; };
+  evalModulesWith = { modules, specialArgs ? { }, strict, prefix }:
     let
       args = { inherit lib; } // specialArgs // { inherit config options; };
       load = m:
@@ -218,7 +287,7 @@ let
         } ] ++ b.concatMap load (raw.imports or [ ]);
       loaded = b.concatMap load modules;
       options = b.foldl' mergeDecls { } (map (m: m.options) loaded);
-      config = evalTree [ ] options (map (m: m.config) loaded);
+      config = evalTreeWith strict prefix options (map (m: m.config) loaded);
     in { inherit config options; };
 
   literalExpression = text: { _type = "literalExpression"; inherit text; };
@@ -226,7 +295,16 @@ let
   # ---------------------------------------------------------------- lib
   lib = {
     inherit types mkOption mkEnableOption mkIf mkMerge mkOverride mkDefault mkForce
-      mkOptionDefault evalModules literalExpression;
+      mkOptionDefault mkOrder mkBefore mkAfter evalModules literalExpression;
+    toInt = s: let n = b.fromJSON s; in
+      if b.match "[0-9]+" s != null && b.isInt n then n else throw "toInt: ${s} is not an integer";
+    splitString = sep: s: b.filter b.isString (b.split (b.replaceStrings
+      [ "\\" "." "[" "]" "(" ")" "*" "+" "?" "{" "}" "|" "^" "$" ]
+      [ "\\\\" "\\." "\\[" "\\]" "\\(" "\\)" "\\*" "\\+" "\\?" "\\{" "\\}" "\\|" "\\^" "\\$" ]
+      sep) s);
+    removeSuffix = sfx: s:
+      let ls = b.stringLength s; lx = b.stringLength sfx; in
+      if lx <= ls && b.substring (ls - lx) lx s == sfx then b.substring 0 (ls - lx) s else s;
     literalMD = text: { _type = "literalMD"; inherit text; };
     mdDoc = x: x;
     optional = c: x: if c then [ x ] else [ ];

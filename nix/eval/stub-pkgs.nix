@@ -33,5 +33,6 @@ in
   nix = mkDrv "nix-2.24";
   openssl = mkDrv "openssl-3.0";
   curl = mkDrv "curl-8.9";
+  bash = mkDrv "bash-5.2";
   inherit mkDrv;
 }

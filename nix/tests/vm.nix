@@ -1,7 +1,11 @@
-# NixOS VM test of services.compliance-agent (needs Nix with KVM; it cannot
-# run in the project's CI container, which has neither).
+# NixOS VM test of services.compliance-agent. It needs Nix with KVM and
+# cannot run on the project's CI machine (Debian, no Nix daemon, no KVM):
 #
 #   nix build .#checks.x86_64-linux.vm -L
+#
+# What CI does check of it: the test script type-checks with mypy exactly as
+# the NixOS test driver checks it before starting any VM
+# (tests/integration/test_vm_script_types.py).
 #
 # Two machines on one VLAN:
 # * `mcp`:  the DEV ONLY demo control plane (mutual TLS) on :443, a plain HTTP
@@ -16,7 +20,11 @@
 # unit hardening is really applied (systemctl show, systemd-analyze security
 # on the live unit); logs reach the journal; a stopped baseline unit is
 # restarted through the root actuator; and with the clock skewed beyond
-# ntpMaxSkewMs a disruptive order (rebuild) is skipped, not run.
+# ntpMaxSkewMs a disruptive order (rebuild) is skipped, not run. Also: the
+# egress refresh ran at boot before the agent; the allowlist sets survive an
+# nftables reload and a restart (NixOS recreates the module's table); the
+# actuator runs Nix through the daemon (NIX_REMOTE=daemon); the node
+# exporter's textfile collector reads the agent's metrics.
 #
 # Test-only key material: the control plane's Ed25519 seed is the fixed
 # 0x01 * 32 (public key below), and the TLS certificates are made at build
@@ -140,6 +148,11 @@ pkgs.testers.runNixOSTest {
       '';
     };
 
+    # Hermetic: no binary cache to allow (the module would add cache.nixos.org).
+    nix.settings.substituters = lib.mkForce [ ];
+    # textfile collector on by default: the module wires its directory
+    services.prometheus.exporters.node.enable = true;
+
     environment.systemPackages = [ pkgs.curl pkgs.jq pkgs.iproute2 ];
   };
 
@@ -194,7 +207,9 @@ pkgs.testers.runNixOSTest {
         assert props["UMask"] == "0077" and props["Type"] == "notify", props
         assert props["WatchdogUSec"] != "0", props
         out = host.succeed("systemd-analyze security compliance-agent.service --no-pager")
-        score = float(re.search(r"Overall exposure level for compliance-agent.service: ([0-9.]+)", out).group(1))
+        found = re.search(r"Overall exposure level for compliance-agent.service: ([0-9.]+)", out)
+        assert found is not None, out
+        score = float(found.group(1))
         print(f"live exposure score of compliance-agent.service: {score}")
         assert score <= 2.0, out
 
@@ -230,6 +245,36 @@ pkgs.testers.runNixOSTest {
         # mcp itself is reachable on 8080 (so the drop above is the host's allowlist).
         mcp.succeed("curl -sS --max-time 5 http://127.0.0.1:8080/ -o /dev/null")
 
+    with subtest("egress: refreshed at boot before the agent, kept across nftables reload/restart"):
+        # ordering, not a timer: the refresh finished before the agent started
+        refreshed = int(host.succeed(
+            "systemctl show -P ExecMainExitTimestampMonotonic compliance-agent-egress-refresh.service").strip())
+        agent_started = int(host.succeed(
+            "systemctl show -P ExecMainStartTimestampMonotonic compliance-agent.service").strip())
+        assert 0 < refreshed <= agent_started, (refreshed, agent_started)
+        before_reload = host.succeed("nft -j list set inet compliance_egress allowed_v4 | jq -c '.nftables[1].set.elem'")
+        assert mcp_ip in before_reload, before_reload
+        host.succeed("systemctl reload nftables.service")
+        # right after the reload, no refresh needed: the elements are back
+        after_reload = host.succeed("nft -j list set inet compliance_egress allowed_v4 | jq -c '.nftables[1].set.elem'")
+        assert after_reload == before_reload, (before_reload, after_reload)
+        host.succeed("systemctl restart nftables.service")
+        host.wait_until_succeeds(
+            f"nft -j list set inet compliance_egress allowed_v4 | grep -q '{mcp_ip}'", timeout=60
+        )
+        # only our table was recreated: no global flush
+        host.succeed("nft list ruleset | grep -q 'table inet compliance_egress'")
+
+    with subtest("the actuator runs Nix through the daemon"):
+        env = host.succeed("systemctl show -P Environment compliance-agent-actuator.service")
+        assert "NIX_REMOTE=daemon" in env.split(), env
+
+    with subtest("node exporter reads the agent's textfile metrics"):
+        host.wait_for_unit("prometheus-node-exporter.service")
+        host.wait_until_succeeds(
+            "curl -sf http://127.0.0.1:9100/metrics | grep -q '^compliance_agent_'", timeout=180
+        )
+
     with subtest("a stopped baseline unit is restarted through the actuator"):
         host.succeed("systemctl stop dummy-workload.service")
         host.wait_until_succeeds("systemctl is-active dummy-workload.service", timeout=90)
@@ -252,10 +297,10 @@ pkgs.testers.runNixOSTest {
         ))
         payload = json.loads(base64.b64decode(queued["envelope"]["payload"]))
         order_id = payload["order_id"]
-        config_file = re.search(
-            r"/nix/store/[^ ;]*compliance-agent\.json",
-            host.succeed("systemctl show -P ExecStart compliance-agent.service"),
-        ).group(0)
+        exec_start = host.succeed("systemctl show -P ExecStart compliance-agent.service")
+        config_match = re.search(r"/nix/store/[^ ;]*compliance-agent\.json", exec_start)
+        assert config_match is not None, exec_start
+        config_file = config_match.group(0)
         # The order is admitted, its rebuild held by the clock guard: evidence
         # for this order with outcome `alert` (guard ClockSkewed), nothing run.
         host.wait_until_succeeds(

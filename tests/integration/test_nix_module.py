@@ -27,7 +27,8 @@ pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
 EVAL_NIX = REPO / "nix" / "eval" / "eval.nix"
 KEY = "ab" * 32
-SKIP_DIRS = {".git", ".venv", "node_modules", "__pycache__", ".mypy_cache", ".pytest_cache"}
+SKIP_DIRS = {".git", ".venv", "node_modules", "__pycache__", ".mypy_cache", ".pytest_cache",
+             ".nixpkgs-emulation"}
 
 BASE: dict[str, Any] = {
     "enable": True,
@@ -183,10 +184,12 @@ BREAKERS: list[tuple[dict[str, Any], tuple[str, ...], str]] = [
     ({"webhookSecretFile": "/nix/store/x-secret"}, (), "webhookSecretFile"),
     ({"rmmWebhookUrl": "https://rmm.example.net/hook"}, (), "needs webhookSecretFile"),
     ({"syslogTarget": "siem:514"}, (), "syslogTarget"),
-    ({"syslogTarget": "tcp://siem.example.net:514"}, (), "would drop syslog"),
+    ({"syslogTarget": "tcp://siem.example.net:514", "egressAllowConfiguredHosts": False}, (),
+     "would drop syslog"),
     ({"stateDirectory": "/srv/agent"}, (), "under /var/lib/"),
     ({"natsUrl": "nats://mcp.local:4222"}, (), "natsUrl"),
-    ({"natsUrl": "tls://nats.example.net:4222"}, (), "would block order wake-ups"),
+    ({"natsUrl": "tls://nats.example.net:4222", "egressAllowConfiguredHosts": False}, (),
+     "would block order wake-ups"),
 ]
 
 
@@ -201,6 +204,7 @@ def test_each_assertion_fires_with_an_actionable_message(
 
 def test_assertions_pass_for_valid_variants() -> None:
     ok = evaluate({
+        "egressAllowConfiguredHosts": False,
         "deploymentMode": "reseller", "resellerId": "msp-7",
         "mcpUrl": "https://cp.example.net:8443/base",
         "allowedHosts": ["cp.example.net", "siem.example.net"],
@@ -209,9 +213,12 @@ def test_assertions_pass_for_valid_variants() -> None:
     })
     assert ok["failedAssertions"] == []
     parse_config(json.loads(ok["configText"]))
-    rules = ok["nftables"]["ruleset"]
-    assert "\t\ttcp dport 514 ip daddr @allowed_v4 accept\n" in rules
-    assert "\t\ttcp dport 514 ip6 daddr @allowed_v6 accept\n" in rules
+    rules = ok["egressRuleset"]
+    assert "\t\ttcp dport { 443 } ip daddr @allowed_v4 accept\n" in rules
+    # hosts the configuration needs but allowedHosts lacks: warned, not allowed
+    assert any("binary cache https://cache.nixos.org/" in w and "cache.nixos.org" in w
+               for w in ok["warnings"]), ok["warnings"]
+    assert "cache.nixos.org" not in json.loads(ok["configText"])["allowedHosts"]
 
 
 @pytest.mark.parametrize(
@@ -256,16 +263,21 @@ def test_examples_evaluate_without_failed_assertions(example: str) -> None:
 
 
 def test_egress_table_matches_the_shipped_example(base_eval: Any) -> None:
-    ruleset = base_eval["nftables"]["ruleset"]
-    assert base_eval["nftables"]["enable"] is True
+    ruleset = base_eval["egressRuleset"]
+    nft = base_eval["nftables"]
+    assert nft["enable"] is True
+    # our own table, no global ruleset (which would turn flushRuleset on in NixOS)
+    assert set(nft["tables"]) == {"compliance_egress"}
+    assert nft["ruleset"] == "" and nft["flushRuleset"] is False
+    assert nft["tables"]["compliance_egress"]["family"] == "inet"
     assert ruleset == (REPO / "examples" / "egress-table.nft").read_text()
     for needle in (
         "table inet compliance_egress {",
         "set allowed_v4 {\n\t\ttype ipv4_addr\n\t\tflags interval",
         "set allowed_v6 {\n\t\ttype ipv6_addr\n\t\tflags interval",
         "type filter hook output priority 0; policy drop;",
-        "tcp dport 443 ip daddr @allowed_v4 accept",
-        "tcp dport 443 ip6 daddr @allowed_v6 accept",
+        "tcp dport { 443 } ip daddr @allowed_v4 accept",
+        "tcp dport { 443 } ip6 daddr @allowed_v6 accept",
         "udp dport 123 accept",
     ):
         assert needle in ruleset, needle
@@ -276,16 +288,16 @@ def test_nats_wakeups_open_their_port_to_the_allowlist_only() -> None:
                     "allowedHosts": ["mcp.local", "nats.example.net"]})
     assert out["failedAssertions"] == []
     assert parse_config(json.loads(out["configText"])).nats_url == "tls://nats.example.net:7422"
-    rules = out["nftables"]["ruleset"]
-    assert "\t\ttcp dport 7422 ip daddr @allowed_v4 accept\n" in rules
-    assert "\t\ttcp dport 7422 ip6 daddr @allowed_v6 accept\n" in rules
-    default_port = evaluate({"natsUrl": "tls://mcp.local"})["nftables"]["ruleset"]
-    assert "\t\ttcp dport 4222 ip daddr @allowed_v4 accept\n" in default_port
+    rules = out["egressRuleset"]
+    assert "tcp dport { 443, 7422 } ip daddr @allowed_v4 accept" in rules
+    assert "tcp dport { 443, 7422 } ip6 daddr @allowed_v6 accept" in rules
+    default_port = evaluate({"natsUrl": "tls://mcp.local"})["egressRuleset"]
+    assert "tcp dport { 443, 4222 } ip daddr @allowed_v4 accept" in default_port
 
 
 def test_dns_is_confined_to_known_resolvers() -> None:
     out = evaluate({"dnsResolvers": ["192.0.2.53", "2001:db8::53"], "egressTable": "egress_x"})
-    rs = out["nftables"]["ruleset"]
+    rs = out["egressRuleset"]
     assert "table inet egress_x {" in rs
     assert "ip daddr { 192.0.2.53 } udp dport 53 accept" in rs
     assert "ip6 daddr { 2001:db8::53 } tcp dport 53 accept" in rs
@@ -307,10 +319,8 @@ def test_timers_and_time_sync(base_eval: Any) -> None:
 
 
 def test_node_exporter_textfile_is_wired_when_enabled() -> None:
-    out = evaluate(extra=(
-        "services.prometheus.exporters.node.enable = true; "
-        'services.prometheus.exporters.node.enabledCollectors = [ "textfile" ];'
-    ))
+    # node_exporter's textfile collector is on by default: no enabledCollectors needed
+    out = evaluate(extra="services.prometheus.exporters.node.enable = true;")
     data = json.loads(out["configText"])
     assert data["metricsTextfile"] == "/var/lib/prometheus-node-exporter-text/compliance_agent.prom"
     assert "--collector.textfile.directory=/var/lib/prometheus-node-exporter-text" in out[
@@ -393,3 +403,4 @@ def test_flake_outputs_have_the_promised_shape(tmp_path: Path) -> None:
         assert out["devShells"][system] == ["default"]
         assert out["apps"][system]["demo"] == "app"
     assert set(out["nixosModules"]) == {"compliance-agent", "default"}
+

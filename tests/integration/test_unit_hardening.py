@@ -36,7 +36,8 @@ pytestmark = pytest.mark.integration
 
 AGENT_MAX_EXPOSURE = 2.0
 UNIT_LISTS = ("after", "before", "wants", "requires", "bindsTo", "partOf", "conflicts")
-STORE_BIN = re.compile(r"/nix/store/[^ /]+/bin/compliance-agent")
+# the executable of an Exec*= command line (after systemd's prefixes such as "-")
+STORE_EXEC = re.compile(r"^([-@!+:|]*)/nix/store/\S+")
 SCORE_RE = re.compile(r"Overall exposure level for (\S+): ([0-9.]+)")
 
 
@@ -80,7 +81,10 @@ def render_unit(kind: str, attrs: dict[str, Any], exe: Path | None = None) -> st
         if env:
             service["Environment"] = [f'"{e}"' for e in env]
         if exe is not None:
-            service["ExecStart"] = STORE_BIN.sub(str(exe), service["ExecStart"])
+            for key in [k for k in service if k.startswith("Exec")]:
+                cmds = service[key] if isinstance(service[key], list) else [service[key]]
+                fixed = [STORE_EXEC.sub(lambda m: m.group(1) + str(exe), c) for c in cmds]
+                service[key] = fixed if isinstance(service[key], list) else fixed[0]
         lines += _section("Service", service)
     elif kind == "socket":
         lines += _section(
@@ -132,6 +136,7 @@ def test_rendered_units_are_the_expected_set(units: dict[str, Path]) -> None:
         "compliance-agent-actuator.socket",
         "compliance-agent-egress-refresh.service",
         "compliance-agent-egress-refresh.timer",
+        "compliance-agent-egress-keep.service",
         "compliance-agent-evidence-prune.service",
         "compliance-agent-evidence-prune.timer",
     }
