@@ -102,7 +102,7 @@ def parse_generations(text: str, profiles_dir: str = PROFILES_DIR) -> list[Gener
         parts = line.split("\t")
         if len(parts) != 3:
             continue
-        m = _GEN_NAME_RE.match(parts[0])
+        m = _GEN_NAME_RE.fullmatch(parts[0])
         if not m:
             continue
         target = parts[1] if parts[1].startswith("/") else f"{profiles_dir}/{parts[1]}"
@@ -137,7 +137,7 @@ class PatchingController(ControllerBase[PatchingSpec, PatchingObserved]):
         profile_link, _ = _link_and_mtime(host, PROFILE)
         prof_gen = None
         if profile_link is not None:
-            m = _GEN_NAME_RE.match(profile_link.rsplit("/", 1)[-1])
+            m = _GEN_NAME_RE.fullmatch(profile_link.rsplit("/", 1)[-1])
             prof_gen = int(m.group(1)) if m else None
         generations: list[Generation] = []
         done = _run(host, FIND_GENERATIONS, problems)

@@ -23,7 +23,7 @@ NFT = "nft"
 
 
 def _check_unit(v: str) -> str:
-    if v.startswith("-") or not UNIT_RE.match(v):
+    if v.startswith("-") or not UNIT_RE.fullmatch(v):
         raise ValueError(f"{v!r} is not a systemd unit name like 'sshd.service'")
     return v
 
@@ -175,7 +175,7 @@ class UpdateEgressSet(BaseAction):
     @field_validator("table", "set_name")
     @classmethod
     def _nft_name(cls, v: str) -> str:
-        if not NFT_NAME_RE.match(v):
+        if not NFT_NAME_RE.fullmatch(v):
             raise ValueError(f"{v!r} is not a valid nftables identifier")
         return v
 

@@ -173,7 +173,7 @@ class AgentConfig(BaseModel):
     @field_validator("maintenance_window")
     @classmethod
     def _window_format(cls, v: str) -> str:
-        if not WINDOW_RE.match(v):
+        if not WINDOW_RE.fullmatch(v):
             raise ValueError(
                 f"{v!r} is not a UTC window 'HH:MM-HH:MM' (e.g. '02:00-04:00'; may cross midnight)"
             )
@@ -188,7 +188,7 @@ class AgentConfig(BaseModel):
         out = []
         for i, k in enumerate(v):
             k = k.strip().lower()
-            if not HEX_KEY_RE.match(k):
+            if not HEX_KEY_RE.fullmatch(k):
                 raise ValueError(
                     f"entry {i} is not a hex-encoded 32-byte Ed25519 public key "
                     "(64 hex characters, as printed by 'compliance-agent keygen')"

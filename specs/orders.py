@@ -64,7 +64,7 @@ class RunBackupParams(_Params):
     @field_validator("job")
     @classmethod
     def _job(cls, v: str) -> str:
-        if not JOB_RE.match(v):
+        if not JOB_RE.fullmatch(v):
             raise ValueError(f"{v[:80]!r} is not a backup job name (letters, digits, ._@-)")
         return v
 
@@ -75,7 +75,7 @@ class RestartServiceParams(_Params):
     @field_validator("unit")
     @classmethod
     def _unit(cls, v: str) -> str:
-        if len(v) > 256 or v.startswith("-") or not UNIT_RE.match(v):
+        if len(v) > 256 or v.startswith("-") or not UNIT_RE.fullmatch(v):
             raise ValueError(f"{v[:80]!r} is not a systemd unit name like 'sshd.service'")
         return v
 
@@ -89,9 +89,9 @@ class RebuildParams(_Params):
         if len(v) > 512 or v.startswith("-"):
             raise ValueError("rebuild target must be a store path or flake ref of <= 512 chars")
         if v.startswith("/"):
-            if not STORE_PATH_RE.match(v):
+            if not STORE_PATH_RE.fullmatch(v):
                 raise ValueError(f"{v[:80]!r} is not a /nix/store path")
-        elif not FLAKE_REF_RE.match(v):
+        elif not FLAKE_REF_RE.fullmatch(v):
             raise ValueError(f"{v[:80]!r} is not a flake reference like 'github:org/repo#host'")
         return v
 
@@ -131,7 +131,7 @@ ACTION_PARAMS: dict[OrderAction, type[_Params]] = {
 
 def parse_rfc3339_utc(v: str) -> datetime:
     """Parse an RFC 3339 timestamp that must be in UTC ('Z' or '+00:00')."""
-    if not RFC3339_UTC_RE.match(v):
+    if not RFC3339_UTC_RE.fullmatch(v):
         raise ValueError(f"{v[:40]!r} is not an RFC 3339 UTC time like 2026-01-31T12:00:00Z")
     head, frac = v[:19], v[19:]
     frac = frac.rstrip("Zz").removesuffix("+00:00").removesuffix("-00:00")
@@ -162,14 +162,14 @@ class OrderPayload(BaseModel):
     @field_validator("order_id")
     @classmethod
     def _order_id(cls, v: str) -> str:
-        if not ID_RE.match(v):
+        if not ID_RE.fullmatch(v):
             raise ValueError("order_id must be 1-128 chars of letters, digits, ._:@-")
         return v
 
     @field_validator("nonce")
     @classmethod
     def _nonce(cls, v: str) -> str:
-        if not NONCE_RE.match(v):
+        if not NONCE_RE.fullmatch(v):
             raise ValueError("nonce must be 32-128 lowercase hex characters (>= 128 bits)")
         return v
 

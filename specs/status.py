@@ -42,7 +42,7 @@ class Condition(BaseModel):
     @field_validator("reason")
     @classmethod
     def _camel(cls, v: str) -> str:
-        if not CAMEL_CASE_RE.match(v):
+        if not CAMEL_CASE_RE.fullmatch(v):
             raise ValueError(f"condition reason {v!r} must be CamelCase")
         return v
 

@@ -24,7 +24,7 @@ class MaintenanceWindow:
 
     @classmethod
     def parse(cls, text: str) -> MaintenanceWindow:
-        m = WINDOW_RE.match(text)
+        m = WINDOW_RE.fullmatch(text)
         if not m:
             raise WindowFormatError(f"{text!r} is not a UTC window 'HH:MM-HH:MM'")
         h1, m1, h2, m2 = (int(g) for g in m.groups())

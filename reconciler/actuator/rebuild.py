@@ -220,7 +220,7 @@ def profile_generation(host: Host) -> int | None:
     target = _link(host, PROFILE)
     if target is None:
         return None
-    m = GENERATION_LINK_RE.match(target)
+    m = GENERATION_LINK_RE.fullmatch(target)
     return int(m.group(1)) if m else None
 
 

@@ -264,7 +264,7 @@ def remove_orphans(conn: Connection, edir: EvidenceDir) -> list[str]:
     }
     removed = []
     for name in edir.names():
-        ours_orphan = (FILE_RE.match(name) and name not in live) or TMP_RE.match(name)
+        ours_orphan = (FILE_RE.fullmatch(name) and name not in live) or TMP_RE.fullmatch(name)
         if ours_orphan and edir.unlink(name):
             removed.append(name)
     if removed:

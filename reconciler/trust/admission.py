@@ -12,7 +12,7 @@ stops at the first failure; the verdict's `reason` names it:
     WrongHost         host_id is not this host
     NotYetValid       issued_at later than now + max skew
     Expired           now >= issued_at + min(ttl_seconds, orderTtl)   (outcome "expired")
-    Replayed          nonce already admitted
+    Replayed          nonce already admitted (kept until issued_at + ttl_seconds + skew)
     UnsupportedAction action not in the closed set
     InvalidParams     params do not fit the action
 
@@ -145,9 +145,10 @@ class OrderAdmission:
                 verdicts.append(None)
                 pending.append((i, *checked))
         if pending:
-            # Keep each nonce past the last instant its order could pass the
-            # Expired check even with the clock stepped back by the allowed skew.
-            entries = [(o.nonce, o.order_id, exp + self.max_skew) for _, o, exp in pending]
+            # Keep each nonce for the order's own signed lifetime plus the skew:
+            # orderTtl may be raised later, and it must not re-admit this order.
+            entries = [(o.nonce, o.order_id, nonce_keep_until(o, self.max_skew))
+                       for _, o, _ in pending]
             try:
                 fresh = self.nonces.record_many(entries, when)
             except Exception as e:
@@ -221,6 +222,13 @@ class OrderAdmission:
             params=params,
         )
         return order, expires
+
+
+def nonce_keep_until(order: Order, max_skew: timedelta) -> datetime:
+    """Until when an admitted order's nonce is remembered: past the last instant
+    the order could pass the Expired check under any orderTtl (which only ever
+    shortens its signed `ttl_seconds`), even with the clock stepped back by the skew."""
+    return order.issued_at + timedelta(seconds=order.ttl_seconds) + max_skew
 
 
 def _reject(reason: str, message: str, order_id: str | None = None) -> AdmissionVerdict:

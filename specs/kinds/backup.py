@@ -99,7 +99,7 @@ class BackupJob(BaseModel):
     @field_validator("name")
     @classmethod
     def _name(cls, v: str) -> str:
-        if not JOB_NAME_RE.match(v):
+        if not JOB_NAME_RE.fullmatch(v):
             raise ValueError(f"job name {v!r} may only use letters, digits, '_', '.', '-'")
         return v
 

@@ -31,7 +31,7 @@ def check_host_name(v: str) -> str:
         return str(ipaddress.ip_address(v))
     except ValueError:
         pass
-    if not HOSTNAME_RE.match(v):
+    if not HOSTNAME_RE.fullmatch(v):
         raise ValueError(f"{v!r} is not a host name like 'mcp.example.org' or an IP address")
     return v.rstrip(".")
 

@@ -36,7 +36,7 @@ class FirewallSpec(ResourceSpec):
     @classmethod
     def _tables(cls, v: list[str]) -> list[str]:
         for t in v:
-            if not TABLE_REF_RE.match(t):
+            if not TABLE_REF_RE.fullmatch(t):
                 raise ValueError(f"{t!r} is not 'family table', e.g. 'inet compliance_egress'")
         return v
 
@@ -44,6 +44,6 @@ class FirewallSpec(ResourceSpec):
     @classmethod
     def _sets(cls, v: list[str]) -> list[str]:
         for s in v:
-            if not SET_REF_RE.match(s):
+            if not SET_REF_RE.fullmatch(s):
                 raise ValueError(f"{s!r} is not 'family table set', e.g. 'inet filter allowed'")
         return v

@@ -312,3 +312,17 @@ def test_nonce_store_failure_is_a_refusal_not_an_exception(store: Store) -> None
     assert (v.admitted, v.reason, v.order_id) == (False, "Malformed", "ord-1")
 
 
+
+
+def test_nonce_is_kept_for_the_orders_own_signed_lifetime(store: Store) -> None:
+    """Raising orderTtl later must not re-admit an order already executed: its
+    nonce is kept until issued_at + ttl_seconds + skew, not + min(ttl, orderTtl)."""
+    order = sign_order(order_payload(ttl_seconds=3600))
+    first = admission(store, order_ttl=600, clock=lambda: later(10)).admit(order)
+    assert first.admitted
+    # Another admission well after the short orderTtl prunes expired nonces.
+    assert admission(store, order_ttl=600, clock=lambda: later(900)).admit(
+        sign_order(order_payload(order_id="ord-2", issued_at="2026-03-01T12:14:50Z"))
+    ).admitted
+    replay = admission(store, order_ttl=7200, clock=lambda: later(1000)).admit(order)
+    assert (replay.admitted, replay.reason) == (False, "Replayed")
