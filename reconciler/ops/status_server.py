@@ -5,11 +5,17 @@ a look on the host, and operators' tools read live status without touching
 the database.
 
 Access control is the socket file's mode (0660) and its directory's owner.
+Anyone in the socket's group is still not trusted with the process's
+resources: one request per connection, its head capped at
+`MAX_REQUEST_HEAD_BYTES` (414/431 beyond), a peer silent for `read_timeout`
+seconds is dropped, and at most `max_connections` are served at once; a
+connection beyond that gets an immediate 503 instead of a thread.
 """
 
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import logging
 import os
@@ -25,14 +31,66 @@ from typing import Any
 log = logging.getLogger("compliance_agent.status_server")
 
 PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+MAX_REQUEST_HEAD_BYTES = 8 * 1024  # request line + headers; a GET carries no body
+DEFAULT_READ_TIMEOUT = 5.0
+DEFAULT_MAX_CONNECTIONS = 16
+BUSY_REPLY = (
+    b"HTTP/1.0 503 Service Unavailable\r\nContent-Type: text/plain\r\n"
+    b"Content-Length: 5\r\nConnection: close\r\n\r\nbusy\n"
+)
 
 
 class _UnixHTTPServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     daemon_threads = True
+    request_queue_size = 64
+
+    def __init__(self, path: str, handler: type[BaseHTTPRequestHandler],
+                 max_connections: int) -> None:
+        self._slots = threading.BoundedSemaphore(max_connections)
+        super().__init__(path, handler)
 
     def get_request(self) -> tuple[socket.socket, Any]:
         conn, _ = super().get_request()
         return conn, ("unix", 0)  # BaseHTTPRequestHandler wants a (host, port) pair
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            # Full: answer now, from the accept loop, rather than queue a thread.
+            with contextlib.suppress(OSError):
+                request.settimeout(0.5)
+                request.sendall(BUSY_REPLY)
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+
+class _HeadTooLarge(Exception):  # noqa: N818 (internal control flow, never escapes)
+    def __init__(self, code: int) -> None:
+        self.code = code
+
+
+def _read_head(rfile: Any, limit: int) -> bytes:
+    """Request line and headers, up to the blank line; _HeadTooLarge past `limit`."""
+    head = bytearray()
+    first = True
+    while True:
+        line = rfile.readline(limit + 1 - len(head))
+        head += line
+        if len(head) > limit or (line and not line.endswith(b"\n")):
+            raise _HeadTooLarge(414 if first else 431)
+        if not line or line in (b"\r\n", b"\n"):
+            return bytes(head)
+        first = False
 
 
 class StatusServer:
@@ -42,11 +100,16 @@ class StatusServer:
         metrics: Callable[[], bytes],
         status: Callable[[], dict[str, Any]],
         mode: int = 0o660,
+        *,
+        read_timeout: float = DEFAULT_READ_TIMEOUT,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
     ) -> None:
         self.path = path
         self._metrics = metrics
         self._status = status
         self.mode = mode
+        self.read_timeout = read_timeout
+        self.max_connections = max_connections
         self._server: _UnixHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -62,10 +125,10 @@ class StatusServer:
                 )
         except FileNotFoundError:
             pass
-        handler = _make_handler(self._metrics, self._status)
+        handler = _make_handler(self._metrics, self._status, self.read_timeout)
         old_umask = os.umask(0o117)  # the socket is born 0660: no window with wider access
         try:
-            self._server = _UnixHTTPServer(str(self.path), handler)
+            self._server = _UnixHTTPServer(str(self.path), handler, self.max_connections)
         finally:
             os.umask(old_umask)
         os.chmod(self.path, self.mode)
@@ -85,10 +148,27 @@ class StatusServer:
 
 
 def _make_handler(
-    metrics: Callable[[], bytes], status: Callable[[], dict[str, Any]]
+    metrics: Callable[[], bytes], status: Callable[[], dict[str, Any]], read_timeout: float
 ) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         server_version = "compliance-agent"
+        timeout = read_timeout  # StreamRequestHandler puts it on the socket
+
+        def handle_one_request(self) -> None:
+            self.close_connection = True  # one request per connection
+            try:
+                head = _read_head(self.rfile, MAX_REQUEST_HEAD_BYTES)
+            except TimeoutError:
+                return  # silent peer: drop it
+            except _HeadTooLarge as e:
+                self.requestline, self.request_version, self.command = "", "HTTP/1.0", "GET"
+                self.send_error(e.code, f"request head over {MAX_REQUEST_HEAD_BYTES} bytes")
+                return
+            if not head:
+                return
+            self.rfile = io.BytesIO(head)  # the stdlib parser reads the capped copy
+            super().handle_one_request()
+            self.close_connection = True
 
         def do_GET(self) -> None:
             route = self.path.split("?", 1)[0]
