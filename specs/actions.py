@@ -1,9 +1,10 @@
 """Typed actions: the only way anything changes on the host.
 
-Each action states whether it is disruptive, the exact argv it runs (no
-shell), and optionally a health check and a rollback action. Dry-run,
-evidence (`action_taken`), guards and the privileged actuator all work from
-these models alone.
+Each action states whether the agent considers it disruptive and the exact
+argv it runs (no shell). Dry-run, evidence (`action_taken`), guards and the
+privileged actuator all work from these models alone; the root actuator makes
+its own call on what is disruptive (reconciler.actuator.policy), so the flag
+here is the agent's planning hint, never a permission.
 """
 
 from __future__ import annotations
@@ -137,24 +138,27 @@ class ApplyNftRuleset(BaseAction):
         return f"nft:{self.path}"
 
 
+MAX_EGRESS_ELEMENTS = 1024  # addresses per set; an allowlist of names, not of networks
+
+
 def _check_set_element(v: str) -> str:
-    """An address, prefix or 'a-b' range; anything else is refused.
+    """One IPv4 or IPv6 host address in canonical form; anything else is refused.
 
     Elements are interpolated into an nft script: a free-form string could
-    smuggle extra commands ('; flush ruleset'), and nft resolves a host name
-    given as an element through DNS at load time.
+    smuggle extra commands ('; flush ruleset'), nft resolves a host name given
+    as an element through DNS at load time, and a prefix or range ('0.0.0.0/0')
+    would open far more than the names in the allowlist resolve to. An IPv6
+    scope ('fe80::1%eth0') is refused too: Python accepts any text after '%'.
     """
     try:
-        lo, sep, hi = v.partition("-")
-        if sep:
-            ipaddress.ip_address(lo)
-            ipaddress.ip_address(hi)
-        else:
-            ipaddress.ip_network(v, strict=True)
+        address = ipaddress.ip_address(v) if "%" not in v else None
     except ValueError:
+        address = None
+    if address is None or str(address) != v:
         raise ValueError(
-            f"{v!r} is not an IP address, prefix (192.0.2.0/24) or range (a-b)"
-        ) from None
+            f"{v[:80]!r} is not a single IP address in canonical form "
+            "(like 192.0.2.10 or 2001:db8::10; no prefix, range or scope)"
+        )
     return v
 
 
@@ -170,7 +174,7 @@ class UpdateEgressSet(BaseAction):
     table: str
     set_name: str
     family: Literal["inet", "ip", "ip6"] = "inet"
-    elements: list[str]
+    elements: list[str] = Field(max_length=MAX_EGRESS_ELEMENTS)
 
     @field_validator("table", "set_name")
     @classmethod
@@ -199,7 +203,13 @@ class UpdateEgressSet(BaseAction):
 
 
 class NixosRebuild(BaseAction):
-    """Switch to a target system, then health-check; the actuator rolls back on failure."""
+    """Switch to a target system, then health-check; the actuator rolls back on failure.
+
+    There is no standalone rollback action on purpose: a rollback only ever
+    happens inside the actuator's own rebuild transaction, to the generation it
+    recorded before switching (reconciler.actuator.rebuild). A free-standing
+    "roll back" request could walk the host back to old, unpatched systems.
+    """
 
     type: Literal["NixosRebuild"] = "NixosRebuild"
     disruptive: Literal[True] = True
@@ -219,18 +229,6 @@ class NixosRebuild(BaseAction):
         return f"rebuild:{self.target}"
 
 
-class Rollback(BaseAction):
-    type: Literal["Rollback"] = "Rollback"
-    disruptive: Literal[True] = True
-
-    def commands(self) -> list[list[str]]:
-        return [["nixos-rebuild", "switch", "--rollback"]]
-
-    @property
-    def key(self) -> str:
-        return "rollback"
-
-
 Action = Annotated[
     StartUnit
     | RestartUnit
@@ -238,8 +236,7 @@ Action = Annotated[
     | RunBackup
     | ApplyNftRuleset
     | UpdateEgressSet
-    | NixosRebuild
-    | Rollback,
+    | NixosRebuild,
     Field(discriminator="type"),
 ]
 

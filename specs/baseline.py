@@ -3,6 +3,12 @@
 A kind left out (null) is not managed on this host. The same model parses the
 local file (`baselinePath`) and the payload of a signed baseline from the
 control plane (`application/vnd.compliance-agent.baseline+json`).
+
+A signed baseline is bound to where it may apply: `site_id` must be this
+host's site and `host_id` this host (or "*", a baseline the control plane
+signed for every host of the site). Without the binding, a document signed
+for one clinic's host would be accepted on any other. The local file needs
+no binding: the host's own NixOS configuration wrote it.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from specs.kinds.time_ import TimeSpec
 from specs.resource import ResourceSpec
 
 BASELINE_PAYLOAD_TYPE = "application/vnd.compliance-agent.baseline+json"
+SITE_WIDE_HOST = "*"
 
 
 class Baseline(BaseModel):
@@ -33,6 +40,15 @@ class Baseline(BaseModel):
 
     version: int = Field(ge=0, description="Monotonic; a lower version is never applied.")
     policy_version: str = Field(min_length=1)
+    site_id: str | None = Field(
+        None, min_length=1, max_length=256,
+        description="Site this baseline is for; required in a signed baseline.",
+    )
+    host_id: str | None = Field(
+        None, min_length=1, max_length=256,
+        description="Host this baseline is for, or '*' for every host of the site; required "
+        "in a signed baseline.",
+    )
     firewall: FirewallSpec | None = None
     services: ServicesSpec | None = None
     egress: EgressSpec | None = None
@@ -51,6 +67,18 @@ class Baseline(BaseModel):
             if isinstance(value, ResourceSpec):
                 out[name] = value
         return out
+
+
+def binding_problem(baseline: Baseline, site_id: str, host_id: str) -> tuple[str, str] | None:
+    """Why a signed baseline does not apply to this host, as (CamelCase reason, message);
+    None when it does. Shared by the agent and the root actuator so they never disagree."""
+    if baseline.site_id is None or baseline.host_id is None:
+        return "InvalidBaseline", "a signed baseline must name site_id and host_id"
+    if baseline.site_id != site_id:
+        return "BaselineWrongSite", f"signed for site {baseline.site_id[:64]!r}, not {site_id!r}"
+    if baseline.host_id not in (host_id, SITE_WIDE_HOST):
+        return "BaselineWrongHost", f"signed for host {baseline.host_id[:64]!r}, not {host_id!r}"
+    return None
 
 
 class BaselineError(ComplianceAgentError):

@@ -28,14 +28,15 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from reconciler.actuator.policy import DEVICE_READS, NFT_SANDBOX_MODULE
 from reconciler.actuator.protocol import (
-    DEVICE_READS,
+    MAX_OBSERVE_TIMEOUT,
     MAX_REPLY_BYTES,
-    NFT_SANDBOX_MODULE,
     ActuatorReply,
     ActuatorRequest,
     FrameError,
     ObserveRequest,
+    OfferBaselineRequest,
     Refusal,
     recv_frame,
     send_json,
@@ -127,7 +128,20 @@ class ActuatorClient:
             raise ActuatorRefused(reason, reply.message)
         raise ActuatorProtocolError(f"actuator error ({reason}): {reply.message}")
 
-    def _roundtrip(self, request: ActuatorRequest | ObserveRequest) -> ActuatorReply:
+    def offer_baseline(self, envelope: bytes) -> int:
+        """Hand a fetched signed baseline to the actuator, which verifies and keeps it
+        if newer; the version it now holds, or ActuatorRefused (reason: why not)."""
+        reply = self._roundtrip(OfferBaselineRequest(offer_baseline=envelope.decode()))
+        if reply.status == "ok" and reply.baseline_version is not None:
+            return reply.baseline_version
+        reason = reply.reason or Refusal.InternalError
+        if reply.status == "refused":
+            raise ActuatorRefused(reason, reply.message)
+        raise ActuatorProtocolError(f"actuator error ({reason}): {reply.message}")
+
+    def _roundtrip(
+        self, request: ActuatorRequest | ObserveRequest | OfferBaselineRequest
+    ) -> ActuatorReply:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.settimeout(self.timeout)
         try:
@@ -184,7 +198,7 @@ class PrivilegedReadHost:
         if not needs_privilege(argv):
             return self.local.run(argv, timeout)
         try:
-            return self.client.observe(argv, min(timeout, 120.0))
+            return self.client.observe(argv, min(timeout, MAX_OBSERVE_TIMEOUT))
         except ActuatorRefused as e:
             return Completed(argv=list(argv), exit_code=126, stdout="", stderr=str(e),
                              duration=0.0)

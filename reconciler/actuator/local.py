@@ -2,7 +2,13 @@
 
 `LocalActuator` runs each action's fixed argv through a Host (no shell).
 Actions with their own transaction (NixosRebuild: switch, health check,
-rollback) are dispatched to their module. The privileged deployment puts the
+rollback) are dispatched to their module.
+
+`ApplyNftRuleset` loads exactly the bytes it hashed: the file is read once,
+hashed, checked for `include` (an included file would be loaded unhashed),
+and those bytes are written to a fresh private file (0600, in a 0700
+directory only this process's user can enter) that `nft -f` then reads. A
+ruleset file swapped after the check is never what nft sees. The privileged deployment puts the
 same class behind a unix socket (reconciler.actuator.server); the agent then
 talks to it through reconciler.actuator.client with the same `execute` API.
 """
@@ -10,6 +16,10 @@ talks to it through reconciler.actuator.client with the same `execute` API.
 from __future__ import annotations
 
 import hashlib
+import os
+import re
+import shutil
+import tempfile
 import time
 from collections.abc import Callable
 
@@ -20,6 +30,19 @@ from specs.host import CommandNotFound, CommandTimeout, Host
 from specs.status import ActionRecord
 
 DEFAULT_COMMAND_TIMEOUT = 120.0
+# nft's include statement, anywhere (a comment mentioning it is refused too: cheap, safe).
+NFT_INCLUDE_RE = re.compile(rb"(?<![A-Za-z0-9_])include(?![A-Za-z0-9_])")
+
+
+def ruleset_problem(body: bytes, path: str, sha256: str) -> str | None:
+    """Why these ruleset bytes must not be loaded, or None."""
+    digest = hashlib.sha256(body).hexdigest()
+    if digest != sha256:
+        return f"{path} has sha256 {digest}, baseline expects {sha256}"
+    if NFT_INCLUDE_RE.search(body):
+        return (f"{path} uses 'include': included files would be loaded without being "
+                "hashed; inline them into the baseline ruleset")
+    return None
 
 
 class LocalActuator:
@@ -46,25 +69,34 @@ class LocalActuator:
                 monotonic=self.monotonic,
             )
         if isinstance(action, ApplyNftRuleset):
-            refusal = self._check_ruleset_file(action)
-            if refusal:
-                return skipped_result(action, "refused", refusal, step_start)
-        return self._run_commands(action, step_start)
+            return self._apply_ruleset(action, step_start)
+        return self._run_commands(action, action.commands(), step_start)
 
-    def _check_ruleset_file(self, action: ApplyNftRuleset) -> str | None:
-        # Re-hash right before applying: a file swapped after planning is never loaded.
+    def _apply_ruleset(self, action: ApplyNftRuleset, step_start: int) -> ActionResult:
         try:
             body = self.host.read_text(action.path).encode()
         except OSError as e:
-            return f"cannot read {action.path}: {e.strerror}"
-        digest = hashlib.sha256(body).hexdigest()
-        if digest != action.sha256:
-            return f"{action.path} has sha256 {digest}, baseline expects {action.sha256}"
-        return None
+            return skipped_result(action, "refused", f"cannot read {action.path}: {e.strerror}",
+                                  step_start)
+        problem = ruleset_problem(body, action.path, action.sha256)
+        if problem is not None:
+            refused = skipped_result(action, "refused", problem, step_start)
+            return refused.model_copy(update={"error": problem})
+        private = tempfile.mkdtemp(prefix="nft-apply-")  # 0700, ours alone
+        try:
+            copy = os.path.join(private, "ruleset.nft")
+            fd = os.open(copy, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+            with os.fdopen(fd, "wb") as f:
+                f.write(body)
+            return self._run_commands(action, [["nft", "-f", copy]], step_start)
+        finally:
+            shutil.rmtree(private, ignore_errors=True)
 
-    def _run_commands(self, action: Action, step_start: int) -> ActionResult:
+    def _run_commands(
+        self, action: Action, commands: list[list[str]], step_start: int
+    ) -> ActionResult:
         records: list[ActionRecord] = []
-        for i, argv in enumerate(action.commands()):
+        for i, argv in enumerate(commands):
             step = step_start + i
             started = self.monotonic()
             try:

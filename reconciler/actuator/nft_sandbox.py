@@ -18,7 +18,9 @@ The file is read once, its SHA-256 checked against --sha256, and the same
 bytes are piped to `nft -f /dev/stdin`, so a file swapped in between cannot
 be what gets measured. The firewall controller runs this file as a script
 with ``python -I``, so it must import nothing but the standard library.
-Exit codes: 0 listed; 2 hash mismatch or unreadable;
+A file using nft's `include` is refused (exit 2) like a wrong hash: an
+included file would be loaded without being hashed.
+Exit codes: 0 listed; 2 hash mismatch, `include` or unreadable;
 3 nft rejected the file (stderr says why); 4 no sandbox available.
 """
 
@@ -28,6 +30,7 @@ import argparse
 import ctypes
 import hashlib
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -35,6 +38,7 @@ from pathlib import Path
 CLONE_NEWNET = 0x40000000
 CLONE_NEWUSER = 0x10000000
 NFT_TIMEOUT = 30.0
+NFT_INCLUDE_RE = re.compile(rb"(?<![A-Za-z0-9_])include(?![A-Za-z0-9_])")
 
 
 class SandboxError(Exception):  # stdlib only: runs as a script with python -I
@@ -112,6 +116,10 @@ def main(argv: list[str] | None = None) -> int:
     actual = hashlib.sha256(data).hexdigest()
     if actual != args.sha256:
         print(f"{args.path}: sha256 {actual} != expected {args.sha256}; not loading it",
+              file=sys.stderr)
+        return 2
+    if NFT_INCLUDE_RE.search(data):
+        print(f"{args.path}: uses 'include' (included files are not hashed); not loading it",
               file=sys.stderr)
         return 2
     try:

@@ -7,33 +7,38 @@ This process is that gate. Per connection it:
 
 1. checks the peer with SO_PEERCRED (root or the agent's user only);
 2. reads ONE length-prefixed JSON request (size-capped, see
-   `reconciler.actuator.protocol`), parses it into a typed action;
-3. asks `ActuatorPolicy` whether the baseline allows it now;
-4. runs it through `reconciler.actuator.local.LocalActuator` (fixed argv, no shell)
-   and replies with the `ActionResult`, or with a refusal and its reason.
+   `reconciler.actuator.protocol`) and parses it;
+3. decides from its own root-owned inputs only (`ActuatorBaselines`: the
+   local baseline and the newest signed baseline it verified itself;
+   `ActuatorPolicy`: its own disruptive table, its own DNS resolution of the
+   egress allowlist, the block devices the encryption spec names);
+4. runs an admitted action through `reconciler.actuator.local.LocalActuator`
+   (fixed argv, no shell) and replies with the `ActionResult`, or with a
+   refusal and its stable reason.
 
-Connections are served one at a time on purpose: two host changes (an nft
-transaction and a rebuild, say) never interleave. Every request is logged
-with the peer's uid, the action and the verdict.
+Each connection is served on its own thread (at most `MAX_CONNECTIONS`, the
+rest get `Busy` at once), so a slow read never blocks the others; host
+changes still never interleave (one lock around `execute`). Every request is
+logged with the peer's uid, what was asked and the verdict.
 
 The listening socket comes from systemd socket activation (LISTEN_FDS /
-LISTEN_PID, fd 3) or, for tests and manual runs, from `--socket PATH`.
-
-What is admitted is decided in `reconciler.actuator.protocol` (parse_request,
-ActuatorPolicy), kept free of sockets so it is tested without any.
+LISTEN_PID, fd 3) or, for tests and manual runs, from `--socket PATH`. In the
+NixOS module it lives in a root-owned directory the agent cannot write
+(`/run/compliance-agent-actuator`), so the agent can neither replace it with
+a symlink nor put its own socket in its place.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import logging
 import os
 import pwd
 import socket
 import struct
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -42,27 +47,25 @@ from pathlib import Path
 from typing import Any
 
 from reconciler.actuator import nft_sandbox
+from reconciler.actuator.baselines import ActuatorBaselines, BaselineOfferRefused
+from reconciler.actuator.devices import BlockDevices
 from reconciler.actuator.local import LocalActuator
+from reconciler.actuator.policy import ActuatorPolicy, Resolver, SystemResolver
 from reconciler.actuator.protocol import (
     MAX_REQUEST_BYTES,
-    ActuatorPolicy,
     ActuatorReply,
     FrameError,
     ObserveRequest,
+    OfferBaselineRequest,
+    PolicyDecision,
     Refusal,
-    Verdict,
     parse_request,
     recv_frame,
+    refused,
     send_json,
 )
 from reconciler.actuator.result import Actuator
-from specs.baseline import (
-    BASELINE_PAYLOAD_TYPE,
-    Baseline,
-    BaselineError,
-    load_baseline,
-    parse_baseline,
-)
+from specs.baseline import Baseline
 from specs.config import AgentConfig
 from specs.host import Host, HostError
 from specs.window import MaintenanceWindow
@@ -71,62 +74,9 @@ log = logging.getLogger("compliance_agent.actuator")
 
 SD_LISTEN_FDS_START = 3
 DEFAULT_AGENT_USER = "compliance-agent"
+DEFAULT_STATE_DIRECTORY = Path("/var/lib/compliance-agent-actuator")
 CONNECTION_TIMEOUT = 10.0  # seconds a peer has to send its request
-
-# --- baselines ---------------------------------------------------------------------------
-
-
-class BaselineSource:
-    """The baselines the agent may currently be enforcing.
-
-    The local file (`baselinePath`) always counts. The last good signed
-    baseline the agent persisted counts too, but only after its DSSE
-    signature is verified again here: the agent's state database is written
-    by the unprivileged process, so its content is not trusted as such.
-    Read on every request: the files are small and a stale policy is worse.
-    """
-
-    def __init__(self, baseline_path: Path, database_path: Path | None, trusted_keys: list[str]):
-        self.baseline_path = baseline_path
-        self.database_path = database_path
-        self.trusted_keys = trusted_keys
-
-    def load(self) -> list[Baseline]:
-        out: list[Baseline] = []
-        try:
-            out.append(load_baseline(self.baseline_path))
-        except BaselineError as e:
-            log.warning("local baseline unusable: %s", e)
-        remote = self._remote()
-        if remote is not None:
-            out.append(remote)
-        return out
-
-    def _remote(self) -> Baseline | None:
-        if self.database_path is None or not self.database_path.exists():
-            return None
-        import sqlite3  # only when a DB exists (keeps the actuator's start cheap)
-
-        from reconciler.trust.dsse import TrustError, verify_envelope
-
-        try:
-            uri = f"file:{self.database_path}?mode=ro"
-            with contextlib.closing(sqlite3.connect(uri, uri=True, timeout=2.0)) as db:
-                row = db.execute("SELECT envelope FROM remote_baseline WHERE id = 1").fetchone()
-        except sqlite3.Error:
-            return None  # no signed baseline persisted (yet): the local file governs
-        if row is None:
-            return None
-        raw = row[0] if isinstance(row[0], bytes) else str(row[0]).encode()
-        try:
-            payload = verify_envelope(raw, BASELINE_PAYLOAD_TYPE, self.trusted_keys)
-            return parse_baseline(json.loads(payload), "remote baseline")
-        except (TrustError, BaselineError, ValueError) as e:
-            log.warning("persisted signed baseline ignored: %s", e)
-            return None
-
-
-# --- requests ----------------------------------------------------------------------------
+MAX_CONNECTIONS = 8  # served at once; more get an immediate Busy refusal
 
 
 @dataclass(frozen=True)
@@ -143,13 +93,15 @@ def peer_credentials(conn: socket.socket) -> Peer:
 
 
 class RequestHandler:
-    """Decides and executes one request; no socket I/O here."""
+    """Decides and executes one request; no socket I/O here. Thread-safe: host
+    changes take `change_lock`, so two never interleave, while reads and
+    baseline offers proceed next to a long rebuild."""
 
     def __init__(
         self,
         *,
         policy: ActuatorPolicy,
-        baselines: Callable[[], list[Baseline]],
+        baselines: ActuatorBaselines,
         actuator: Actuator,
         observer: Host,
         allowed_uids: frozenset[int],
@@ -159,6 +111,7 @@ class RequestHandler:
         self.actuator = actuator
         self.observer = observer  # runs the allowlisted privileged reads
         self.allowed_uids = allowed_uids
+        self.change_lock = threading.Lock()
 
     def handle(
         self, peer: Peer, body: bytes | None, frame_error: FrameError | None
@@ -177,44 +130,55 @@ class RequestHandler:
     ) -> tuple[ActuatorReply, str]:
         """The reply, and what was asked (for the log line)."""
         if peer.uid not in self.allowed_uids:
-            return _refused(
-                Verdict(Refusal.PeerNotAllowed, f"uid {peer.uid} may not use the actuator")
+            return refused(
+                PolicyDecision(Refusal.PeerNotAllowed, f"uid {peer.uid} may not use the actuator")
             ), "-"
         if frame_error is not None or body is None:
             reason = frame_error.reason if frame_error else Refusal.MalformedRequest
-            return _refused(Verdict(reason, str(frame_error or "no request"))), "-"
-        request, verdict = parse_request(body)
-        if verdict is not None or request is None:
-            return _refused(verdict or Verdict(Refusal.MalformedRequest, "no request")), "-"
-        baselines = self.baselines()
-        what = (
-            "observe:" + " ".join(request.observe)[:120]
-            if isinstance(request, ObserveRequest) else request.action.key
-        )
-        if not baselines:
-            return _refused(
-                Verdict(
-                    Refusal.BaselineUnavailable,
-                    "no valid baseline (check baselinePath); nothing is allowed without one",
-                )
-            ), what
+            return refused(PolicyDecision(reason, str(frame_error or "no request"))), "-"
+        request = parse_request(body)
+        if isinstance(request, PolicyDecision):
+            return refused(request), "-"
         try:
+            if isinstance(request, OfferBaselineRequest):
+                return self._offer(request), "offer_baseline"
+            baseline = self.baselines.applicable()
+            what = (
+                "observe:" + " ".join(request.observe)[:120]
+                if isinstance(request, ObserveRequest) else request.action.key
+            )
+            if baseline is None:
+                return refused(
+                    PolicyDecision(
+                        Refusal.BaselineUnavailable,
+                        "no valid baseline (check baselinePath); nothing is allowed without one",
+                    )
+                ), what
             if isinstance(request, ObserveRequest):
-                return self._observe(request, baselines), what
-            verdict = self.policy.check(request.action, baselines)
-            if verdict is not None:
-                return _refused(verdict), what
-            result = self.actuator.execute(request.action, request.step_start)
+                return self._observe(request, baseline), what
+            decision = self.policy.check(request.action, baseline)
+            if decision is not None:
+                return refused(decision), what
+            with self.change_lock:
+                result = self.actuator.execute(request.action, request.step_start)
         except Exception as e:  # a bug must not kill root's gate; the agent sees an error
-            log.exception("handling %s failed", what)
-            return ActuatorReply(status="error", reason=Refusal.InternalError, message=str(e)), what
+            log.exception("handling a request failed")
+            return ActuatorReply(status="error", reason=Refusal.InternalError,
+                                 message=type(e).__name__), "-"
         return ActuatorReply(status="ok", result=result), what
 
-    def _observe(self, request: ObserveRequest, baselines: list[Baseline]) -> ActuatorReply:
-        argv, verdict = self.policy.check_observe(
-            request.observe, baselines, nft_sandbox.script_argv())
-        if verdict is not None or argv is None:
-            return _refused(verdict or Verdict(Refusal.ObservationNotAllowed, "not allowed"))
+    def _offer(self, request: OfferBaselineRequest) -> ActuatorReply:
+        try:
+            version = self.baselines.offer(request.offer_baseline.encode())
+        except BaselineOfferRefused as e:
+            reason = Refusal(e.reason) if e.reason in Refusal.__members__ else Refusal.Malformed
+            return refused(PolicyDecision(reason, e.message[:500]))
+        return ActuatorReply(status="ok", baseline_version=version)
+
+    def _observe(self, request: ObserveRequest, baseline: Baseline) -> ActuatorReply:
+        argv = self.policy.check_observe(request.observe, baseline, nft_sandbox.script_argv())
+        if isinstance(argv, PolicyDecision):
+            return refused(argv)
         try:
             done = self.observer.run(argv, timeout=request.timeout)
         except HostError as e:  # timeout or missing tool: the agent sees it as a host error
@@ -224,8 +188,6 @@ class RequestHandler:
         return ActuatorReply(status="ok", completed=shown)
 
 
-def _refused(verdict: Verdict) -> ActuatorReply:
-    return ActuatorReply(status="refused", reason=verdict.reason, message=verdict.message)
 
 
 # --- the socket server -------------------------------------------------------------------
@@ -261,38 +223,85 @@ def bind_path_socket(path: Path, mode: int = 0o660) -> socket.socket:
 
 
 class ActuatorServer:
-    def __init__(self, listener: socket.socket, handler: RequestHandler) -> None:
+    """Accepts connections and serves each on its own thread, at most
+    `max_connections` at once: a slow read (a hung device, a peer that never
+    sends) never stops the actuator from answering the others."""
+
+    def __init__(
+        self, listener: socket.socket, handler: RequestHandler,
+        max_connections: int = MAX_CONNECTIONS,
+    ) -> None:
         self.listener = listener
         self.handler = handler
+        self._slots = threading.BoundedSemaphore(max_connections)
+        self._threads: set[threading.Thread] = set()
+        self._threads_lock = threading.Lock()
 
     def serve_one(self, timeout: float | None = None) -> bool:
-        """Serve one connection; False if none arrived within `timeout` seconds."""
+        """Accept one connection and start serving it; False if none arrived in `timeout`."""
         self.listener.settimeout(timeout)
         try:
             conn, _ = self.listener.accept()
         except TimeoutError:
             return False
-        with conn:
-            conn.settimeout(CONNECTION_TIMEOUT)
-            peer = peer_credentials(conn)
-            body: bytes | None = None
-            frame_error: FrameError | None = None
-            if peer.uid in self.handler.allowed_uids:  # never read a stranger's bytes
-                try:
-                    body = recv_frame(conn, MAX_REQUEST_BYTES)
-                except FrameError as e:
-                    frame_error = e
-                except (TimeoutError, OSError) as e:
-                    frame_error = FrameError(Refusal.MalformedRequest, f"reading request: {e}")
-            reply = self.handler.handle(peer, body, frame_error)
-            with contextlib.suppress(OSError):  # the peer may have gone; nothing to tell it
-                send_json(conn, reply)
+        conn.settimeout(CONNECTION_TIMEOUT)
+        if not self._slots.acquire(blocking=False):
+            with conn:
+                peer = peer_credentials(conn)
+                busy = PolicyDecision(Refusal.Busy, f"{MAX_CONNECTIONS} requests in progress; "
+                                      "retry shortly")
+                self._reply(conn, self.handler.handle(peer, None, FrameError(busy.reason,
+                                                                             busy.message)))
+            return True
+        thread = threading.Thread(target=self._serve, args=(conn,), name="actuator-conn",
+                                  daemon=True)
+        with self._threads_lock:
+            self._threads.add(thread)
+        thread.start()
         return True
 
+    def _serve(self, conn: socket.socket) -> None:
+        try:
+            with conn:
+                peer = peer_credentials(conn)
+                body: bytes | None = None
+                frame_error: FrameError | None = None
+                if peer.uid in self.handler.allowed_uids:  # never read a stranger's bytes
+                    try:
+                        body = recv_frame(conn, MAX_REQUEST_BYTES)
+                    except FrameError as e:
+                        frame_error = e
+                    except (TimeoutError, OSError) as e:
+                        frame_error = FrameError(Refusal.MalformedRequest,
+                                                 f"reading request: {e}")
+                self._reply(conn, self.handler.handle(peer, body, frame_error))
+        finally:
+            self._slots.release()
+            with self._threads_lock:
+                self._threads.discard(threading.current_thread())
+
+    @staticmethod
+    def _reply(conn: socket.socket, reply: ActuatorReply) -> None:
+        with contextlib.suppress(OSError):  # the peer may have gone; nothing to tell it
+            send_json(conn, reply)
+
+    def in_flight(self) -> int:
+        with self._threads_lock:
+            return len(self._threads)
+
+    def join(self, timeout: float | None = None) -> None:
+        """Wait for the connections being served to finish."""
+        with self._threads_lock:
+            threads = list(self._threads)
+        for t in threads:
+            t.join(timeout)
+
     def serve_forever(self, idle_exit: float | None = None) -> None:
-        """Serve until idle for `idle_exit` seconds (socket activation restarts us)."""
-        while self.serve_one(idle_exit):
+        """Serve until idle for `idle_exit` seconds with nothing in flight (socket
+        activation starts us again on the next connection)."""
+        while self.serve_one(idle_exit) or self.in_flight():
             pass
+        self.join()
 
 
 def allowed_uids_for(user: str | None) -> frozenset[int]:
@@ -309,18 +318,27 @@ def build_server(
     config: AgentConfig,
     listener: socket.socket,
     *,
-    allow_user: str | None = DEFAULT_AGENT_USER,
+    allowed_uids: frozenset[int],
+    state_directory: Path = DEFAULT_STATE_DIRECTORY,
     host: Host | None = None,
     actuator: Actuator | None = None,
+    resolver: Resolver | None = None,
+    devices: BlockDevices | None = None,
     clock: Callable[[], datetime] = lambda: datetime.now(UTC),
 ) -> ActuatorServer:
     policy = ActuatorPolicy(
         egress_table=config.egress_table,
+        allowed_hosts=config.allowed_hosts,
         window=MaintenanceWindow.parse(config.maintenance_window),
         allow_disruptive_outside_window=config.allow_disruptive_outside_window,
         clock=clock,
+        resolver=resolver or SystemResolver(),
+        devices=devices or BlockDevices(),
     )
-    source = BaselineSource(config.baseline_path, config.database_path, config.mcp_public_keys)
+    baselines = ActuatorBaselines(
+        config.baseline_path, state_directory, config.mcp_public_keys,
+        site_id=config.site_id, host_id=config.host_id,
+    )
     if host is None:
         from reconciler.actuator.host import LocalHost
 
@@ -330,8 +348,8 @@ def build_server(
             host, rebuild_health_timeout=float(config.rebuild_health_check_timeout)
         )
     handler = RequestHandler(
-        policy=policy, baselines=source.load, actuator=actuator, observer=host,
-        allowed_uids=allowed_uids_for(allow_user),
+        policy=policy, baselines=baselines, actuator=actuator, observer=host,
+        allowed_uids=allowed_uids,
     )
     return ActuatorServer(listener, handler)
 
@@ -352,6 +370,11 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
                    help="bind this path instead of using the systemd-activated socket")
     p.add_argument("--allow-user", default=DEFAULT_AGENT_USER,
                    help="besides root, the only user whose connections are served")
+    p.add_argument("--state-directory", type=Path,
+                   default=Path(os.environ.get("STATE_DIRECTORY", DEFAULT_STATE_DIRECTORY)),
+                   help="root-only directory for the accepted signed baseline and its "
+                   "high-water mark (default: $STATE_DIRECTORY from systemd, else "
+                   f"{DEFAULT_STATE_DIRECTORY})")
     p.add_argument("--idle-exit", type=float, default=None, metavar="SECONDS",
                    help="exit after this long without a connection (socket activation)")
     p.set_defaults(func=run)
@@ -377,7 +400,8 @@ def run(args: argparse.Namespace) -> int:
             )
             return 2
         listener = bind_path_socket(args.socket)
-    server = build_server(config, listener, allow_user=args.allow_user)
+    server = build_server(config, listener, allowed_uids=allowed_uids_for(args.allow_user),
+                          state_directory=args.state_directory)
     log.info("actuator ready (egress table %s, window %s)",
              config.egress_table, config.maintenance_window)
     started = time.monotonic()

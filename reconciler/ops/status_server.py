@@ -28,6 +28,8 @@ from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
+from specs.errors import ComplianceAgentError
+
 log = logging.getLogger("compliance_agent.status_server")
 
 PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -74,20 +76,23 @@ class _UnixHTTPServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer
             self._slots.release()
 
 
-class _HeadTooLarge(Exception):  # noqa: N818 (internal control flow, never escapes)
+class RequestHeadTooLarge(ComplianceAgentError):
+    """A request line (414) or header block (431) over the cap; answered, never raised out."""
+
     def __init__(self, code: int) -> None:
         self.code = code
+        super().__init__(f"request head too large (HTTP {code})")
 
 
 def _read_head(rfile: Any, limit: int) -> bytes:
-    """Request line and headers, up to the blank line; _HeadTooLarge past `limit`."""
+    """Request line and headers, up to the blank line; RequestHeadTooLarge past `limit`."""
     head = bytearray()
     first = True
     while True:
         line = rfile.readline(limit + 1 - len(head))
         head += line
         if len(head) > limit or (line and not line.endswith(b"\n")):
-            raise _HeadTooLarge(414 if first else 431)
+            raise RequestHeadTooLarge(414 if first else 431)
         if not line or line in (b"\r\n", b"\n"):
             return bytes(head)
         first = False
@@ -160,7 +165,7 @@ def _make_handler(
                 head = _read_head(self.rfile, MAX_REQUEST_HEAD_BYTES)
             except TimeoutError:
                 return  # silent peer: drop it
-            except _HeadTooLarge as e:
+            except RequestHeadTooLarge as e:
                 self.requestline, self.request_version, self.command = "", "HTTP/1.0", "GET"
                 self.send_error(e.code, f"request head over {MAX_REQUEST_HEAD_BYTES} bytes")
                 return

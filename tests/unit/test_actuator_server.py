@@ -25,6 +25,7 @@ from reconciler.actuator.client import (
     ActuatorRefused,
     ActuatorUnavailable,
 )
+from reconciler.actuator.devices import BlockDevices
 from reconciler.actuator.local import LocalActuator
 from reconciler.actuator.protocol import (
     MAX_REQUEST_BYTES,
@@ -71,6 +72,33 @@ class RecordingHost:
         raise FileNotFoundError(path)
 
 
+class FakeResolver:
+    """The actuator's DNS view, fixed (the real one is getaddrinfo)."""
+
+    def __init__(self, answers: dict[str, set[str]]) -> None:
+        self.answers = answers
+
+    def addresses(self, names: list[str], version: int) -> set[str]:
+        import ipaddress
+
+        found = set().union(*(self.answers.get(n, set()) for n in names))
+        return {a for a in found if ipaddress.ip_address(a).version == version}
+
+
+class NamedDevices(BlockDevices):
+    """Block devices as if every path the encryption spec names were one (no /dev here)."""
+
+    def allowed(self, spec: Any) -> set[int]:
+        return set(range(len(spec.devices))) if spec is not None else set()
+
+    def canonical(self, path: str, allowed: set[int]) -> str | None:
+        return path if path in self.names and self.names.index(path) in allowed else None
+
+    def __init__(self, names: list[str]) -> None:
+        super().__init__()
+        self.names = names
+
+
 class Env:
     def __init__(self, tmp: Path) -> None:
         self.tmp = tmp
@@ -83,14 +111,19 @@ class Env:
         self.host = RecordingHost()
         self.now = OUT_OF_WINDOW
         self.socket = tmp / "actuator.sock"
+        self.resolver = FakeResolver({"mcp.local": {"192.0.2.10", "2001:db8::10"}})
+        self.devices = BlockDevices()
 
-    def write_baseline(self, units: list[str]) -> None:
-        self.baseline.write_text(json.dumps({
+    def write_baseline(self, units: list[str], encryption: list[str] | None = None) -> None:
+        body: dict[str, Any] = {
             "version": 1,
             "policy_version": "1.0",
             "firewall": {"ruleset_path": str(self.ruleset), "ruleset_sha256": self.sha},
             "services": {"units": [{"name": u} for u in units]},
-        }))
+        }
+        if encryption is not None:
+            body["encryption"] = {"devices": encryption}
+        self.baseline.write_text(json.dumps(body))
 
     def config(self, **over: Any) -> AgentConfig:
         data: dict[str, Any] = {
@@ -109,17 +142,17 @@ class Env:
         return parse_config(data)
 
     def server(self, allowed_uids: frozenset[int] | None = None, **over: Any) -> ActuatorServer:
-        server = build_server(
+        return build_server(
             self.config(**over),
             bind_path_socket(self.socket),
+            allowed_uids=frozenset({os.getuid()}) if allowed_uids is None else allowed_uids,
+            state_directory=self.tmp / "actuator-state",
             host=self.host,
             actuator=LocalActuator(self.host),
+            resolver=self.resolver,
+            devices=self.devices,
             clock=lambda: self.now,
         )
-        server.handler.allowed_uids = (
-            frozenset({os.getuid()}) if allowed_uids is None else allowed_uids
-        )
-        return server
 
 
 @pytest.fixture
@@ -248,7 +281,9 @@ def test_ruleset_must_match_the_baseline_file_and_hash(env: Env) -> None:
 
     right = ApplyNftRuleset(path=str(env.ruleset), sha256=env.sha)
     result = serve(env.server(), lambda: ActuatorClient(env.socket).execute(right))
-    assert result.ok and env.host.ran == [["nft", "-f", str(env.ruleset)]]
+    # nft reads a private copy of the bytes that were hashed, never the agent-visible path
+    assert result.ok and len(env.host.ran) == 1 and env.host.ran[0][:2] == ["nft", "-f"]
+    assert env.host.ran[0][2] != str(env.ruleset)
 
 
 @pytest.mark.parametrize(
@@ -259,23 +294,26 @@ def test_ruleset_must_match_the_baseline_file_and_hash(env: Env) -> None:
         ({"set_name": "other"}, Refusal.EgressTableMismatch),
         ({"elements": ["2001:db8::1"]}, Refusal.InvalidParams),  # v6 in the v4 set
         ({"elements": ["192.0.2.1-2001:db8::1"]}, Refusal.InvalidParams),
+        ({"elements": ["192.0.2.99"]}, Refusal.EgressElementNotAllowed),
     ],
 )
 def test_egress_updates_are_confined_to_the_egress_table(
     env: Env, over: dict[str, Any], reason: Refusal
 ) -> None:
     fields: dict[str, Any] = {
-        "table": "compliance_egress", "set_name": "allowed_v4", "elements": ["192.0.2.1"],
+        "table": "compliance_egress", "set_name": "allowed_v4", "elements": ["192.0.2.10"],
     }
     fields.update(over)
-    err = refused(env.server(), ActuatorClient(env.socket), UpdateEgressSet(**fields))
+    server = env.server()
+    body = json.dumps({"action": {"type": "UpdateEgressSet", **fields}}).encode()
+    err = serve(server, lambda: raw_request(env.socket, body))
     assert err.reason is reason
     assert env.host.ran == []
 
 
 def test_egress_update_runs_one_nft_transaction(env: Env) -> None:
     action = UpdateEgressSet(
-        table="compliance_egress", set_name="allowed_v6", elements=["2001:db8::/64"]
+        table="compliance_egress", set_name="allowed_v6", elements=["2001:db8::10"]
     )
     assert serve(env.server(), lambda: ActuatorClient(env.socket).execute(action)).ok
     assert len(env.host.ran) == 1 and env.host.ran[0][0] == "nft"
@@ -289,7 +327,7 @@ def test_rebuild_target_must_be_named_by_the_baseline(env: Env) -> None:
 
 
 def test_rebuild_to_the_baseline_target_is_admitted_in_the_window(env: Env) -> None:
-    from reconciler.actuator.protocol import ActuatorPolicy
+    from reconciler.actuator.policy import ActuatorPolicy
     from specs.baseline import parse_baseline
     from specs.window import MaintenanceWindow
 
@@ -298,12 +336,14 @@ def test_rebuild_to_the_baseline_target_is_admitted_in_the_window(env: Env) -> N
         {"version": 1, "policy_version": "1", "patching": {"target": target}}
     )
     policy = ActuatorPolicy(
-        egress_table="compliance_egress", window=MaintenanceWindow.parse("02:00-04:00"),
+        egress_table="compliance_egress", allowed_hosts=["mcp.local"],
+        window=MaintenanceWindow.parse("02:00-04:00"),
         allow_disruptive_outside_window=False, clock=lambda: IN_WINDOW,
+        resolver=env.resolver, devices=env.devices,
     )
-    assert policy.check(NixosRebuild(target=target), [baseline]) is None
+    assert policy.check(NixosRebuild(target=target), baseline) is None
     other = NixosRebuild(target=target.replace("h1", "h2"))
-    verdict = policy.check(other, [baseline])
+    verdict = policy.check(other, baseline)
     assert verdict is not None and verdict.reason is Refusal.RebuildTargetNotInBaseline
 
 
@@ -338,20 +378,6 @@ def _signed_baseline(key: SigningKey, units: list[str]) -> dict[str, Any]:
     return Signer(key).sign_envelope(payload, BASELINE_PAYLOAD_TYPE)
 
 
-def test_persisted_signed_baseline_counts_after_reverification(env: Env) -> None:
-    _persist_remote_baseline(env, _signed_baseline(env.signing_key, ["auditd.service"]))
-    result = serve(
-        env.server(), lambda: ActuatorClient(env.socket).execute(StartUnit(unit="auditd.service"))
-    )
-    assert result.ok
-
-
-def test_persisted_baseline_signed_by_an_untrusted_key_is_ignored(env: Env) -> None:
-    _persist_remote_baseline(env, _signed_baseline(SigningKey.generate(), ["auditd.service"]))
-    err = refused(env.server(), ActuatorClient(env.socket), StartUnit(unit="auditd.service"))
-    assert err.reason is Refusal.UnitNotInBaseline
-
-
 def test_client_reports_a_missing_socket_as_unavailable(tmp_path: Path) -> None:
     with pytest.raises(ActuatorUnavailable) as info:
         ActuatorClient(tmp_path / "nope.sock").execute(StartUnit(unit="sshd.service"))
@@ -378,6 +404,8 @@ def test_listen_fds_meant_for_another_process_are_ignored() -> None:
 def test_allowlisted_privileged_read_runs_and_keeps_the_requested_argv(
     env: Env, argv: list[str]
 ) -> None:
+    env.write_baseline(["sshd.service"], encryption=["/dev/nvme0n1p2", "/dev/mapper/vg-root"])
+    env.devices = NamedDevices(["/dev/nvme0n1p2", "/dev/mapper/vg-root"])
     done = serve(env.server(), lambda: ActuatorClient(env.socket).observe(argv))
     assert done.exit_code == 0 and done.argv == argv
     assert env.host.ran == [argv]
@@ -393,10 +421,14 @@ def test_allowlisted_privileged_read_runs_and_keeps_the_requested_argv(
         ["cryptsetup", "luksDump", "/dev/../etc/shadow"],
         ["cryptsetup", "luksDump", "/etc/shadow"],
         ["cryptsetup", "luksHeaderBackup", "/dev/sda2"],
+        ["cryptsetup", "luksDump", "/dev/sdb"],  # a device the encryption spec does not name
+        ["cryptsetup", "luksDump", "/dev/sda2\n"],
         ["blkid", "-p", "-o", "export", "-c", "/dev/sda"],
     ],
 )
 def test_other_reads_are_refused(env: Env, argv: list[str]) -> None:
+    env.write_baseline(["sshd.service"], encryption=["/dev/sda2"])
+    env.devices = NamedDevices(["/dev/sda2"])
     def call() -> ActuatorRefused:
         with pytest.raises(ActuatorRefused) as info:
             ActuatorClient(env.socket).observe(argv)
