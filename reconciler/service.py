@@ -316,7 +316,8 @@ def build_service(
         cfg, store, writer, outbox, triggers, recorder, checkpointer, wake, clock))
     # Passes read the local file and the stored signed baseline; only the
     # control-plane thread talks to the network.
-    local_source = BaselineResolver(cfg, None, store, cfg.mcp_public_keys, clock=clock)
+    local_source = BaselineResolver(cfg, None, store, cfg.mcp_public_keys, clock=clock,
+                                    publish=_baseline_publisher(cfg))
     agent = new_agent(
         cfg, host=host, actuator=actuator, store=store, clock=clock, controllers=controllers,
         baseline=local_source.current, triggers=lambda: triggers.active(clock()),
@@ -333,6 +334,16 @@ def build_service(
                    closers=(agent.close, writer.close, checkpointer.close, hook.close,
                             *([wakeups.stop] if wakeups else [])),  # stopped first
                    wakeups=wakeups)
+
+
+def _baseline_publisher(cfg: AgentConfig) -> Callable[[bytes], None] | None:
+    """With a root actuator, the signed baseline the agent applies is offered to it:
+    the actuator verifies and keeps its own copy (it never reads the agent's DB)."""
+    if cfg.actuator_socket is None:
+        return None
+    from reconciler.actuator.client import ActuatorClient, BaselinePublisher
+
+    return BaselinePublisher(ActuatorClient(cfg.actuator_socket, timeout=30.0))
 
 
 def _control_plane(

@@ -76,10 +76,12 @@ def make_order(
 def publish_baseline(
     storage: Storage, key: SigningKey, site_id: str, host_id: str, baseline: dict[str, Any]
 ) -> str:
-    """Sign and store a baseline; returns its ETag."""
+    """Sign and store a baseline, bound to `site_id` and `host_id` ('*': every host of
+    the site) inside the signed payload; returns its ETag."""
     version = baseline.get("version")
     if not isinstance(version, int):
         raise ValueError("a baseline needs an integer 'version'")
+    baseline = {"site_id": site_id, "host_id": host_id, **baseline}
     env = canonical(sign(key, canonical(baseline), BASELINE_TYPE))
     etag = '"' + hashlib.sha256(env).hexdigest()[:32] + '"'
     storage.put_baseline(site_id, host_id, version, env, etag)

@@ -22,6 +22,7 @@ else runs locally as the agent's own user.
 
 from __future__ import annotations
 
+import logging
 import socket
 from collections.abc import Sequence
 from pathlib import Path
@@ -46,6 +47,8 @@ from specs.actions import Action
 from specs.errors import ComplianceAgentError
 from specs.host import Completed, FileStat, Host, HostError
 from specs.status import Outcome
+
+log = logging.getLogger(__name__)
 
 # A rebuild (switch + health check + maybe rollback) can take minutes; the
 # actuator bounds every command itself, so this is only a backstop.
@@ -169,6 +172,35 @@ class ActuatorClient:
             return ActuatorReply.model_validate_json(body)
         except ValidationError as e:
             raise ActuatorProtocolError(f"invalid reply from actuator: {e}") from None
+
+
+class BaselinePublisher:
+    """Hands the signed baseline the agent applies to the root actuator, once per document.
+
+    The actuator decides only from baselines it verified itself, so the agent
+    offers what it fetched; a refusal (an older version than the actuator
+    holds, say) is logged once, and the actuator's later refusals of actions
+    say why they were not allowed. An unreachable actuator is retried on the
+    next pass.
+    """
+
+    def __init__(self, client: ActuatorClient) -> None:
+        self.client = client
+        self._offered: bytes | None = None
+
+    def __call__(self, envelope: bytes) -> None:
+        if envelope == self._offered:
+            return
+        try:
+            version = self.client.offer_baseline(envelope)
+        except ActuatorRefused as e:
+            log.warning("the actuator refused the signed baseline (%s): %s", e.reason, e.message)
+        except ActuatorError as e:
+            log.warning("cannot offer the signed baseline to the actuator: %s", e)
+            return
+        else:
+            log.info("the actuator holds signed baseline version %d", version)
+        self._offered = envelope
 
 
 def needs_privilege(argv: Sequence[str]) -> bool:

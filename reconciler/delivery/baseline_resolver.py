@@ -1,9 +1,10 @@
 """Where the desired state comes from: the local baseline or a newer signed one.
 
 `BaselineResolver.current()` answers "which ONE baseline applies now?" for the
-agent, fetching and storing a newer signed one. (The root actuator asks a
-different question, "which baselines may the agent be enforcing?", and accepts
-the local file or the stored signed baseline; it never fetches.)
+agent, fetching and storing a newer signed one. (The root actuator answers the
+same question from its own inputs: the local file and the newest signed
+baseline the agent offered it and it verified itself; it never fetches and
+never reads this database.)
 
 1. The local file (`baselinePath`, from the NixOS configuration) is always
    read; it is the fallback.
@@ -12,11 +13,16 @@ the local file or the stored signed baseline; it never fetches.)
    so a restart keeps using it and a revoked key stops it.
 3. If a client is given, the control plane is asked with `If-None-Match`. A
    new document is applied only if its DSSE signature verifies with a trusted
-   key, its payloadType is the baseline type, it parses, and its version is
-   higher than the stored remote one: a baseline is never rolled back. It is
-   stored atomically (one transaction) before it is used.
+   key, its payloadType is the baseline type, it parses, it is bound to this
+   site and host (`site_id`, `host_id` or "*": BaselineWrongSite /
+   BaselineWrongHost), and its version is higher than the stored remote one:
+   a baseline is never rolled back. It is stored atomically (one
+   transaction) before it is used.
 4. The remote baseline wins only when its version is higher than the local
    file's; otherwise the local file applies.
+5. When the remote baseline applies and `publish` is given (the privileged
+   deployment), the envelope is handed to the root actuator, which verifies
+   it again and keeps its own copy: the actuator never reads this database.
 
 A refused document becomes a `BaselineRejection` (CamelCase reason) the caller
 turns into evidence; the same bad document (same ETag) is reported once.
@@ -40,6 +46,7 @@ from specs.baseline import (
     BASELINE_PAYLOAD_TYPE,
     Baseline,
     BaselineError,
+    binding_problem,
     load_baseline,
     parse_baseline,
 )
@@ -77,8 +84,10 @@ class BaselineResolver:
         store: Store,
         trusted_keys: Sequence[str] | TrustedKeys,
         clock: Callable[[], datetime] = _utc_now,
+        publish: Callable[[bytes], None] | None = None,
     ) -> None:
         self.cfg = cfg
+        self.publish = publish
         self.client = client
         self.stored = RemoteBaselineStore(store)
         self.keys = (
@@ -90,6 +99,7 @@ class BaselineResolver:
         self.rejections: list[BaselineRejection] = []
         self.last_fetch_error: str | None = None
         self._rejected_etag: str | None = None  # also kept when no row exists yet
+        self._applied_envelope: bytes | None = None  # of the remote baseline _remote returned
 
     def take_rejections(self) -> list[BaselineRejection]:
         """Rejections since the last call (each to be recorded as evidence once)."""
@@ -127,7 +137,7 @@ class BaselineResolver:
         except ValueError as e:
             return BaselineRejection("InvalidBaseline", f"payload is not JSON: {e}", etag=etag)
         try:
-            return parse_baseline(data, "signed baseline from the control plane")
+            baseline = parse_baseline(data, "signed baseline from the control plane")
         except BaselineError as e:
             version = data.get("version") if isinstance(data, dict) else None
             return BaselineRejection(
@@ -136,15 +146,21 @@ class BaselineResolver:
                 version=version if isinstance(version, int) else None,
                 etag=etag,
             )
+        problem = binding_problem(baseline, self.cfg.site_id, self.cfg.host_id)
+        if problem is not None:
+            return BaselineRejection(*problem, version=baseline.version, etag=etag)
+        return baseline
 
     def _remote(self) -> Baseline | None:
         """The newest valid remote baseline (stored or freshly fetched), or None."""
         stored = self.stored.load()
+        self._applied_envelope = None
         current: Baseline | None = None
         if stored is not None:
             checked = self._verify(stored.envelope, stored.etag)
             if isinstance(checked, Baseline):
                 current = checked
+                self._applied_envelope = stored.envelope
             else:
                 # e.g. the key that signed it was removed from mcpPublicKeys
                 log.warning(
@@ -189,6 +205,7 @@ class BaselineResolver:
         self.stored.replace(
             result.version, fetched.envelope, fetched.etag, self.clock().timestamp()
         )
+        self._applied_envelope = fetched.envelope
         log.info("applied signed baseline version %d from the control plane", result.version)
         return result
 
@@ -207,6 +224,8 @@ class BaselineResolver:
             log.error("local baseline unusable: %s", e)
         remote = self._remote()
         if remote is not None and (local is None or remote.version > local.version):
+            if self.publish is not None and self._applied_envelope is not None:
+                self.publish(self._applied_envelope)
             return remote, f"control plane (signed, version {remote.version})"
         if local is not None:
             return local, f"{self.cfg.baseline_path} (local, version {local.version})"
