@@ -7,9 +7,10 @@
 #   control plane), never listens on TCP/UDP; its status socket is a unix
 #   socket under /run/compliance-agent.
 # * compliance-agent-actuator.{socket,service}: root, socket-activated on
-#   /run/compliance-agent/actuator.sock (0660 root:compliance-agent). It runs
-#   only typed actions that the current baseline names, inside the
-#   maintenance window (reconciler/actuator_server.py).
+#   /run/compliance-agent-actuator/actuator.sock (0660 root:compliance-agent,
+#   in a directory root owns, so the agent can neither replace the socket nor
+#   stand in for it). It runs only typed actions that the baseline it verified
+#   itself names, inside the maintenance window (reconciler/actuator/server.py).
 #
 # Options mirror specs.config.AgentConfig one to one: same camelCase names,
 # types and defaults (tests/integration/test_nix_module.py checks it). They
@@ -24,6 +25,8 @@ let
 
   user = "compliance-agent";
   runtimeDir = "/run/compliance-agent";
+  # Root's own: never under the agent's runtimeDir, which the agent can write.
+  actuatorRuntimeDir = "/run/compliance-agent-actuator";
   windowRegex = "([01][0-9]|2[0-3]):([0-5][0-9])-([01][0-9]|2[0-3]):([0-5][0-9])";
   syslogRegex = "(tcp|udp)://[^/:]+:[0-9]+";
 
@@ -325,10 +328,12 @@ in
 
     actuatorSocket = mkOption {
       type = types.nullOr types.str;
-      default = "${runtimeDir}/actuator.sock";
+      default = "${actuatorRuntimeDir}/actuator.sock";
       description = ''
         Unix socket of the privileged actuator (compliance-agent-actuator.socket
-        listens here). Null runs actions in-process, which, the agent being
+        listens here). Keep it in a directory only root can write (the default
+        is): from a directory the agent owns, it could swap the socket for a
+        symlink or its own listener. Null runs actions in-process, which, the agent being
         unprivileged, leaves it observe-only; the agent's own default is null
         because outside this module it may run as root.
       '';
@@ -413,6 +418,11 @@ in
         message = "services.compliance-agent.hostId is empty: set networking.hostName or hostId.";
       }
       {
+        assertion = cfg.actuatorSocket == null
+          || !(lib.hasPrefix "${runtimeDir}/" cfg.actuatorSocket || lib.hasPrefix "${cfg.stateDirectory}/" cfg.actuatorSocket);
+        message = "services.compliance-agent.actuatorSocket = \"${toString cfg.actuatorSocket}\" is inside a directory the agent can write: put it in a root-owned directory such as ${actuatorRuntimeDir}/ (the default).";
+      }
+      {
         assertion = cfg.baselinePath != null;
         message = "services.compliance-agent.baselinePath is not set: point it at the local baseline JSON (e.g. ./baseline.json).";
       }
@@ -483,9 +493,10 @@ in
     };
     users.groups.${user} = { };
 
-    # The runtime directory exists (owned by the agent) before the actuator
-    # socket binds inside it, whichever unit starts first.
+    # The agent's runtime directory, and root's own for the actuator socket
+    # (root:agent 0750: the agent may reach the socket, never replace it).
     systemd.tmpfiles.rules = [ "d ${runtimeDir} 0750 ${user} ${user} -" ]
+      ++ lib.optional (cfg.actuatorSocket != null) "d ${dirOf cfg.actuatorSocket} 0750 root ${user} -"
       ++ lib.optional cfg.metricsNodeExporter "d ${cfg.metricsTextfileDirectory} 0755 ${user} ${user} -";
 
     systemd.services.compliance-agent = {
@@ -508,8 +519,6 @@ in
         RestartSec = "10s";
         RuntimeDirectory = "compliance-agent";
         RuntimeDirectoryMode = "0750";
-        # The actuator socket lives here too: stopping the agent must not remove it.
-        RuntimeDirectoryPreserve = true;
         SyslogIdentifier = "compliance-agent";
       };
     };
@@ -522,7 +531,7 @@ in
         SocketUser = "root";
         SocketGroup = user;
         SocketMode = "0660";
-        DirectoryMode = "0750";
+        DirectoryMode = "0750"; # only if tmpfiles has not made it root:${user} already
         Accept = false;
         RemoveOnStop = true;
       };
@@ -542,6 +551,9 @@ in
         Type = "simple";
         ExecStart = "${exe} actuator --config ${configFile} --allow-user ${user} --idle-exit 600";
         SyslogIdentifier = "compliance-agent-actuator";
+        # The signed baseline it verified itself and its high-water mark (root, 0700).
+        StateDirectory = "compliance-agent-actuator";
+        StateDirectoryMode = "0700";
         # Root, and switch-to-configuration runs NixOS activation under this
         # process: it writes /etc, /home, /boot, creates setuid wrappers,
         # mounts, and nix builds in namespaces. So no mount namespace

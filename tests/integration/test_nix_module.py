@@ -45,7 +45,7 @@ BASE: dict[str, Any] = {
 # Options whose module default deliberately differs from AgentConfig's, and why.
 MODULE_DEFAULTS = {
     "hostId": "testhost",  # config.networking.hostName (AgentConfig: the running hostname)
-    "actuatorSocket": "/run/compliance-agent/actuator.sock",  # the module runs the actuator
+    "actuatorSocket": "/run/compliance-agent-actuator/actuator.sock",  # root-owned dir
 }
 # Options AgentConfig requires: the module declares them null/empty + an assertion.
 REQUIRED: dict[str, Any] = {
@@ -156,7 +156,7 @@ def test_generated_config_has_exactly_the_agents_keys_and_parses(base_eval: Any)
     cfg = parse_config(data)
     assert isinstance(cfg, AgentConfig)
     assert cfg.enable and cfg.site_id == "clinic-1" and cfg.host_id == "testhost"
-    assert str(cfg.actuator_socket) == "/run/compliance-agent/actuator.sock"
+    assert str(cfg.actuator_socket) == "/run/compliance-agent-actuator/actuator.sock"
     assert data["resellerId"] is None and data["metricsTextfile"] is None
 
 
@@ -190,6 +190,7 @@ BREAKERS: list[tuple[dict[str, Any], tuple[str, ...], str]] = [
     ({"natsUrl": "nats://mcp.local:4222"}, (), "natsUrl"),
     ({"natsUrl": "tls://nats.example.net:4222", "egressAllowConfiguredHosts": False}, (),
      "would block order wake-ups"),
+    ({"actuatorSocket": "/run/compliance-agent/actuator.sock"}, (), "directory the agent can"),
 ]
 
 
@@ -343,10 +344,17 @@ def test_privilege_separation_layout(base_eval: Any) -> None:
     assert "User" not in actuator  # root
     assert " actuator --config " in actuator["ExecStart"]
     socket = base_eval["systemd"]["sockets"]["compliance-agent-actuator"]
-    assert socket["listenStreams"] == ["/run/compliance-agent/actuator.sock"]
+    assert socket["listenStreams"] == ["/run/compliance-agent-actuator/actuator.sock"]
     assert socket["socketConfig"]["SocketMode"] == "0660"
     assert socket["socketConfig"]["SocketGroup"] == "compliance-agent"
     assert base_eval["users"]["users"]["compliance-agent"]["isSystemUser"] is True
+    # The socket's directory is root's (the agent may enter it, never write it), and
+    # the actuator keeps its verified signed baseline in its own 0700 state directory.
+    assert "d /run/compliance-agent-actuator 0750 root compliance-agent -" in \
+        base_eval["systemd"]["tmpfiles"]
+    assert actuator["StateDirectory"] == "compliance-agent-actuator"
+    assert actuator["StateDirectoryMode"] == "0700"
+    assert "RuntimeDirectoryPreserve" not in agent
 
 
 def test_stub_evaluator_follows_module_system_priorities() -> None:

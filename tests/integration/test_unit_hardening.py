@@ -200,7 +200,7 @@ PROBE = """
 import sys
 from reconciler.actuator.client import ActuatorClient, ActuatorRefused
 from specs.actions import StartUnit
-client = ActuatorClient("/run/compliance-agent/actuator.sock", timeout=60)
+client = ActuatorClient("/run/compliance-agent-actuator/actuator.sock", timeout=60)
 try:
     result = client.execute(StartUnit(unit=sys.argv[1]))
     print("RESULT ok=%s" % result.ok)
@@ -271,8 +271,11 @@ def test_module_units_under_real_systemd(booted: Any) -> None:
             RuntimeDirectoryPreserve=True))
     box.check(["systemctl", "start", "compliance-agent-actuator.socket"])
 
-    sock = box.check(["stat", "-c", "%U %G %a", "/run/compliance-agent/actuator.sock"])
+    sock = box.check(["stat", "-c", "%U %G %a", "/run/compliance-agent-actuator/actuator.sock"])
     assert sock.stdout.split() == ["root", "compliance-agent", "660"]
+    # ... in root's directory: the agent can reach the socket but never replace it
+    sock_dir = box.check(["stat", "-c", "%U %G %a", "/run/compliance-agent-actuator"])
+    assert sock_dir.stdout.split() == ["root", "compliance-agent", "750"]
 
     # The hardened agent sandbox (as the module writes it) reaches the actuator,
     # which starts a baseline unit as root; a unit outside the baseline is refused.
