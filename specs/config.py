@@ -154,7 +154,8 @@ class AgentConfig(BaseModel):
     actuator_socket: Path | None = Field(
         None,
         description="Unix socket of the privileged actuator; null runs actions in-process "
-        "(the NixOS module sets /run/compliance-agent/actuator.sock).",
+        "(the NixOS module sets /run/compliance-agent-actuator/actuator.sock, in a "
+        "root-owned directory).",
     )
     metrics_textfile: Path | None = Field(
         None,

@@ -183,7 +183,8 @@ pkgs.testers.runNixOSTest {
     with subtest("state directory 0700, runtime directory 0750, actuator socket 0660"):
         assert host.succeed("stat -c '%U %a' /var/lib/compliance-agent").strip() == "compliance-agent 700"
         assert host.succeed("stat -c '%U %a' /run/compliance-agent").strip() == "compliance-agent 750"
-        assert host.succeed("stat -c '%U %G %a' /run/compliance-agent/actuator.sock").strip() == "root compliance-agent 660"
+        assert host.succeed("stat -c '%U %G %a' /run/compliance-agent-actuator/actuator.sock").strip() == "root compliance-agent 660"
+        assert host.succeed("stat -c '%U %G %a' /run/compliance-agent-actuator").strip() == "root compliance-agent 750"
 
     with subtest("hardening is applied to the running agent"):
         props = dict(
