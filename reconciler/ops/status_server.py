@@ -36,6 +36,7 @@ PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 MAX_REQUEST_HEAD_BYTES = 8 * 1024  # request line + headers; a GET carries no body
 DEFAULT_READ_TIMEOUT = 5.0
 DEFAULT_MAX_CONNECTIONS = 16
+BUSY_DRAIN_SECONDS = 0.05  # per refused connection, in the accept loop
 BUSY_REPLY = (
     b"HTTP/1.0 503 Service Unavailable\r\nContent-Type: text/plain\r\n"
     b"Content-Length: 5\r\nConnection: close\r\n\r\nbusy\n"
@@ -58,8 +59,12 @@ class _UnixHTTPServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer
     def process_request(self, request: Any, client_address: Any) -> None:
         if not self._slots.acquire(blocking=False):
             # Full: answer now, from the accept loop, rather than queue a thread.
+            # The request is read (briefly) first: closing a unix socket with
+            # unread data resets it, and the peer would lose the 503.
             with contextlib.suppress(OSError):
-                request.settimeout(0.5)
+                request.settimeout(BUSY_DRAIN_SECONDS)
+                with contextlib.suppress(TimeoutError):
+                    request.recv(MAX_REQUEST_HEAD_BYTES)
                 request.sendall(BUSY_REPLY)
             self.shutdown_request(request)
             return

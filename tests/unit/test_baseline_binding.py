@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from reconciler.delivery.baseline_source import BaselineSource
+from reconciler.delivery.baseline_resolver import BaselineResolver
 from reconciler.delivery.client import BaselineFetch
 from reconciler.store.database import Store, open_store
 from reconciler.trust.dsse import envelope_bytes
@@ -64,7 +64,7 @@ def store(cfg: AgentConfig) -> Iterator[Store]:
 def test_a_baseline_signed_for_another_host_is_rejected(
     cfg: AgentConfig, store: Store, binding: dict[str, Any], reason: str
 ) -> None:
-    src = BaselineSource(cfg, OneDocument(signed(**binding)), store, cfg.mcp_public_keys)
+    src = BaselineResolver(cfg, OneDocument(signed(**binding)), store, cfg.mcp_public_keys)
     base, where = src.current()
     assert base.version == 1 and "local" in where
     assert [r.reason for r in src.take_rejections()] == [reason]
@@ -76,10 +76,10 @@ def test_a_baseline_for_this_host_or_its_whole_site_applies_and_is_published(
 ) -> None:
     offered: list[bytes] = []
     envelope = signed(site_id=SITE, host_id=host)
-    src = BaselineSource(cfg, OneDocument(envelope), store, cfg.mcp_public_keys,
+    src = BaselineResolver(cfg, OneDocument(envelope), store, cfg.mcp_public_keys,
                          publish=offered.append)
     assert src.current()[0].version == 5
     assert offered == [envelope]
     # The next pass reads it back from the database and offers the same document.
-    again = BaselineSource(cfg, None, store, cfg.mcp_public_keys, publish=offered.append)
+    again = BaselineResolver(cfg, None, store, cfg.mcp_public_keys, publish=offered.append)
     assert again.current()[0].version == 5 and offered == [envelope, envelope]
