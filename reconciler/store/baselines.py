@@ -2,9 +2,9 @@
 migration 0021): one row, kept so a restart keeps using it.
 
 `RemoteBaselineStore` is the agent's side (read, replace, remember a refused
-ETag). The root actuator reads the same row with `read_remote_baseline_envelope`
-(reconciler.store.remote_baseline_reader), which needs only the standard library.
-Neither side trusts the row as such: the envelope is verified again on every use.
+ETag); the envelope is verified again on every use. The root actuator never
+reads this table: the agent offers it the document, and it keeps its own
+verified copy (reconciler.actuator.baselines).
 """
 
 from __future__ import annotations

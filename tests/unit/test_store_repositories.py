@@ -14,7 +14,6 @@ from reconciler.store.baselines import RemoteBaselineStore, StoredBaseline
 from reconciler.store.database import Store, StoreError, after_commit, open_store
 from reconciler.store.meta import ORDERS_CURSOR, MetaStore
 from reconciler.store.outbox import Outbox, OutboxState, OutboxView
-from reconciler.store.remote_baseline_reader import read_remote_baseline_envelope
 from reconciler.store.status import StatusStore, StatusView
 from specs.status import ResourceStatus
 
@@ -56,18 +55,6 @@ def test_remote_baseline_row_replace_and_rejection(db: Path) -> None:
     baselines.replace(4, b'{"v":4}', None, fetched_at=200.0)  # a good one clears the refusal
     assert baselines.load() == StoredBaseline(4, b'{"v":4}', None, None)
     store.close()
-
-
-def test_actuator_reader_needs_no_sqlalchemy(tmp_path: Path, db: Path) -> None:
-    assert read_remote_baseline_envelope(tmp_path / "absent.db") is None
-    assert read_remote_baseline_envelope(db) is None  # no row yet
-    bare = tmp_path / "bare.db"
-    sqlite3.connect(bare).close()
-    assert read_remote_baseline_envelope(bare) is None  # no table: not migrated yet
-    store = open_store(db)
-    RemoteBaselineStore(store).replace(5, b"envelope-bytes", "e5", fetched_at=1.0)
-    store.close()
-    assert read_remote_baseline_envelope(db) == b"envelope-bytes"
 
 
 def test_after_commit_runs_only_for_committed_transactions(db: Path) -> None:
