@@ -29,7 +29,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from reconciler.actuator.policy import DEVICE_READS, NFT_SANDBOX_MODULE
+from reconciler.actuator.policy import DEVICE_READS, is_sandbox_request
 from reconciler.actuator.protocol import (
     MAX_OBSERVE_TIMEOUT,
     MAX_REPLY_BYTES,
@@ -209,7 +209,7 @@ def needs_privilege(argv: Sequence[str]) -> bool:
     args = list(argv)
     return (
         args[:3] == ["nft", "-j", "list"]
-        or args[1:3] == ["-m", NFT_SANDBOX_MODULE]
+        or is_sandbox_request(args)
         or args[:-1] in DEVICE_READS
     )
 

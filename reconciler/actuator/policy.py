@@ -58,6 +58,7 @@ from specs.window import MaintenanceWindow
 UNIT_KINDS = ("services", "av_edr", "logging", "backup")
 EGRESS_SETS = {"allowed_v4": 4, "allowed_v6": 6}
 NFT_SANDBOX_MODULE = "reconciler.actuator.nft_sandbox"
+NFT_SANDBOX_SCRIPT = "nft_sandbox.py"
 DEVICE_READS = (
     ["blkid", "-p", "-o", "export"], ["cryptsetup", "isLuks"], ["cryptsetup", "luksDump"]
 )
@@ -99,6 +100,18 @@ class SystemResolver:
 def _lookup(name: str, family: int) -> set[str]:
     infos = socket.getaddrinfo(name, None, family, socket.SOCK_STREAM)
     return {str(ipaddress.ip_address(str(info[4][0]).split("%", 1)[0])) for info in infos}
+
+
+def is_sandbox_request(argv: list[str]) -> bool:
+    """The ruleset sandbox as the agent starts it (`python -m MODULE` or `python -I
+    .../nft_sandbox.py`, then `--sha256 HEX PATH`). Only the last two arguments are
+    used: the actuator runs its own interpreter and its own copy of the script."""
+    head = argv[:-3]
+    return len(argv) in (6, 7) and argv[-3] == "--sha256" and (
+        head[1:] == ["-m", NFT_SANDBOX_MODULE]
+        or (head[1:2] == ["-I"] and len(head) == 3 and head[2].endswith("/" + NFT_SANDBOX_SCRIPT)
+            and "reconciler/actuator/" in head[2])
+    )
 
 
 def _strings(value: Any) -> Iterator[str]:
@@ -194,10 +207,9 @@ class ActuatorPolicy:
             if device is not None:
                 return [*argv[:-1], device]  # header metadata only; luksDump prints no keys
         fw = baseline.firewall
-        if (len(argv) == 6 and argv[1:4] == ["-m", NFT_SANDBOX_MODULE, "--sha256"]
-                and fw is not None and argv[4] == fw.ruleset_sha256
-                and argv[5] == fw.ruleset_path):
-            return [*sandbox, "--sha256", argv[4], argv[5]]
+        if (is_sandbox_request(argv) and fw is not None and argv[-2] == fw.ruleset_sha256
+                and argv[-1] == fw.ruleset_path):
+            return [*sandbox, "--sha256", argv[-2], argv[-1]]
         return PolicyDecision(
             Refusal.ObservationNotAllowed,
             f"{' '.join(argv)[:200]!r} is not one of the privileged reads the actuator serves "

@@ -504,3 +504,23 @@ def test_errors_as_results_turn_refusals_into_recorded_failures(env: Env) -> Non
     gone = ActuatorClient(env.tmp / "absent.sock", errors_as_results=True)
     down = gone.execute(StartUnit(unit="sshd.service"))
     assert not down.ok and down.records[0].result == "failed" and "unavailable" in (down.error or "")
+
+
+def test_ruleset_sandbox_as_the_firewall_controller_starts_it(env: Env) -> None:
+    """The controller runs the sandbox as a script (`python -I .../nft_sandbox.py`):
+    that read must go to the actuator, and the actuator runs its own copy."""
+    import sys
+
+    from reconciler.actuator import nft_sandbox
+    from reconciler.actuator.client import needs_privilege
+
+    argv = [*nft_sandbox.script_argv(), "--sha256", env.sha, str(env.ruleset)]
+    assert needs_privilege(argv)
+    done = serve(env.server(), lambda: ActuatorClient(env.socket).observe(argv))
+    assert done.exit_code == 0 and done.argv == argv
+    sandbox = str(Path(nft_sandbox.__file__).resolve())
+    assert env.host.ran == [[sys.executable, "-I", sandbox, "--sha256", env.sha,
+                             str(env.ruleset)]]
+    # another script that merely ends in the same arguments is not the sandbox
+    evil = ["/tmp/python", "-I", "/tmp/evil.py", "--sha256", env.sha, str(env.ruleset)]
+    assert not needs_privilege(evil)
