@@ -131,6 +131,8 @@ class ApplyNftRuleset(BaseAction):
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
 
     def commands(self) -> list[list[str]]:
+        # What dry-run and evidence show; the actuator pipes the hashed bytes of
+        # `path` to `nft -f -` (reconciler.actuator.local), never re-reading it.
         return [[NFT, "-f", self.path]]
 
     @property

@@ -56,8 +56,11 @@ class CommandNotFound(HostError):
 
 
 class Host(Protocol):
-    def run(self, argv: Sequence[str], timeout: float = 30.0) -> Completed:
-        """Run argv (no shell). Non-zero exit is a Completed; a timeout raises CommandTimeout."""
+    def run(
+        self, argv: Sequence[str], timeout: float = 30.0, *, stdin: bytes | None = None
+    ) -> Completed:
+        """Run argv (no shell), with `stdin` as its input (else none). Non-zero exit is a
+        Completed; a timeout raises CommandTimeout."""
         ...
 
     def read_text(self, path: str) -> str:

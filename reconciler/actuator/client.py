@@ -226,9 +226,11 @@ class PrivilegedReadHost:
         self.local = local
         self.client = client
 
-    def run(self, argv: Sequence[str], timeout: float = 30.0) -> Completed:
+    def run(
+        self, argv: Sequence[str], timeout: float = 30.0, *, stdin: bytes | None = None
+    ) -> Completed:
         if not needs_privilege(argv):
-            return self.local.run(argv, timeout)
+            return self.local.run(argv, timeout, stdin=stdin)
         try:
             return self.client.observe(argv, min(timeout, MAX_OBSERVE_TIMEOUT))
         except ActuatorRefused as e:

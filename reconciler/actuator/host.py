@@ -19,9 +19,11 @@ import selectors
 import signal
 import stat as stat_mod
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import IO
 
 from specs.host import CommandNotFound, CommandTimeout, Completed, FileStat, HostError
 
@@ -105,8 +107,13 @@ def run_capped(
     output_cap: int = DEFAULT_OUTPUT_CAP,
     clock: Clock = time.monotonic,
     report_argv: Sequence[str] | None = None,
+    stdin: bytes | None = None,
 ) -> Completed:
     """Run `argv` (no shell) with capped output; raise CommandTimeout/CommandNotFound.
+
+    `stdin` is written to the command's input, which is then closed (without it
+    the input is /dev/null): how a payload reaches a command without a file
+    that someone could swap in between.
 
     `report_argv` is the argv recorded in the Completed and in errors (wrappers
     such as nsenter pass the inner command so evidence shows what was meant).
@@ -118,7 +125,7 @@ def run_capped(
     try:
         proc = subprocess.Popen(
             list(argv),
-            stdin=subprocess.DEVNULL,
+            stdin=subprocess.DEVNULL if stdin is None else subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             env=dict(env) if env is not None else command_env(),
@@ -133,6 +140,9 @@ def run_capped(
         ) from None
 
     assert proc.stdout is not None and proc.stderr is not None
+    if stdin is not None:
+        assert proc.stdin is not None
+        _feed(proc.stdin, stdin)
     out, err = _Capped(output_cap), _Capped(output_cap)
     streams = {proc.stdout.fileno(): out, proc.stderr.fileno(): err}
     deadline = start + timeout
@@ -166,6 +176,21 @@ def run_capped(
         stderr=err.text(),
         duration=clock() - start,
     )
+
+
+def _feed(pipe: IO[bytes], data: bytes) -> None:
+    """Write `data` to the command's input on a thread, then close it: the command
+    may fill its output before reading all of its input, so writing inline could
+    deadlock against the output loop. A command that exits early breaks the pipe,
+    which is its own business (its exit code says so)."""
+
+    def write() -> None:
+        with contextlib.suppress(OSError):
+            pipe.write(data)
+        with contextlib.suppress(OSError):
+            pipe.close()
+
+    threading.Thread(target=write, name="command-stdin", daemon=True).start()
 
 
 def stat_result_to_filestat(st: os.stat_result, link_target: str | None) -> FileStat:
@@ -204,9 +229,12 @@ class LocalHost:
         self._env = command_env(env)
         self._clock = clock
 
-    def run(self, argv: Sequence[str], timeout: float = 30.0) -> Completed:
+    def run(
+        self, argv: Sequence[str], timeout: float = 30.0, *, stdin: bytes | None = None
+    ) -> Completed:
         return run_capped(
-            argv, timeout, env=self._env, output_cap=self._output_cap, clock=self._clock
+            argv, timeout, env=self._env, output_cap=self._output_cap, clock=self._clock,
+            stdin=stdin,
         )
 
     def read_text(self, path: str) -> str:

@@ -6,26 +6,24 @@ rollback) are dispatched to their module.
 
 `ApplyNftRuleset` loads exactly the bytes it hashed: the file is read once,
 hashed, checked for `include` (an included file would be loaded unhashed),
-and those bytes are written to a fresh private file (0600, in a 0700
-directory only this process's user can enter) that `nft -f` then reads. A
-ruleset file swapped after the check is never what nft sees. The privileged deployment puts the
-same class behind a unix socket (reconciler.actuator.server); the agent then
-talks to it through reconciler.actuator.client with the same `execute` API.
+and those same bytes are piped to `nft -f -`. A ruleset file swapped after
+the check is never what nft sees, and nothing is read from disk twice.
+
+The privileged deployment puts the same class behind a unix socket
+(reconciler.actuator.server); the agent then talks to it through
+reconciler.actuator.client with the same `execute` API.
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
 import re
-import shutil
-import tempfile
 import time
 from collections.abc import Callable
 
 from reconciler.actuator.rebuild import execute_rebuild
 from reconciler.actuator.result import ActionResult, skipped_result
-from specs.actions import Action, ApplyNftRuleset, NixosRebuild
+from specs.actions import NFT, Action, ApplyNftRuleset, NixosRebuild
 from specs.host import CommandNotFound, CommandTimeout, Host
 from specs.status import ActionRecord
 
@@ -82,25 +80,21 @@ class LocalActuator:
         if problem is not None:
             refused = skipped_result(action, "refused", problem, step_start)
             return refused.model_copy(update={"error": problem})
-        private = tempfile.mkdtemp(prefix="nft-apply-")  # 0700, ours alone
-        try:
-            copy = os.path.join(private, "ruleset.nft")
-            fd = os.open(copy, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-            with os.fdopen(fd, "wb") as f:
-                f.write(body)
-            return self._run_commands(action, [["nft", "-f", copy]], step_start)
-        finally:
-            shutil.rmtree(private, ignore_errors=True)
+        return self._run_commands(action, [[NFT, "-f", "-"]], step_start, stdin=body)
 
     def _run_commands(
-        self, action: Action, commands: list[list[str]], step_start: int
+        self, action: Action, commands: list[list[str]], step_start: int,
+        stdin: bytes | None = None,
     ) -> ActionResult:
         records: list[ActionRecord] = []
         for i, argv in enumerate(commands):
             step = step_start + i
             started = self.monotonic()
             try:
-                done = self.host.run(argv, timeout=self.command_timeout)
+                done = (
+                    self.host.run(argv, timeout=self.command_timeout) if stdin is None
+                    else self.host.run(argv, timeout=self.command_timeout, stdin=stdin)
+                )
             except CommandTimeout as e:
                 records.append(
                     ActionRecord(

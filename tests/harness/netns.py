@@ -52,11 +52,13 @@ class NetNamespace:
 
     # -- Host --------------------------------------------------------------
 
-    def run(self, argv: Sequence[str], timeout: float = 30.0) -> Completed:
+    def run(
+        self, argv: Sequence[str], timeout: float = 30.0, *, stdin: bytes | None = None
+    ) -> Completed:
         if not self._created:
             raise NetNamespaceError(f"network namespace {self.name} does not exist")
         wrapped = ["ip", "netns", "exec", self.name, *argv]
-        done = run_capped(wrapped, timeout, env=command_env(), report_argv=argv)
+        done = run_capped(wrapped, timeout, env=command_env(), report_argv=argv, stdin=stdin)
         # `ip netns exec` reports a missing binary itself; same error as LocalHost
         if done.exit_code != 0 and done.stderr.startswith(
             f'exec of "{argv[0]}" failed: No such file'

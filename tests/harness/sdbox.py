@@ -249,16 +249,20 @@ class SystemdContainer:
 
     # -- Host --------------------------------------------------------------
 
-    def _nsenter(self, argv: Sequence[str], timeout: float) -> Completed:
+    def _nsenter(
+        self, argv: Sequence[str], timeout: float, stdin: bytes | None = None
+    ) -> Completed:
         if self.leader is None:
             raise ContainerError(f"container {self.name} is not running")
         wrapped = ["nsenter", "-t", str(self.leader), "-a", "--", *argv]
         # the host's PATH (venvs, pyenv shims) means nothing inside the container
         env = command_env({"PATH": CONTAINER_PATH})
-        return run_capped(wrapped, timeout, env=env, report_argv=argv)
+        return run_capped(wrapped, timeout, env=env, report_argv=argv, stdin=stdin)
 
-    def run(self, argv: Sequence[str], timeout: float = 30.0) -> Completed:
-        done = self._nsenter(argv, timeout)
+    def run(
+        self, argv: Sequence[str], timeout: float = 30.0, *, stdin: bytes | None = None
+    ) -> Completed:
+        done = self._nsenter(argv, timeout, stdin)
         # nsenter reports a missing inner binary itself (exit 127); make it
         # the same error LocalHost raises
         if done.exit_code == 127 and done.stderr.startswith(

@@ -29,6 +29,7 @@ from specs.actions import (
 )
 from tests.unit.test_actuator_server import (
     IN_WINDOW,
+    RULESET,
     Env,
     _persist_remote_baseline,
     _signed_baseline,
@@ -226,11 +227,11 @@ def test_a_slow_observation_does_not_block_other_requests(env: Env) -> None:
     started = threading.Event()
     original = env.host.run
 
-    def slow_run(argv: Any, timeout: float = 30.0) -> Any:
+    def slow_run(argv: Any, timeout: float = 30.0, *, stdin: bytes | None = None) -> Any:
         if list(argv) == ["nft", "-j", "list", "ruleset"]:
             started.set()
             release.wait(20)
-        return original(argv, timeout)
+        return original(argv, timeout, stdin=stdin)
 
     env.host.run = slow_run  # type: ignore[method-assign]
     server = env.server()
@@ -271,16 +272,16 @@ def test_ruleset_swapped_after_hashing_is_not_what_nft_reads(env: Env) -> None:
         Path(path).write_text("flush ruleset\n")  # the agent wins the race
         return text
 
-    def run(argv: Any, timeout: float = 30.0) -> Any:
-        if argv[:2] == ["nft", "-f"]:
-            seen.append(Path(argv[2]).read_text() if argv[2] != "-" else "<stdin>")
-        return original_run(argv, timeout)
+    def run(argv: Any, timeout: float = 30.0, *, stdin: bytes | None = None) -> Any:
+        if argv[:2] == ["nft", "-f"]:  # what nft will read: the file, or its stdin
+            seen.append(Path(argv[2]).read_text() if argv[2] != "-" else (stdin or b"").decode())
+        return original_run(argv, timeout, stdin=stdin)
 
     env.host.read_text = read_then_swap  # type: ignore[method-assign]
     env.host.run = run  # type: ignore[method-assign]
     action = ApplyNftRuleset(path=str(env.ruleset), sha256=env.sha)
     serve(env.server(), lambda: ActuatorClient(env.socket).execute(action))
-    assert seen and all(s != "flush ruleset\n" for s in seen)
+    assert seen == [RULESET]
 
 
 def test_ruleset_with_include_is_refused(env: Env) -> None:

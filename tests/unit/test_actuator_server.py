@@ -60,9 +60,13 @@ class RecordingHost:
 
     def __init__(self) -> None:
         self.ran: list[list[str]] = []
+        self.stdin: list[bytes | None] = []
 
-    def run(self, argv: Sequence[str], timeout: float = 30.0) -> Completed:
+    def run(
+        self, argv: Sequence[str], timeout: float = 30.0, *, stdin: bytes | None = None
+    ) -> Completed:
         self.ran.append(list(argv))
+        self.stdin.append(stdin)
         return Completed(argv=list(argv), exit_code=0, stdout="", stderr="", duration=0.01)
 
     def read_text(self, path: str) -> str:
@@ -281,9 +285,9 @@ def test_ruleset_must_match_the_baseline_file_and_hash(env: Env) -> None:
 
     right = ApplyNftRuleset(path=str(env.ruleset), sha256=env.sha)
     result = serve(env.server(), lambda: ActuatorClient(env.socket).execute(right))
-    # nft reads a private copy of the bytes that were hashed, never the agent-visible path
-    assert result.ok and len(env.host.ran) == 1 and env.host.ran[0][:2] == ["nft", "-f"]
-    assert env.host.ran[0][2] != str(env.ruleset)
+    # nft reads the bytes that were hashed from its stdin, never the agent-visible path
+    assert result.ok and env.host.ran == [["nft", "-f", "-"]]
+    assert env.host.stdin == [RULESET.encode()]
 
 
 @pytest.mark.parametrize(

@@ -132,3 +132,16 @@ def test_read_text_refuses_huge_files(tmp_path: Path) -> None:
     with pytest.raises(HostError, match="larger than 100 bytes"):
         read_text_capped(f, cap=100)
     assert read_text_capped(f, cap=101) == "a" * 101
+
+
+def test_stdin_reaches_the_command_without_deadlock() -> None:
+    """More input than a pipe holds, echoed back while it is still being written."""
+    from reconciler.actuator.host import LocalHost
+
+    data = bytes(range(256)) * 2048  # 512 KiB
+    done = LocalHost(output_cap=len(data) * 2).run(["od", "-An", "-v", "-tx1"], timeout=30,
+                                                   stdin=data)
+    assert done.exit_code == 0
+    assert done.stdout.split()[:4] == ["00", "01", "02", "03"]
+    assert len(done.stdout.split()) == len(data)
+    assert LocalHost().run(["cat"], timeout=10).stdout == ""  # no stdin: /dev/null
