@@ -139,7 +139,7 @@ def test_stdin_reaches_the_command_without_deadlock() -> None:
     from reconciler.actuator.host import LocalHost
 
     data = bytes(range(256)) * 2048  # 512 KiB
-    done = LocalHost(output_cap=len(data) * 2).run(["od", "-An", "-v", "-tx1"], timeout=30,
+    done = LocalHost(output_cap=len(data) * 4).run(["od", "-An", "-v", "-tx1"], timeout=30,
                                                    stdin=data)
     assert done.exit_code == 0
     assert done.stdout.split()[:4] == ["00", "01", "02", "03"]
