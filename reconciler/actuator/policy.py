@@ -7,7 +7,7 @@ permission. `ActuatorPolicy.check` answers None (run it) or a
 * a unit action (start, restart, enable, backup) must name a unit listed by a
   unit-bearing kind of the governing baseline (services, av_edr, logging, backup);
 * `ApplyNftRuleset` must name exactly the baseline firewall file and hash
-  (the bytes are then hashed again and applied from a private copy, see
+  (the bytes are then hashed again and piped to `nft -f -`, see
   reconciler.actuator.local);
 * `UpdateEgressSet` must target the configured egress table and one of its
   two sets, and every element must be a single address that the actuator's
