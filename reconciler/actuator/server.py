@@ -119,9 +119,9 @@ class RequestHandler:
         reply, what = self._decide(peer, body, frame_error)
         log.info(
             "request peer_uid=%d peer_pid=%d action=%s verdict=%s%s",
-            peer.uid, peer.pid, what,
+            peer.uid, peer.pid, _one_line(what),
             reply.status if reply.reason is None else f"{reply.status}:{reply.reason}",
-            f" ({reply.message})" if reply.status != "ok" else "",
+            f" ({_one_line(reply.message)})" if reply.status != "ok" else "",
         )
         return reply
 
@@ -188,6 +188,9 @@ class RequestHandler:
         return ActuatorReply(status="ok", completed=shown)
 
 
+def _one_line(text: str) -> str:
+    """Peer-supplied text as one log line: a newline in it must not forge a record."""
+    return text.encode("unicode_escape").decode("ascii")
 
 
 # --- the socket server -------------------------------------------------------------------

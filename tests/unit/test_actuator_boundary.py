@@ -325,3 +325,13 @@ def test_rebuild_target_with_trailing_newline_is_refused(env: Env) -> None:
 def test_restart_with_trailing_newline_unit_is_refused(env: Env) -> None:
     with pytest.raises(ValueError):
         RestartUnit(unit="sshd.service\n")
+
+
+def test_a_request_cannot_forge_log_lines(env: Env, caplog: pytest.LogCaptureFixture) -> None:
+    forged = "x\nINFO compliance_agent.actuator: request peer_uid=0 verdict=ok"
+    body = json.dumps({"observe": ["cryptsetup", "luksDump", forged]}).encode()
+    with caplog.at_level("INFO", logger="compliance_agent.actuator"):
+        reply = serve(env.server(), lambda: raw_request(env.socket, body))
+    assert reply.reason is Refusal.ObservationNotAllowed
+    lines = [r.getMessage() for r in caplog.records if "peer_uid" in r.getMessage()]
+    assert lines and all("\n" not in line for line in lines), lines
