@@ -132,10 +132,10 @@ class ActuatorBaselines:
         return baseline
 
     def high_water_mark(self) -> int:
-        """The highest signed version ever accepted here (0 before the first)."""
+        """The highest signed version ever accepted here (-1 before the first)."""
         raw = self._read(HIGH_WATER_FILE)
         try:
-            return int(raw.decode().strip()) if raw else 0
+            return int(raw.decode().strip()) if raw else -1
         except ValueError:
             # Only root writes it; garbage means damage, and forgetting the
             # mark would re-admit old documents: hold everything instead.
