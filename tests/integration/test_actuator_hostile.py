@@ -103,8 +103,9 @@ class Rig:
 
     def start(self) -> None:
         activate = require_tool("systemd-socket-activate")
+        # `compliance-agent actuator`, the module's ExecStart, via the CLI's entry point
         argv = [activate, "-l", str(self.socket), sys.executable, "-m",
-                "reconciler.actuator.server", "--config", str(self.config),
+                "reconciler.cli", "actuator", "--config", str(self.config),
                 "--allow-user", "nobody", "--state-directory", str(self.state)]
         # The log goes to a file: a pipe nobody reads would fill up and block the
         # actuator's logging (and with it the request) after ~64 KiB of log lines.
