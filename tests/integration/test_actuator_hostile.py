@@ -603,6 +603,17 @@ BOX_EXPECTED = {
 }
 
 
+def _sign(key: SigningKey, version: int, config: dict[str, Any]) -> bytes:
+    from reconciler.trust.dsse import Signer, envelope_bytes
+    from specs.baseline import BASELINE_PAYLOAD_TYPE
+
+    body = {"version": version, "policy_version": str(version), "site_id": config["siteId"],
+            "host_id": "*", "services": {"units": [{"name": "dummy-workload.service"}]},
+            "logging": {}, "patching": {"target": TARGET}}
+    return envelope_bytes(Signer(key).sign_envelope(json.dumps(body).encode(),
+                                                    BASELINE_PAYLOAD_TYPE))
+
+
 def test_hostile_agent_under_real_systemd(systemd_rootfs: Path, tmp_path: Path) -> None:
     from tests.harness.sdbox import Bind, SystemdContainer
     from tests.integration.test_unit_hardening import (
@@ -632,8 +643,10 @@ def test_hostile_agent_under_real_systemd(systemd_rootfs: Path, tmp_path: Path) 
             "patching": {"target": TARGET},
         }))
         config = json.loads(evaluated["configText"])
+        key = SigningKey.generate()
         config.update(baselinePath="/etc/compliance-agent/baseline.json",
-                      maintenanceWindow=_window_excluding_now())
+                      maintenanceWindow=_window_excluding_now(),
+                      mcpPublicKeys=[key.verify_key.encode().hex()])
         box.write_file("/etc/compliance-agent/config.json", json.dumps(config))
         box.write_file("/etc/tmpfiles.d/compliance-agent.conf",
                        "\n".join(evaluated["systemd"]["tmpfiles"]) + "\n")
@@ -653,7 +666,12 @@ def test_hostile_agent_under_real_systemd(systemd_rootfs: Path, tmp_path: Path) 
             f"{py} -m reconciler.actuator.server --config /etc/compliance-agent/config.json "
             "--allow-user compliance-agent --idle-exit 600"))
         box.write_file("/etc/compliance-agent/hostile.py", HOSTILE_AGENT)
-        box.write_file("/etc/compliance-agent/attacks.json", json.dumps(BOX_ATTACKS))
+        # The honest offer first (the module's StateDirectory keeps it), then an older one.
+        offers = [
+            ("offer-signed-v5", {"offer_baseline": _sign(key, 5, config).decode()}),
+            ("offer-older-v4", {"offer_baseline": _sign(key, 4, config).decode()}),
+        ]
+        box.write_file("/etc/compliance-agent/attacks.json", json.dumps(offers + BOX_ATTACKS))
         box.install_unit("hostile-agent.service", _boxed_service(
             services["compliance-agent"],
             f"{py} /etc/compliance-agent/hostile.py /etc/compliance-agent/attacks.json",
@@ -672,16 +690,24 @@ def test_hostile_agent_under_real_systemd(systemd_rootfs: Path, tmp_path: Path) 
                               "/run/compliance-agent-actuator/actuator.sock"]).stdout
             return {**ids, "profile": links, "socket": sock}
 
+        def actuator_state() -> str:
+            return box.check(["sh", "-c", "stat -c '%U %a' /var/lib/compliance-agent-actuator; "
+                              "cat /var/lib/compliance-agent-actuator/baseline-high-water-mark"]
+                             ).stdout
+
         before = host_state()
         box.check(["systemctl", "start", "hostile-agent.service"], timeout=180)
         journal = box.check(["journalctl", "--no-pager", "-o", "cat", "-u",
                              "hostile-agent.service", "-u",
                              "compliance-agent-actuator.service"]).stdout
         after = host_state()
+        kept = actuator_state()
 
+    assert kept.split() == ["root", "700", "5"], kept
     seen = {line.split()[1]: " ".join(line.split()[2:]) for line in journal.splitlines()
             if line.startswith("ATTACK ")}
-    assert seen == BOX_EXPECTED, journal
+    assert seen == {"offer-signed-v5": "ok None", "offer-older-v4": "refused BaselineRollback",
+                    **BOX_EXPECTED}, journal
     fs = [line for line in journal.splitlines() if line.startswith("FS ")]
     assert fs == ["FS unlink refused", "FS rename refused", "FS symlink refused",
                   "FS bind refused"], journal
