@@ -10,9 +10,11 @@ actuator decides on. Every attack must be refused with a stable reason, be
 logged, and leave the host as it was: the nft ruleset text, the actuator's
 high-water mark, and (for reads) nothing run on a file the attacker chose.
 
-The same boundary under a real systemd 252, with the module's own units and
-the agent's sandbox, is in test_unit_hardening.py (socket activation, the
-root-owned socket directory, unit states).
+`test_hostile_agent_under_real_systemd` repeats the attacks that touch units
+and generations under a real systemd 252 (nspawn), with the module's own
+socket and service units (socket activation by systemd, the root-owned socket
+directory from the module's tmpfiles rule, its StateDirectory) and the agent's
+exact sandbox, and checks real unit invocation IDs and profile links.
 """
 
 from __future__ import annotations
