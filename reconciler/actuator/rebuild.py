@@ -65,9 +65,6 @@ class _Steps:
         self.add(label, argv, done.exit_code, done.duration, "ok" if ok else "failed", detail)
         return done
 
-    def note(self, label: str, argv: list[str], result: str, detail: str) -> None:
-        self.add(label, argv, None, 0.0, result, detail)
-
     def add(self, label: str, argv: list[str], code: int | None, duration: float,
              result: str, detail: str) -> None:
         self.records.append(ActionRecord(
