@@ -24,6 +24,8 @@ in
     "compliance-agent/signing.key" = secret "signing.key";
     "compliance-agent/mcp-ca.pem" = secret "mcp-ca.pem";
     "compliance-agent/webhook.hmac" = secret "webhook.hmac";
+    # The MSP's CA for its syslog collector (public, kept beside the others).
+    "compliance-agent/syslog-ca.pem" = secret "syslog-ca.pem";
   };
 
   services.compliance-agent = {
@@ -43,7 +45,10 @@ in
     caCertFile = secretPath "mcp-ca.pem";
     rmmWebhookUrl = "https://rmm.northwind-msp.com/hooks/compliance";
     webhookSecretFile = secretPath "webhook.hmac";
-    syslogTarget = "tcp://siem.northwind-msp.com:6514";
+    # Syslog over TLS (RFC 5425): the collector's certificate must chain to
+    # the MSP's CA and name siem.northwind-msp.com.
+    syslogTarget = "tls://siem.northwind-msp.com:6514";
+    syslogCaFile = secretPath "syslog-ca.pem";
     maintenanceWindow = "22:00-02:00";
   };
 

@@ -28,7 +28,7 @@ let
   # Root's own: never under the agent's runtimeDir, which the agent can write.
   actuatorRuntimeDir = "/run/compliance-agent-actuator";
   windowRegex = "([01][0-9]|2[0-3]):([0-5][0-9])-([01][0-9]|2[0-3]):([0-5][0-9])";
-  syslogRegex = "(tcp|udp)://[^/:]+:[0-9]+";
+  syslogRegex = "(tcp|udp|tls)://[^/:]+:[0-9]+";
 
   # Every key of AgentConfig, in its declaration order: the JSON config has
   # exactly these keys (null for unset nullables), `enable` included.
@@ -38,7 +38,7 @@ let
     "natsUrl" "deploymentMode" "resellerId" "policyVersion" "pollInterval" "orderTtl"
     "maintenanceWindow" "allowDisruptiveOutsideWindow" "evidenceRetention"
     "pruneRetentionDays" "ntpMaxSkewMs" "rebuildHealthCheckTimeout" "rmmWebhookUrl"
-    "syslogTarget" "webhookSecretFile" "logLevel" "stateDirectory" "statusSocket"
+    "syslogTarget" "syslogCaFile" "webhookSecretFile" "logLevel" "stateDirectory" "statusSocket"
     "actuatorSocket" "metricsTextfile" "egressTable" "workers"
     "evidenceSnapshotInterval"
   ];
@@ -64,7 +64,8 @@ let
   nodeExporter = config.services.prometheus.exporters.node;
 
   syslogParts = if cfg.syslogTarget == null then null
-    else builtins.match "(tcp|udp)://([^/:]+):([0-9]+)" cfg.syslogTarget;
+    else builtins.match "(tcp|udp|tls)://([^/:]+):([0-9]+)" cfg.syslogTarget;
+  syslogTls = syslogParts != null && builtins.elemAt syslogParts 0 == "tls";
   # natsUrl "tls://host[:port]": order wake-ups (its port joins the egress
   # allowlist through nix/egress-hosts.nix; its host must be in allowedHosts).
   natsParts = if cfg.natsUrl == null then null
@@ -298,8 +299,24 @@ in
     syslogTarget = mkOption {
       type = types.nullOr types.str;
       default = null;
-      example = "tcp://siem.example.net:514";
-      description = "RFC 5424 syslog target 'tcp://host:port' or 'udp://host:port'.";
+      example = "tls://siem.example-msp.net:6514";
+      description = ''
+        RFC 5424 syslog target: "tls://host:6514" (RFC 5425: TLS 1.2+, the
+        collector's certificate must chain to syslogCaFile and name the host),
+        "tcp://host:port" (octet counting, RFC 6587) or "udp://host:port".
+      '';
+    };
+
+    syslogCaFile = mkOption {
+      type = types.nullOr types.path;
+      default = null;
+      example = literalExpression "./msp-syslog-ca.pem";
+      description = ''
+        CA certificate (PEM, public; may be a Nix path) the syslog collector's
+        certificate must chain to. Required for a tls:// syslogTarget and only
+        used then; the system trust store is not consulted. Usually the MSP's
+        own CA, which need not be caCertFile.
+      '';
     };
 
     webhookSecretFile = mkOption {
@@ -456,7 +473,15 @@ in
       }
       {
         assertion = cfg.syslogTarget == null || builtins.match syslogRegex cfg.syslogTarget != null;
-        message = "services.compliance-agent.syslogTarget = \"${toString cfg.syslogTarget}\" must look like \"tcp://host:514\" or \"udp://host:514\".";
+        message = "services.compliance-agent.syslogTarget = \"${toString cfg.syslogTarget}\" must look like \"tls://host:6514\", \"tcp://host:514\" or \"udp://host:514\".";
+      }
+      {
+        assertion = !syslogTls || cfg.syslogCaFile != null;
+        message = "services.compliance-agent.syslogTarget = \"${toString cfg.syslogTarget}\" uses TLS: set syslogCaFile to the CA certificate that signs the syslog collector's certificate.";
+      }
+      {
+        assertion = cfg.syslogCaFile == null || syslogTls;
+        message = "services.compliance-agent.syslogCaFile is only used with a tls:// syslogTarget (set syslogTarget = \"tls://host:6514\", or remove syslogCaFile).";
       }
       {
         assertion = syslogParts == null || cfg.egressAllowConfiguredHosts

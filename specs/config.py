@@ -134,7 +134,16 @@ class AgentConfig(BaseModel):
         None, description="Reseller RMM webhook URL (reseller mode only)."
     )
     syslog_target: str | None = Field(
-        None, description="RFC 5424 syslog target 'tcp://host:port' or 'udp://host:port'."
+        None,
+        description="RFC 5424 syslog target: 'tls://host:6514' (RFC 5425, TLS 1.2+, the "
+        "collector's certificate checked against syslogCaFile and the host name), "
+        "'tcp://host:port' (octet counting, RFC 6587) or 'udp://host:port'.",
+    )
+    syslog_ca_file: Path | None = Field(
+        None,
+        description="CA certificate (PEM, public) the syslog collector's certificate must chain "
+        "to; required for a tls:// syslogTarget and only then used. Pinned: the system trust "
+        "store is not consulted. The MSP's own CA usually, not necessarily caCertFile.",
     )
     webhook_secret_file: Path | None = Field(
         None, description="File holding the HMAC secret for the RMM webhook."
@@ -233,8 +242,19 @@ class AgentConfig(BaseModel):
         if v is None:
             return v
         parts = urlsplit(v)
-        if parts.scheme not in ("tcp", "udp") or not parts.hostname or not parts.port:
-            raise ValueError(f"{v!r} must look like 'tcp://host:514' or 'udp://host:514'")
+        if "@" in parts.netloc:  # never echo what may be a password
+            raise ValueError("syslogTarget must not carry credentials; use 'tls://host:6514', "
+                             "'tcp://host:514' or 'udp://host:514'")
+        try:
+            port = parts.port
+        except ValueError:
+            port = None
+        if (parts.scheme not in ("tcp", "udp", "tls") or not parts.hostname or not port
+                or parts.path not in ("", "/")
+                or parts.query or parts.fragment):
+            raise ValueError(
+                f"{v!r} must look like 'tls://host:6514', 'tcp://host:514' or 'udp://host:514'"
+            )
         return v
 
     @model_validator(mode="after")
@@ -258,6 +278,14 @@ class AgentConfig(BaseModel):
             )
         if self.rmm_webhook_url and not self.webhook_secret_file:
             raise ValueError("rmmWebhookUrl needs webhookSecretFile (the HMAC secret's path)")
+        syslog_tls = bool(self.syslog_target and self.syslog_target.startswith("tls://"))
+        if syslog_tls and self.syslog_ca_file is None:
+            raise ValueError(
+                "a tls:// syslogTarget needs syslogCaFile: the CA certificate that signs the "
+                "syslog collector's certificate (the only CA trusted for it)"
+            )
+        if self.syslog_ca_file is not None and not syslog_tls:
+            raise ValueError("syslogCaFile is only used with a tls:// syslogTarget")
         return self
 
     @property

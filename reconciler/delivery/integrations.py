@@ -12,36 +12,30 @@ copy is dropped and counted (with a warning) rather than stalling evidence.
 Webhook: `POST` of the JSON body with header
 `X-Signature-256: sha256=<hex HMAC-SHA256(secret, exact body)>` (GitHub's
 scheme), retried with exponential backoff and full jitter on 5xx/408/429 and
-network errors. Syslog: RFC 5424, over TCP with octet-counting framing
+network errors. Syslog (reconciler/delivery/syslog.py): RFC 5424, over
+TLS with a pinned CA (RFC 5425), over TCP with octet-counting framing
 (RFC 6587) or one datagram per message over UDP. The secret is read from
 `webhookSecretFile` once and never logged.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import contextlib
 import hashlib
 import hmac
-import json
 import logging
-import os
 import queue
 import random
-import socket
 import threading
-from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
-from urllib.parse import urlsplit
 
+from reconciler.delivery.summary import EvidenceSummary, IntegrationError, summarize
+from reconciler.delivery.syslog import SyslogSender, format_rfc5424
 from reconciler.store.database import Transaction, after_commit
 from reconciler.trust import keys
 from specs.backoff import Backoff
 from specs.config import AgentConfig, DeploymentMode
-from specs.errors import ComplianceAgentError
 from specs.version import user_agent
 
 if TYPE_CHECKING:
@@ -50,57 +44,19 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 SIGNATURE_HEADER = "X-Signature-256"
-APP_NAME = "compliance-agent"
-SD_ID = "evidence@32473"  # 32473: the IANA example enterprise number (RFC 5612)
-FACILITY_LOCAL0 = 16
-SEVERITY = {
-    "success": 6,
-    "deferred": 5,
-    "expired": 5,
-    "reverted": 4,
-    "rejected": 4,
-    "alert": 4,
-    "failed": 3,
-}
 
-
-class IntegrationError(ComplianceAgentError):
-    def __init__(self, message: str, retryable: bool = True) -> None:
-        super().__init__(message)
-        self.retryable = retryable
-
-
-@dataclass(frozen=True)
-class EvidenceSummary:
-    bundle_id: str
-    check: str
-    outcome: str
-    site: str
-    host: str
-    timestamp: str
-    sequence: int | None = None
-
-    def to_json(self) -> bytes:
-        return json.dumps(asdict(self), sort_keys=True, separators=(",", ":")).encode()
-
-
-def summarize(envelope: bytes) -> EvidenceSummary:
-    """The summary of an evidence envelope the agent itself signed and stored."""
-    try:
-        env = json.loads(envelope)
-        pred = json.loads(base64.b64decode(env["payload"]))["predicate"]
-    except (ValueError, KeyError, TypeError, binascii.Error) as e:
-        raise IntegrationError(f"not an evidence envelope: {e}", retryable=False) from None
-    seq = pred.get("sequence")
-    return EvidenceSummary(
-        bundle_id=str(pred.get("bundle_id", "")),
-        check=str(pred.get("check", "")),
-        outcome=str(pred.get("outcome", "")),
-        site=str(pred.get("site_id", "")),
-        host=str(pred.get("host_id", "")),
-        timestamp=str(pred.get("timestamp_end") or pred.get("timestamp_start") or ""),
-        sequence=seq if isinstance(seq, int) else None,
-    )
+# Re-exported: callers and tests import these from here.
+__all__ = [
+    "EvidenceSink",
+    "EvidenceSummary",
+    "IntegrationError",
+    "IntegrationHook",
+    "SyslogSender",
+    "WebhookSender",
+    "build_integrations",
+    "format_rfc5424",
+    "summarize",
+]
 
 
 class Sender(Protocol):
@@ -172,83 +128,6 @@ class WebhookSender:
         self._http.close()
 
 
-def _sd_escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("]", "\\]")
-
-
-def _token(value: str, limit: int) -> str:
-    # HOSTNAME/APP-NAME etc. are PRINTUSASCII without spaces; "-" is NILVALUE.
-    cleaned = "".join(c for c in value if 33 <= ord(c) <= 126)[:limit]
-    return cleaned or "-"
-
-
-def format_rfc5424(summary: EvidenceSummary, pid: int | None = None) -> bytes:
-    """One RFC 5424 message: header, one SD element, BOM + JSON summary as MSG."""
-    pri = FACILITY_LOCAL0 * 8 + SEVERITY.get(summary.outcome, 5)
-    ts = summary.timestamp or datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    params = " ".join(
-        f'{k}="{_sd_escape(v)}"'
-        for k, v in (
-            ("bundle_id", summary.bundle_id),
-            ("check", summary.check),
-            ("outcome", summary.outcome),
-            ("site", summary.site),
-            ("host", summary.host),
-        )
-    )
-    header = (
-        f"<{pri}>1 {_token(ts, 64)} {_token(summary.host, 255)} {APP_NAME} "
-        f"{pid if pid is not None else os.getpid()} EVIDENCE [{SD_ID} {params}] "
-    )
-    return header.encode() + b"\xef\xbb\xbf" + summary.to_json()
-
-
-class SyslogSender:
-    name = "syslog"
-
-    def __init__(self, target: str, timeout: float = 5.0) -> None:
-        parts = urlsplit(target)
-        if parts.scheme not in ("tcp", "udp") or not parts.hostname or not parts.port:
-            raise IntegrationError(
-                f"syslogTarget {target!r}: use tcp://host:port or udp://host:port", retryable=False
-            )
-        self.target = target
-        self.proto = parts.scheme
-        self.addr = (parts.hostname, parts.port)
-        self.timeout = timeout
-        self._sock: socket.socket | None = None
-
-    def _connect(self) -> socket.socket:
-        if self._sock is None:
-            if self.proto == "tcp":
-                self._sock = socket.create_connection(self.addr, timeout=self.timeout)
-            else:
-                info = socket.getaddrinfo(*self.addr, type=socket.SOCK_DGRAM)[0]
-                s = socket.socket(info[0], socket.SOCK_DGRAM)
-                s.settimeout(self.timeout)
-                s.connect(info[4])
-                self._sock = s
-        return self._sock
-
-    def send(self, summary: EvidenceSummary) -> None:
-        msg = format_rfc5424(summary)
-        try:
-            sock = self._connect()
-            if self.proto == "tcp":
-                sock.sendall(b"%d " % len(msg) + msg)  # RFC 6587 octet counting
-            else:
-                sock.send(msg)
-        except OSError as e:
-            self.close()  # reconnect on the next try
-            raise IntegrationError(f"syslog {self.target}: {e.strerror or e}") from None
-
-    def close(self) -> None:
-        if self._sock is not None:
-            with contextlib.suppress(OSError):
-                self._sock.close()
-            self._sock = None
-
-
 class EvidenceSink:
     """A sender on a background thread behind a bounded queue; never blocks callers."""
 
@@ -268,6 +147,7 @@ class EvidenceSink:
         self._q: queue.Queue[EvidenceSummary | None] = queue.Queue(maxsize=maxsize)
         self._stop = threading.Event()
         self.sent = self.failed = self.dropped = 0
+        self.last_error: str | None = None  # the latest give-up reason, for status
         self.attempts = attempts
         self.backoff = Backoff(initial_wait, max_wait)
         self._rng = rng or random.Random()
@@ -319,6 +199,7 @@ class EvidenceSink:
                     self.sent += 1
                 except IntegrationError as e:
                     self.failed += 1
+                    self.last_error = str(e)
                     log.warning("%s: giving up on bundle %s: %s", self.name, item.bundle_id, e)
                 except Exception:  # a bug in a sender must not kill the thread
                     self.failed += 1
@@ -357,7 +238,8 @@ def build_integrations(cfg: AgentConfig, **sink_options: Any) -> list[EvidenceSi
         secret = read_secret_file(cfg.webhook_secret_file)
         sinks.append(EvidenceSink(WebhookSender(cfg.rmm_webhook_url, secret), **sink_options))
     if cfg.syslog_target:
-        sinks.append(EvidenceSink(SyslogSender(cfg.syslog_target), **sink_options))
+        sender = SyslogSender(cfg.syslog_target, ca_file=cfg.syslog_ca_file)
+        sinks.append(EvidenceSink(sender, **sink_options))
     return sinks
 
 
