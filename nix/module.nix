@@ -71,6 +71,17 @@ let
   natsParts = if cfg.natsUrl == null then null
     else builtins.match "tls://([^/:@]+)(:([0-9]+))?/?" cfg.natsUrl;
 
+  # The backup tools the local baseline's jobs use (when it is a Nix path,
+  # readable at evaluation; a baseline from the control plane may add jobs:
+  # list their tools in extraPackages). The actuator runs them as root for the
+  # backup controller (reconciler/actuator/backup_reads.py): the password files
+  # and repositories stay root's.
+  localBaseline = if cfg.baselinePath != null && builtins.isPath cfg.baselinePath
+    then builtins.fromJSON (builtins.readFile cfg.baselinePath) else { };
+  backupToolNames = map (job: job.tool or "restic") ((localBaseline.backup or { }).jobs or [ ]);
+  backupTools = lib.optional (lib.elem "restic" backupToolNames) pkgs.restic
+    ++ lib.optional (lib.elem "borg" backupToolNames) pkgs.borgbackup;
+
   # Tools the controllers run (observation is read-only; changes go through
   # the actuator). The running system's profile last, for what the host has.
   agentPath = [ pkgs.getent pkgs.util-linux pkgs.cryptsetup pkgs.nftables ]
@@ -408,7 +419,13 @@ in
       type = types.listOf types.package;
       default = [ ];
       example = literalExpression "[ pkgs.restic pkgs.borgbackup ]";
-      description = "Extra packages on the agent's PATH, e.g. the backup tools the backup controller runs.";
+      description = ''
+        Extra packages on the PATH of the agent and of the actuator, e.g. the
+        backup tools of jobs a control-plane baseline adds (restic and borg
+        are added by themselves for the jobs of a baseline given as a Nix path).
+        The backup controller's reads run in the root actuator, which alone can
+        read the jobs' password files and repositories.
+      '';
     };
 
     egressRefreshInterval = mkOption {
@@ -568,7 +585,9 @@ in
       after = [ "compliance-agent-actuator.socket" ];
       restartTriggers = [ configFile ];
       # Fixed argv only, no shell; these are what the typed actions run.
-      path = [ config.systemd.package pkgs.nftables config.nix.package config.system.build.nixos-rebuild ];
+      # Plus the backup tools: the backup controller's reads run here, as root.
+      path = [ config.systemd.package pkgs.nftables config.nix.package config.system.build.nixos-rebuild ]
+        ++ backupTools ++ cfg.extraPackages;
       # Builds go to nix-daemon, outside this unit's seccomp/personality limits
       # (as root, nix would otherwise use the store directly and build here).
       environment.NIX_REMOTE = "daemon";

@@ -34,5 +34,7 @@ in
   openssl = mkDrv "openssl-3.0";
   curl = mkDrv "curl-8.9";
   bash = mkDrv "bash-5.2";
+  restic = mkDrv "restic-0.18.0";
+  borgbackup = mkDrv "borgbackup-1.4.0";
   inherit mkDrv;
 }

@@ -29,6 +29,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from reconciler.actuator.backup_reads import is_backup_read
 from reconciler.actuator.policy import DEVICE_READS, is_sandbox_request
 from reconciler.actuator.protocol import (
     MAX_OBSERVE_TIMEOUT,
@@ -204,13 +205,15 @@ class BaselinePublisher:
 
 
 def needs_privilege(argv: Sequence[str]) -> bool:
-    """Reads the unprivileged agent cannot do itself: nft needs CAP_NET_ADMIN, and
-    block devices are out of reach (PrivateDevices, root-only nodes)."""
+    """Reads the unprivileged agent cannot do itself: nft needs CAP_NET_ADMIN,
+    block devices are out of reach (PrivateDevices, root-only nodes), and backup
+    repositories and their password files are root's."""
     args = list(argv)
     return (
         args[:3] == ["nft", "-j", "list"]
         or is_sandbox_request(args)
         or args[:-1] in DEVICE_READS
+        or is_backup_read(args)
     )
 
 

@@ -25,7 +25,9 @@ permission. `ActuatorPolicy.check` answers None (run it) or a
   flag can only make an action stricter); disruptive actions run only inside
   the maintenance window unless `allowDisruptiveOutsideWindow` is set.
 
-`check_observe` maps an allowlisted privileged read to the argv root runs.
+`check_observe` maps an allowlisted privileged read to the argv root runs
+(nft listings, LUKS headers, the ruleset sandbox, and the backup reads of
+reconciler.actuator.backup_reads).
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from datetime import datetime
 from typing import Any, Protocol
 
+from reconciler.actuator.backup_reads import allowed_backup_read, is_backup_read
 from reconciler.actuator.devices import BlockDevices
 from reconciler.actuator.protocol import PolicyDecision, Refusal
 from specs.actions import (
@@ -210,12 +213,15 @@ class ActuatorPolicy:
         if (is_sandbox_request(argv) and fw is not None and argv[-2] == fw.ruleset_sha256
                 and argv[-1] == fw.ruleset_path):
             return [*sandbox, "--sha256", argv[-2], argv[-1]]
+        if is_backup_read(argv) and allowed_backup_read(argv, baseline.backup):
+            return argv  # root's tool reads the password file; see backup_reads
         return PolicyDecision(
             Refusal.ObservationNotAllowed,
             f"{' '.join(argv)[:200]!r} is not one of the privileged reads the actuator serves "
             "(nft -j list ruleset/table/set of the egress table, the baseline ruleset sandbox, "
             "blkid -p / cryptsetup isLuks|luksDump of a block device the baseline's "
-            "encryption spec names)",
+            "encryption spec names, the backup spec's snapshot listing, check and canary "
+            "dump of one of its jobs)",
         )
 
     def _target_allowed(self, action: Action, baseline: Baseline) -> PolicyDecision | None:
