@@ -1,7 +1,8 @@
 # A clinic that runs compliance-agent directly (no MSP). Import this module
 # next to sops-nix's (e.g. `modules = [ sops-nix.nixosModules.sops
 # compliance-agent.nixosModules.default ./direct-config.nix ]`) and put the
-# four secrets in ./secrets/compliance-agent.yaml (sops-encrypted).
+# four secrets, and the backup password restic-ehr-password, in
+# ./secrets/compliance-agent.yaml (sops-encrypted).
 #
 # Secrets are only paths: sops-nix decrypts them at activation into
 # /run/secrets (a tmpfs), owned by compliance-agent, mode 0400. Nothing
@@ -26,6 +27,23 @@ in
     "compliance-agent/client.key" = secret "client.key";
     "compliance-agent/signing.key" = secret "signing.key";
     "compliance-agent/mcp-ca.pem" = secret "mcp-ca.pem";
+    # The EHR backup's repository password (clinic-baseline.json names this
+    # path). Root's alone: the restic job runs as root, and so do the backup
+    # controller's reads, through the actuator; the agent never reads it.
+    "restic-ehr-password" = {
+      owner = "root";
+      group = "root";
+      mode = "0400";
+    };
+  };
+
+  # The job clinic-baseline.json checks (unit restic-backups-ehr.service);
+  # the repository host is allowed through the egress allowlist by itself.
+  services.restic.backups.ehr = {
+    repository = "sftp:backup@nas.clinic.lan:/srv/restic/ehr";
+    passwordFile = config.sops.secrets."restic-ehr-password".path;
+    paths = [ "/var/lib/ehr" ];
+    timerConfig = { OnCalendar = "01:00"; Persistent = true; };
   };
 
   services.compliance-agent = {
