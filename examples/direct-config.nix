@@ -5,8 +5,9 @@
 # ./secrets/compliance-agent.yaml (sops-encrypted).
 #
 # Secrets are only paths: sops-nix decrypts them at activation into
-# /run/secrets (a tmpfs), owned by compliance-agent, mode 0400. Nothing
-# secret enters the Nix store.
+# /run/secrets (a tmpfs), the agent's owned by compliance-agent, mode 0400,
+# the backup password by root (the agent never reads it). Nothing secret
+# enters the Nix store.
 { config, lib, ... }:
 let
   secret = name: {
