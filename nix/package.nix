@@ -61,7 +61,12 @@ python3Packages.buildPythonApplication {
   enabledTestPaths = [ "tests/unit" ];
   # Tests of the DEV ONLY demo control plane (demo/, FastAPI): not part of the
   # package, so neither its source nor its dependencies are in this build.
-  disabledTestPaths = [ "tests/unit/test_control_plane_checkpoints.py" ];
+  # Tests of the DEV ONLY demo (control plane, NATS stack): the demo is not shipped.
+  disabledTestPaths = [
+    "tests/unit/test_control_plane_checkpoints.py"
+    "tests/unit/test_demo_compose.py"
+    "tests/unit/test_demo_nats.py"
+  ];
 
   pythonImportsCheck = [ "specs.config" "reconciler.cli.main" "reconciler.actuator.server" ];
 

@@ -11,11 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
 
-from demo.archiver.archive import Archive
-from demo.control_plane.fanout import order_subject
 from reconciler.delivery.loop import ControlPlaneLoop
 from reconciler.delivery.nats_client import (
     NatsConnection,
@@ -28,7 +24,6 @@ from reconciler.delivery.wakeup import (
     WakeupWatcher,
     WatchState,
     subject_token,
-    wakeup_subject,
 )
 from specs.backoff import Backoff
 
@@ -52,15 +47,6 @@ def test_token_bucket_allows_a_burst_then_its_rate() -> None:
     assert bucket.take()
     now[0] += 1000
     assert sum(bucket.take() for _ in range(10)) == 3  # never more than the capacity
-
-
-@given(st.text(min_size=1, max_size=30), st.text(min_size=1, max_size=30))
-def test_agent_and_control_plane_name_the_same_subject(site: str, host: str) -> None:
-    subject = wakeup_subject(site, host)
-    assert subject == order_subject(site, host)  # written twice, independently
-    tokens = subject.split(".")
-    assert len(tokens) == 3 and all(tokens)
-    assert not any(c in subject for c in " \t\r\n*>")
 
 
 def test_subject_tokens_are_injective_for_dots_and_percent() -> None:
@@ -279,29 +265,6 @@ def test_request_poll_polls_now_and_coalesces() -> None:
         assert loop.stats.requested_polls == 2
     finally:
         loop.stop()
-
-
-# -- the archive ---------------------------------------------------------------------
-def test_archive_judges_the_chain_whatever_the_arrival_order(tmp_path: Any) -> None:
-    from nacl.signing import SigningKey
-
-    from tests.support.agent import ChainedBundles
-
-    bundles = ChainedBundles(SigningKey.generate())
-    envs = [bundles.next()[1] for _ in range(6)]
-    archive = Archive(tmp_path)
-    for stream_seq, i in enumerate([0, 2, 1, 3, 5, 4], start=1):
-        assert archive.append(envs[i], stream_seq)
-    assert not archive.append(envs[3], 99)  # a redelivery: skipped
-    tally = Archive(tmp_path).tally()  # reloaded from disk
-    assert tally["archived"] == 6 and tally["chain_intact"] is True
-    other = ChainedBundles(SigningKey.generate(), host_id="host-b")
-    archive.append(other.next()[1], 100)
-    other.prev = "f" * 64  # the next bundle names a predecessor that is not the archived one
-    archive.append(other.next()[1], 101)
-    report = Archive(tmp_path).tally()["hosts"]
-    assert report["clinic-1/host-b"]["breaks"] == [2]
-    assert report["clinic-1/host-a"]["chain_intact"] is True
 
 
 # -- imported only when natsUrl is set -----------------------------------------------------
