@@ -51,11 +51,28 @@ def _check_fd(path: Path, fd: int) -> None:
         )
     uid = os.geteuid()
     if st.st_uid not in (uid, 0):
+        owner, me = _account(st.st_uid), _account(uid)
+        # Two readers hit this: an operator's command run as someone else (e.g. with
+        # sudo), who must not chown the key away from the daemon; and the daemon
+        # with a key given to the wrong account, fixed where the secret is declared.
         raise KeyFileError(
             path,
-            f"owned by uid {st.st_uid}, but the agent runs as uid {uid}; "
-            f"run 'chown {uid} {path}' (the owner must be the agent's user or root)",
+            f"owned by {owner}, but this process runs as {me} and only accepts a key "
+            f"its own user or root owns. To read the agent's key, run the command as "
+            f"its owner: sudo -u {owner.split(' ')[0]} compliance-agent ... If the daemon "
+            f"reports this, give the file to the agent's user where the secret is declared "
+            f"(on NixOS e.g. sops.secrets.<name>.owner = \"compliance-agent\"; a chown by "
+            f"hand does not survive activation); never chown it to root or to yourself",
         )
+
+
+def _account(uid: int) -> str:
+    import pwd
+
+    try:
+        return f"{pwd.getpwuid(uid).pw_name} (uid {uid})"
+    except KeyError:
+        return f"#{uid} (uid {uid}, no such user)"
 
 
 def _open_checked(path: Path) -> int:

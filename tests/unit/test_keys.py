@@ -104,8 +104,14 @@ def test_foreign_owner_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "k"
     write_seed_file(path, SigningKey(bytes.fromhex(SEED_HEX)))
     os.chown(path, 4242, -1)
-    with pytest.raises(KeyFileError, match="chown"):
+    with pytest.raises(KeyFileError, match="chown") as caught:
         check_private_key_file(path)
+    # Run with sudo, the advice is to run as the key's owner, never to chown the
+    # key to root (that would lock the daemon, which runs as its own user, out).
+    message = str(caught.value)
+    assert "sudo -u" in message
+    assert f"chown {os.geteuid()} " not in message and "chown root" not in message
+    assert "owner" in message and "NixOS" in message
 
 
 @pytest.mark.parametrize(
