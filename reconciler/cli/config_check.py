@@ -30,12 +30,14 @@ import sys
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from specs.config import AgentConfig, ConfigError, load_config
+from reconciler.cli.common import CONFIG_HELP, add_output_option, config_path
+
+if TYPE_CHECKING:  # pydantic loads only when a check runs: `status` shares this parser
+    from specs.config import AgentConfig
 
 SERVICE_USER = "compliance-agent"
-CONFIG_ENV = "COMPLIANCE_AGENT_CONFIG"
-DEFAULT_CONFIG = "/etc/compliance-agent/config.json"
 EXIT_OK, EXIT_REFUSED = 0, 2
 
 
@@ -246,6 +248,8 @@ def check_baseline(cfg: AgentConfig) -> list[Finding]:
 
 def check(path: Path, agent: Account, now: datetime) -> tuple[AgentConfig | None, list[Finding]]:
     """Every finding for the config at `path` (no side effects)."""
+    from specs.config import ConfigError, load_config
+
     try:
         cfg = load_config(path)
     except ConfigError as e:
@@ -260,7 +264,7 @@ def check(path: Path, agent: Account, now: datetime) -> tuple[AgentConfig | None
 
 
 def cmd_config_check(args: argparse.Namespace) -> int:
-    path = Path(args.file or os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG)
+    path = config_path(args.file or args.config)
     try:
         agent = Account.resolve(args.user)
     except KeyError:
@@ -286,10 +290,11 @@ def cmd_config_check(args: argparse.Namespace) -> int:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("file", nargs="?", default=None,
-                        help=f"config JSON (default: ${CONFIG_ENV}, then {DEFAULT_CONFIG})")
-    parser.add_argument("-o", "--output", choices=("text", "json"), default="text",
-                        help="json: one object with every finding, for CI")
+    parser.add_argument("file", nargs="?", default=None, help=CONFIG_HELP)
+    parser.add_argument("--config", default=None, metavar="FILE",
+                        help="the same as FILE, as every other command spells it")
+    add_output_option(parser, help="text: findings for people; json: one object with "
+                                   "every finding, for CI")
     parser.add_argument("--user", default=None,
                         help=f"the user the daemon runs as (default: {SERVICE_USER} if that "
                              "account exists, else you)")

@@ -16,6 +16,8 @@ import sys
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from reconciler.cli.common import add_config_option, add_output_option, config_path, emit
+
 if TYPE_CHECKING:
     from reconciler.store.database import Store
 
@@ -29,14 +31,10 @@ def _err(msg: str) -> int:
 
 
 def _open_store(args: argparse.Namespace, readonly: bool) -> Store:
-    from pathlib import Path
-
     from reconciler.store.database import open_store
     from specs.config import load_config
 
-    if not args.config:
-        raise SystemExit(_err("--config FILE is required (the agent's config JSON)"))
-    cfg = load_config(Path(args.config))
+    cfg = load_config(config_path(args.config))
     return open_store(cfg.database_path, readonly=readonly)
 
 
@@ -102,8 +100,7 @@ def cmd_queue(args: argparse.Namespace) -> int:
             print(f"{ent.bundle_id:<38} {ent.attempts:>8}  {r[when] or '-':<20}  "
                   f"{(ent.last_error or '-')[:120]}")
     if dead:
-        print("\nre-queue with: compliance-agent queue retry --all --config FILE"
-              " (or name bundle ids)")
+        print("\nre-queue with: compliance-agent queue retry --all (or name bundle ids)")
     return EXIT_OK
 
 
@@ -117,13 +114,14 @@ def cmd_queue_retry(args: argparse.Namespace) -> int:
     try:
         if args.all:
             n = outbox.retry_dead(None)
-            print(f"re-queued {n} dead letter(s)")
+            emit({"requeued": n}, args.output, f"re-queued {n} dead letter(s)")
             return EXIT_OK
         ids = list(dict.fromkeys(args.bundle_ids))
         n = outbox.retry_dead(ids)
     finally:
         store.close()
-    print(f"re-queued {n} of {len(ids)} bundle(s)")
+    emit({"requeued": n, "requested": len(ids)}, args.output,
+         f"re-queued {n} of {len(ids)} bundle(s)")
     if n < len(ids):
         print("compliance-agent: some ids were not dead letters (unknown, queued or delivered);"
               " see 'compliance-agent queue'", file=sys.stderr)
@@ -135,14 +133,19 @@ def register(subparsers: Any) -> None:
     q = subparsers.add_parser(
         "queue", help="evidence outbox: depth, oldest age, dead letters; 'queue retry'"
     )
-    q.add_argument("-o", "--output", choices=("table", "json"), default="table")
-    q.add_argument("--config", help="agent config JSON (from the NixOS module)")
-    q.add_argument("--limit", type=int, default=DEFAULT_LIMIT, help="rows listed per section")
+    add_output_option(q)
+    add_config_option(q)
+    q.add_argument("--limit", type=int, default=DEFAULT_LIMIT, metavar="N",
+                   help=f"rows listed per section (default: {DEFAULT_LIMIT})")
     q.set_defaults(func=cmd_queue)
     qsub = q.add_subparsers(dest="queue_command", metavar="SUBCOMMAND")
     r = qsub.add_parser("retry", help="re-queue dead letters (--all, or the named bundle ids)")
-    r.add_argument("bundle_ids", nargs="*", metavar="BUNDLE_ID")
+    r.add_argument("bundle_ids", nargs="*", metavar="BUNDLE_ID",
+                   help="dead letters to re-queue (see 'compliance-agent queue')")
     r.add_argument("--all", action="store_true", help="re-queue every dead letter")
-    r.add_argument("--config", default=argparse.SUPPRESS,
-                   help="agent config JSON (from the NixOS module)")
+    # SUPPRESS: `queue --config X retry` and `queue retry --config X` both work
+    r.add_argument("--config", default=argparse.SUPPRESS, metavar="FILE",
+                   help="agent config JSON (default: as for 'queue')")
+    r.add_argument("-o", "--output", type=str, choices=("text", "json"),
+                   default=argparse.SUPPRESS, help="text or json (default: as for 'queue')")
     r.set_defaults(func=cmd_queue_retry)

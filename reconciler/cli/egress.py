@@ -8,7 +8,7 @@ to resolve, or the table is missing) but nothing is broken in the agent;
 2 error (bad config/baseline, nft unusable, or the sets could not be updated).
 
 `reconciler.cli.main` mounts this with `register(subparsers)`; it also runs alone as
-`python -m reconciler.cli.egress refresh --config FILE`.
+`python -m reconciler.cli.egress refresh` (config found as for every command).
 """
 
 from __future__ import annotations
@@ -16,18 +16,22 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 from typing import Any, TextIO
 
 from controllers.egress import EgressController, EgressObserved, EgressObserveError
 from reconciler.actuator.result import ActionResult, Actuator, dry_run_result
+from reconciler.cli.common import (
+    DeprecatedJsonFlag,
+    add_config_option,
+    add_output_option,
+    config_path,
+)
 from specs.baseline import BaselineError, load_baseline
 from specs.config import AgentConfig, ConfigError, load_config
 from specs.drift import Drift, Remedy
 from specs.host import Host, HostError
 from specs.kinds.egress import EgressSpec
 
-DEFAULT_CONFIG = Path("/etc/compliance-agent/config.json")
 EXIT_OK, EXIT_ALERT, EXIT_ERROR = 0, 1, 2
 
 
@@ -38,15 +42,16 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "refresh",
         help="resolve allowedHosts now and update the allowlist sets (exit 0 ok, 1 alert, 2 error)",
     )
-    refresh.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="agent config JSON")
+    add_config_option(refresh)
     refresh.add_argument("--dry-run", action="store_true", help="show the plan, change nothing")
-    refresh.add_argument("--json", action="store_true", help="print one JSON summary")
+    add_output_option(refresh)
+    refresh.add_argument("--json", action=DeprecatedJsonFlag, help="deprecated: use -o json")
     refresh.set_defaults(func=cmd_refresh)
 
 
 def cmd_refresh(args: argparse.Namespace) -> int:
     try:
-        config = load_config(args.config)
+        config = load_config(config_path(args.config))
         baseline = load_baseline(config.baseline_path)
     except (ConfigError, BaselineError) as e:
         print(f"egress refresh: {e}", file=sys.stderr)
@@ -55,7 +60,7 @@ def cmd_refresh(args: argparse.Namespace) -> int:
 
     host = host_for(config)
     actuator = None if args.dry_run else actuator_for(config, host)
-    return refresh(config, baseline.egress, host, actuator, json_output=args.json)
+    return refresh(config, baseline.egress, host, actuator, json_output=args.output == "json")
 
 
 def effective_spec(config: AgentConfig, spec: EgressSpec | None) -> EgressSpec:

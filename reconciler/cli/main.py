@@ -12,10 +12,19 @@ import json
 import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from specs.config import AgentConfig, ConfigError, load_config
+from reconciler.cli.common import (
+    ConfigNotFound,
+    VersionAction,
+    add_config_option,
+    add_output_option,
+    config_path,
+    use_colour,
+)
+
+if TYPE_CHECKING:
+    from specs.config import AgentConfig
 
 # Subcommands contributed by other modules, each exposing register(subparsers).
 PLUGIN_MODULES = (
@@ -27,8 +36,11 @@ PLUGIN_MODULES = (
 )
 
 
-def _load_cfg(path: str) -> AgentConfig:
-    return load_config(Path(path))
+def _load_cfg(path: str | None) -> AgentConfig:
+    """The validated config: --config, else $COMPLIANCE_AGENT_CONFIG, else /etc/..."""
+    from specs.config import load_config
+
+    return load_config(config_path(path))
 
 
 def _fail(msg: str, code: int = 2) -> int:
@@ -79,6 +91,16 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
 
 
 # -- status / describe ---------------------------------------------------------
+# Both ask the daemon's status socket first (reconciler.cli.live) and import the
+# store, pydantic and the runtime only when it does not answer: they are typed
+# and scripted, with a 150 ms budget while the daemon runs (bench/bench_cli.py).
+def _live(args: argparse.Namespace) -> tuple[Any, dict[str, Any] | None]:
+    from reconciler.cli.live import RawConfig, ask_daemon
+
+    raw = RawConfig.read(config_path(args.config))
+    return raw, (ask_daemon(raw) if raw is not None else None)
+
+
 def _readonly_status(cfg: AgentConfig) -> tuple[Any, Any]:
     from reconciler.store.database import open_store
     from reconciler.store.status import StatusView
@@ -87,11 +109,9 @@ def _readonly_status(cfg: AgentConfig) -> tuple[Any, Any]:
     return store, StatusView(store)
 
 
-def cmd_status(args: argparse.Namespace) -> int:
-    from reconciler.cli.views import render_status_table
+def _store_status_document(cfg: AgentConfig) -> dict[str, Any]:
     from reconciler.runtime.agent import status_document
 
-    cfg = _load_cfg(args.config)
     store, ss = _readonly_status(cfg)
     try:
         doc = status_document(ss.load_all(), ss.last_pass(), datetime.now(UTC))
@@ -99,10 +119,26 @@ def cmd_status(args: argparse.Namespace) -> int:
         doc["order_wakeups"] = _wakeup_state(store)
     finally:
         store.close()
+    return doc
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from reconciler.cli.live import add_store_extras
+
+    raw, doc = _live(args)
+    if doc is not None:
+        doc["source"] = "daemon"
+        add_store_extras(doc, raw)
+    else:
+        doc = _store_status_document(_load_cfg(args.config))
+        doc["source"] = "store"
     if args.output == "json":
         print(json.dumps(doc, indent=2, default=str))
-    else:
-        print(render_status_table(doc, datetime.now(UTC)))
+        return 0
+    from reconciler.cli.status_views import render_status
+
+    print(render_status(doc, datetime.now(UTC), wide=args.output == "wide",
+                        colour=use_colour(sys.stdout)))
     return 0
 
 
@@ -132,23 +168,32 @@ def _wakeup_state(store: Any) -> dict[str, Any] | None:
 
 
 def cmd_describe(args: argparse.Namespace) -> int:
-    from reconciler.cli.views import render_describe
+    from reconciler.cli.live import history
 
-    cfg = _load_cfg(args.config)
-    store, ss = _readonly_status(cfg)
-    try:
-        status = next((s for s in ss.load_all() if s.kind == args.kind), None)
-        if status is None:
-            known = ", ".join(s.kind for s in ss.load_all()) or "none yet"
-            return _fail(f"no status for kind {args.kind!r} (known: {known})")
-        history = ss.history(args.kind, limit=args.history)
-    finally:
-        store.close()
-    if args.output == "json":
-        print(json.dumps({"status": status.model_dump(mode="json"), "history": history},
-                         indent=2, default=str))
+    raw, doc = _live(args)
+    hist: list[dict[str, Any]] | None
+    if doc is not None:
+        resources = doc["resources"]
+        status = next((r for r in resources if r.get("kind") == args.kind), None)
+        hist = history(raw, args.kind, args.history) if status is not None else []
     else:
-        print(render_describe(status, history, datetime.now(UTC)))
+        store, ss = _readonly_status(_load_cfg(args.config))
+        try:
+            resources = [s.model_dump(mode="json") for s in ss.load_all()]
+            status = next((r for r in resources if r["kind"] == args.kind), None)
+            hist = ss.history(args.kind, limit=args.history) if status is not None else []
+        finally:
+            store.close()
+    if status is None:
+        known = ", ".join(r["kind"] for r in resources) or "none yet"
+        return _fail(f"no status for kind {args.kind!r} (known: {known})")
+    if args.output == "json":
+        print(json.dumps({"status": status, "history": hist}, indent=2, default=str))
+        return 0
+    from reconciler.cli.status_views import render_describe
+
+    print(render_describe(status, hist, datetime.now(UTC), wide=args.output == "wide",
+                          colour=use_colour(sys.stdout)))
     return 0
 
 
@@ -160,9 +205,12 @@ def cmd_config_check(args: argparse.Namespace) -> int:
 
 
 def cmd_config_options(args: argparse.Namespace) -> int:
-    from reconciler.cli.views import render_options
+    from reconciler.cli.views import option_rows, render_options
 
-    print(render_options())
+    if args.output == "json":
+        print(json.dumps(option_rows(), indent=2))
+    else:
+        print(render_options())
     return 0
 
 
@@ -174,32 +222,39 @@ def build_parser(with_plugins: bool = True) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="compliance-agent",
         description="Keep a NixOS host at its compliance baseline, and prove it.",
+        epilog="Every command reads the agent config from --config, else "
+               "$COMPLIANCE_AGENT_CONFIG, else /etc/compliance-agent/config.json. "
+               "Output: -o text|json (and wide where it helps); colour only on a "
+               "terminal and never with NO_COLOR set.",
     )
+    p.add_argument("--version", action=VersionAction)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = sub.add_parser("run", help="run the daemon (systemd Type=notify)")
-    run.add_argument("--config", required=True, help="agent config JSON (from the NixOS module)")
+    add_config_option(run)
     run.set_defaults(func=cmd_run)
 
     rec = sub.add_parser("reconcile", help="one full pass; --dry-run shows the plan only")
-    rec.add_argument("--once", action="store_true", required=True)
+    rec.add_argument("--once", action="store_true", required=True,
+                     help="one pass, then exit (required: the daemon is 'run')")
     rec.add_argument("--dry-run", action="store_true",
                      help="observe and plan; change nothing (like terraform plan)")
-    rec.add_argument("--config", required=True)
-    rec.add_argument("-o", "--output", choices=("text", "json"), default="text")
-    rec.add_argument("-v", "--verbose", action="store_true")
+    add_config_option(rec)
+    add_output_option(rec)
+    rec.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG on stderr")
     rec.set_defaults(func=cmd_reconcile)
 
     st = sub.add_parser("status", help="one row per resource, plus the host summary")
-    st.add_argument("-o", "--output", choices=("table", "json"), default="table")
-    st.add_argument("--config", required=True)
+    add_output_option(st, wide=True)
+    add_config_option(st)
     st.set_defaults(func=cmd_status)
 
     de = sub.add_parser("describe", help="conditions with history, last observation, actions")
-    de.add_argument("kind")
-    de.add_argument("--config", required=True)
-    de.add_argument("--history", type=int, default=20, help="condition changes to show")
-    de.add_argument("-o", "--output", choices=("text", "json"), default="text")
+    de.add_argument("kind", help="resource kind, as listed by 'status' (e.g. services)")
+    add_config_option(de)
+    de.add_argument("--history", type=int, default=20, metavar="N",
+                    help="condition changes to show (default: 20)")
+    add_output_option(de, wide=True)
     de.set_defaults(func=cmd_describe)
 
     cfgp = sub.add_parser("config", help="validate a config file; list the options")
@@ -210,6 +265,7 @@ def build_parser(with_plugins: bool = True) -> argparse.ArgumentParser:
     add_check_arguments(chk)
     chk.set_defaults(func=cmd_config_check)
     opts = csub.add_parser("options", help="every option with its type, default and meaning")
+    add_output_option(opts)
     opts.set_defaults(func=cmd_config_options)
 
     for name in PLUGIN_MODULES if with_plugins else ():
@@ -232,14 +288,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args))
-    except ConfigError as e:
-        print(f"compliance-agent: invalid config {e.path}:", file=sys.stderr)
-        for p in e.problems:
-            print(f"  {p}", file=sys.stderr)
-        return 2
+    except ConfigNotFound as e:
+        return _fail(str(e))
     except BrokenPipeError:
         return 0
     except Exception as e:  # last resort: a clear one-line error, not a traceback
+        from specs.config import ConfigError
+
+        if isinstance(e, ConfigError):
+            print(f"compliance-agent: invalid config {e.path}:", file=sys.stderr)
+            for problem in e.problems:
+                print(f"  {problem}", file=sys.stderr)
+            return 2
         from reconciler.service import StartupError
         from reconciler.store.database import StoreError
 
@@ -248,7 +308,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         if isinstance(e, StoreError | OSError):
             return _fail(str(e))
         raise
-
 
 if __name__ == "__main__":
     sys.exit(main())

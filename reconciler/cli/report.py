@@ -22,13 +22,12 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from reconciler.cli.common import add_config_option, add_output_option, config_path
 from specs.config import ConfigError, load_config
 
 EXIT_OK, EXIT_PROBLEMS, EXIT_ERROR = 0, 1, 2
 FORMATS = ("html", "md", "csv", "json", "oscal")
 DEFAULT_PERIOD = timedelta(days=30)
-CONFIG_ENV = "COMPLIANCE_AGENT_CONFIG"
-DEFAULT_CONFIG = "/etc/compliance-agent/config.json"
 
 if TYPE_CHECKING:
     from reconciler.evidence.report_model import ComplianceReport
@@ -86,7 +85,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     from reconciler.trust.keys import KeyFileError, load_signing_key
 
     try:
-        cfg = load_config(Path(args.config))
+        cfg = load_config(config_path(args.config))
     except ConfigError as e:
         return _err(f"invalid config {e.path}: " + "; ".join(e.problems))
     now = datetime.now(UTC)
@@ -124,11 +123,21 @@ def cmd_report(args: argparse.Namespace) -> int:
         write_output(args.out, render(report, args.format))
     except OSError as e:
         return _err(f"{args.out}: cannot write: {e.strerror}")
-    if args.out != "-":
-        print(f"wrote {args.out} ({args.format}, {report.coverage.bundles_in_period} bundles "
-              f"in the period)", file=sys.stderr)
     cov = report.coverage
-    return EXIT_OK if cov.chain_ok and not cov.rejected else EXIT_PROBLEMS
+    ok = cov.chain_ok and not cov.rejected
+    # The document goes to --out. The summary: text on stderr (as a progress note);
+    # json on stdout for scripts, unless the document itself is there (`--out -`).
+    if args.output == "json":
+        import json
+
+        print(json.dumps({"out": args.out, "format": args.format,
+                          "bundles_in_period": cov.bundles_in_period,
+                          "evidence_intact": ok}),
+              file=sys.stderr if args.out == "-" else sys.stdout)
+    elif args.out != "-":
+        print(f"wrote {args.out} ({args.format}, {cov.bundles_in_period} bundles "
+              f"in the period)", file=sys.stderr)
+    return EXIT_OK if ok else EXIT_PROBLEMS
 
 
 def render(report: ComplianceReport, fmt: str) -> str:
@@ -163,6 +172,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     rp.add_argument("--public-key", action="append", metavar="HEX",
                     help="agent public key to verify bundles with (default: derived from "
                          "signingKeyFile); repeat for rotated keys")
-    rp.add_argument("--config", default=os.environ.get(CONFIG_ENV, DEFAULT_CONFIG),
-                    help=f"agent config JSON (default: ${CONFIG_ENV}, then {DEFAULT_CONFIG})")
+    add_config_option(rp)
+    add_output_option(rp, help="the one-line summary of what was written (the document's "
+                               "own format is --format): text, or json for scripts")
     rp.set_defaults(func=cmd_report)

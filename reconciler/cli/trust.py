@@ -19,6 +19,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from reconciler.cli.common import (
+    CONFIG_HELP,
+    add_config_option,
+    add_output_option,
+    config_path,
+    emit,
+)
 from specs.config import AgentConfig, ConfigError, load_config
 
 EXIT_OK, EXIT_PROBLEMS, EXIT_ERROR, EXIT_NOT_ADMITTED = 0, 1, 2, 3
@@ -29,8 +36,8 @@ def _err(msg: str, code: int = EXIT_ERROR) -> int:
     return code
 
 
-def _config(path: str) -> AgentConfig:
-    return load_config(Path(path))
+def _config(path: str | None) -> AgentConfig:
+    return load_config(config_path(path))
 
 
 def _config_error(e: ConfigError) -> int:
@@ -48,7 +55,11 @@ def cmd_keygen(args: argparse.Namespace) -> int:
         signer = generate_key_file(Path(args.out), force=args.force)
     except KeyFileError as e:
         return _err(str(e))
-    print(signer.public_key_hex)
+    if args.output == "json":
+        emit({"public_key": signer.public_key_hex, "keyid": signer.keyid, "file": args.out},
+             "json")
+    else:
+        print(signer.public_key_hex)
     print(f"wrote {args.out} (mode 0600); keyid {signer.keyid}", file=sys.stderr)
     return EXIT_OK
 
@@ -84,7 +95,10 @@ def cmd_order_verify(args: argparse.Namespace) -> int:
     finally:
         if store is not None:
             store.close()
-    print(json.dumps(verdict.to_json()))
+    if args.output == "json":
+        print(json.dumps(verdict.to_json()))
+    else:
+        emit(verdict.to_json(), "text")
     if verdict.message and not verdict.admitted:
         print(f"{verdict.reason}: {verdict.message}", file=sys.stderr)
     return EXIT_OK if verdict.admitted else EXIT_NOT_ADMITTED
@@ -169,7 +183,7 @@ def cmd_evidence_show(args: argparse.Namespace) -> int:
             out["statement"] = decode_statement(data)
         except (ValueError, KeyError) as e:
             return _err(f"{path}: not a readable envelope: {e}")
-    print(json.dumps(out, indent=2, sort_keys=True))
+    emit(out, args.output)
     return EXIT_OK
 
 
@@ -212,7 +226,7 @@ def cmd_evidence_verify(args: argparse.Namespace) -> int:
         external = _external_checkpoints(args.checkpoint)
     except OSError as e:
         return _err(f"{e.filename}: cannot read: {e.strerror}")
-    if args.config is None:
+    if args.config is None and args.public_key and not args.all:
         # Auditor mode: a copy of an evidence directory or an export, and a key.
         if not args.public_key or len(args.paths) != 1:
             return _err("without --config give --public-key HEX and one PATH (an evidence "
@@ -301,7 +315,10 @@ def cmd_evidence_checkpoint(args: argparse.Namespace) -> int:
         store.close()
     if signed is None:
         print("the tree did not grow since the last checkpoint", file=sys.stderr)
-    else:
+    if args.output == "json":
+        emit({"signed": signed is not None,
+              "note": signed.note.render() if signed is not None else None}, "json")
+    elif signed is not None:
         print(signed.note.render(), end="")
     return EXIT_OK
 
@@ -332,7 +349,10 @@ def cmd_evidence_export(args: argparse.Namespace) -> int:
         return _err(str(e))
     finally:
         store.close()
-    print(json.dumps(summary))
+    if args.output == "json":
+        print(json.dumps(summary))
+    else:
+        emit(summary, "text")
     return EXIT_OK
 
 
@@ -375,7 +395,10 @@ def cmd_evidence_prune(args: argparse.Namespace) -> int:
             cp.close()
     finally:
         store.close()
-    print(json.dumps(result.to_json()))
+    if args.output == "json":
+        print(json.dumps(result.to_json()))
+    else:
+        emit(result.to_json(), "text")
     return EXIT_OK
 
 
@@ -386,30 +409,37 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     kg.add_argument("--out", required=True, help="key file to create (mode 0600)")
     kg.add_argument("--force", action="store_true", help="replace an existing file")
+    add_output_option(kg, help="text: the public key hex; json: public key, keyid and file")
     kg.set_defaults(func=cmd_keygen)
 
+    # Commands whose answer is one document default to json, as they always printed it;
+    # -o text shows the same fields for people.
     order = subparsers.add_parser("order", help="check signed orders without acting on them")
     osub = order.add_subparsers(dest="order_command", required=True, metavar="SUBCOMMAND")
     ov = osub.add_parser(
         "verify", help="would this order be admitted? prints JSON; exit 0 yes, 3 no"
     )
     ov.add_argument("file", help="DSSE envelope file of the order")
-    ov.add_argument("--at", help="evaluate at this RFC 3339 UTC time instead of now")
-    ov.add_argument("--config", required=True)
+    ov.add_argument("--at", metavar="TIME",
+                    help="evaluate at this RFC 3339 UTC time instead of now")
+    add_config_option(ov)
+    add_output_option(ov, default="json")
     ov.set_defaults(func=cmd_order_verify)
 
     ev = subparsers.add_parser("evidence", help="list, show, verify and prune evidence bundles")
     esub = ev.add_subparsers(dest="evidence_command", required=True, metavar="SUBCOMMAND")
     ls = esub.add_parser("list", help="bundles, newest first")
-    ls.add_argument("-o", "--output", choices=("table", "json"), default="table")
+    add_output_option(ls)
     ls.add_argument("--all", action="store_true", help="include pruned bundles (tombstones)")
-    ls.add_argument("--limit", type=int, default=None)
-    ls.add_argument("--config", required=True)
+    ls.add_argument("--limit", type=int, default=None, metavar="N",
+                    help="list at most N bundles (default: all)")
+    add_config_option(ls)
     ls.set_defaults(func=cmd_evidence_list)
 
     sh = esub.add_parser("show", help="one bundle's statement (by bundle id or sequence)")
-    sh.add_argument("id")
-    sh.add_argument("--config", required=True)
+    sh.add_argument("id", help="bundle id or sequence number (see 'evidence list')")
+    add_config_option(sh)
+    add_output_option(sh, default="json")
     sh.set_defaults(func=cmd_evidence_show)
 
     vf = esub.add_parser(
@@ -418,11 +448,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "exit 0 intact, 1 not",
     )
     vf.add_argument("paths", nargs="*", metavar="PATH",
-                    help="bundle files; without --config: one evidence directory or export")
-    vf.add_argument("--all", action="store_true", help="the whole local log (needs --config)")
+                    help="bundle files; with --public-key and no config: one evidence "
+                         "directory or export (auditor mode)")
+    vf.add_argument("--all", action="store_true", help="the whole local log (reads the config)")
     vf.add_argument(
         "--public-key",
         action="append",
+        metavar="HEX",
         help="agent public key hex (default: derived from signingKeyFile)",
     )
     vf.add_argument(
@@ -433,28 +465,34 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     vf.add_argument(
         "--cosigner-key", action="append", metavar="HEX",
         help="control-plane public key whose countersignatures must verify "
-        "(default with --config: mcpPublicKeys)",
+        "(default with a config: mcpPublicKeys)",
     )
-    vf.add_argument("-o", "--output", choices=("text", "json"), default="text")
-    vf.add_argument("--config", help="agent config (omit for auditor mode with --public-key)")
+    add_output_option(vf)
+    add_config_option(vf, help=CONFIG_HELP + "; not read in auditor mode (--public-key and "
+                               "one PATH, no --all)")
     vf.set_defaults(func=cmd_evidence_verify)
 
     ck = esub.add_parser("checkpoint", help="sign a checkpoint of the evidence tree now")
-    ck.add_argument("--config", required=True)
+    add_config_option(ck)
+    add_output_option(ck, help="text: the signed note; json: {signed, note}")
     ck.set_defaults(func=cmd_evidence_checkpoint)
 
     ex = esub.add_parser(
         "export", help="write bundles, checkpoints, proofs, key and VERIFY.md for an auditor"
     )
-    ex.add_argument("--since", help="RFC 3339 UTC: first bundle time (default: the beginning)")
-    ex.add_argument("--until", help="RFC 3339 UTC: last bundle time (default: now)")
+    ex.add_argument("--since", metavar="TIME",
+                    help="RFC 3339 UTC: first bundle time (default: the beginning)")
+    ex.add_argument("--until", metavar="TIME",
+                    help="RFC 3339 UTC: last bundle time (default: now)")
     ex.add_argument("--out", required=True, help="FILE.tar.gz to create")
-    ex.add_argument("--config", required=True)
+    add_config_option(ex)
+    add_output_option(ex, default="json")
     ex.set_defaults(func=cmd_evidence_export)
 
     pr = esub.add_parser("prune", help="apply evidence retention now (writes a prune bundle)")
-    pr.add_argument("--config", required=True)
+    add_config_option(pr)
     pr.add_argument(
         "--no-queue", action="store_true", help="do not queue the prune bundle for delivery"
     )
+    add_output_option(pr, default="json")
     pr.set_defaults(func=cmd_evidence_prune)

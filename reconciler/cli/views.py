@@ -1,27 +1,13 @@
-"""Rendering for operators: the pass/plan report, the status table, describe."""
+"""Rendering for operators: the pass/plan report and the config options
+(`status` and `describe` are in status_views, which imports no models)."""
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any
 
 from reconciler.runtime.agent import PassReport
 from reconciler.runtime.reconcile import ReconcileResult
 from specs.config import AgentConfig
-from specs.status import ConditionType, ResourceStatus
-
-
-def age(since: datetime | str | None, now: datetime) -> str:
-    """kubectl-style age: 45s, 12m, 3h, 4d."""
-    if since is None:
-        return "-"
-    if isinstance(since, str):
-        since = datetime.fromisoformat(since)
-    secs = max(0, int((now - since).total_seconds()))
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if secs >= size:
-            return f"{secs // size}{unit}"
-    return f"{secs}s"
 
 
 def _table(rows: list[list[str]]) -> str:
@@ -114,80 +100,21 @@ def _result_json(r: ReconcileResult) -> dict[str, Any]:
     }
 
 
-# -- status -----------------------------------------------------------------------
-def render_status_table(doc: dict[str, Any], now: datetime) -> str:
-    rows = [["KIND", "READY", "DRIFTED", "REASON", "LAST TRANSITION", "LAST PASS", "OUTCOME"]]
-    for raw in doc["resources"]:
-        s = ResourceStatus.model_validate(raw)
-        ready = s.condition(ConditionType.Ready)
-        drifted = s.condition(ConditionType.Drifted)
-        reason = ready.reason if ready else (drifted.reason if drifted else "-")
-        rows.append([
-            s.kind,
-            ready.status.value if ready else "Unknown",
-            drifted.status.value if drifted else "Unknown",
-            reason,
-            age(ready.last_transition_time, now) if ready else "-",
-            age(s.last_pass_at, now),
-            s.last_outcome.value if s.last_outcome else "-",
-        ])
-    lp = doc.get("last_pass")
-    tail = (f"last pass {age(lp['finished_at'], now)} ago, {lp['duration_sec'] * 1000:.0f} ms"
-            if lp else "no pass recorded yet")
-    queue = doc.get("evidence_queue")
-    if queue:
-        tail += (f"; evidence: {queue['depth']} queued, {queue['dead']} dead letter(s), "
-                 f"{queue['delivered']} delivered")
-    wakeups = doc.get("order_wakeups")
-    if wakeups:
-        tail += f"; order wake-ups: {wakeups.get('state')}"
-    if len(rows) == 1:
-        return f"HOST {doc['summary']}: no resources reconciled yet ({tail})"
-    return _table(rows) + f"\n\nHOST {doc['summary']}  ({tail})"
-
-
-def render_describe(status: ResourceStatus, history: list[dict[str, Any]], now: datetime) -> str:
-    out = [f"Kind:        {status.kind}",
-           f"Generation:  {status.generation}",
-           f"Last pass:   {status.last_pass_at.isoformat() if status.last_pass_at else '-'} "
-           f"({age(status.last_pass_at, now)} ago)",
-           f"Outcome:     {status.last_outcome.value if status.last_outcome else '-'}",
-           "Conditions:"]
-    rows = [["TYPE", "STATUS", "REASON", "SINCE", "MESSAGE"]]
-    for c in status.conditions:
-        rows.append([c.type.value, c.status.value, c.reason, age(c.last_transition_time, now),
-                     c.message[:100]])
-    out.extend("  " + line for line in _table(rows).splitlines())
-    out.append("History (newest first):")
-    if history:
-        hrows = [["AT", "TYPE", "STATUS", "REASON"]]
-        hrows += [[h["at"], h["type"], h["status"], h["reason"]] for h in history]
-        out.extend("  " + line for line in _table(hrows).splitlines())
-    else:
-        out.append("  (none)")
-    out.append("Last actions:")
-    if status.last_actions:
-        for a in status.last_actions:
-            out.append(f"  {a.step}. {a.action}: {' '.join(a.command)} -> {a.result}"
-                       + (f" (exit {a.exit_code})" if a.exit_code is not None else "")
-                       + (f" {a.detail}" if a.detail else ""))
-    else:
-        out.append("  (none)")
-    out.append("Last observation:")
-    import json
-
-    body = json.dumps(status.observed, indent=2, default=str) if status.observed else "(none)"
-    out.extend("  " + line for line in body.splitlines())
-    return "\n".join(out)
-
-
-def render_options() -> str:
-    rows = [["OPTION", "TYPE", "DEFAULT", "DESCRIPTION"]]
+def option_rows() -> list[dict[str, str]]:
+    """Every config option: name (as written in the JSON), type, default, meaning."""
+    out = []
     for name, f in AgentConfig.model_fields.items():
         ann = str(f.annotation).replace("typing.", "").replace("pathlib.", "")
         ann = ann.replace("<class '", "").replace("'>", "")
         default = "required" if f.is_required() else (
             "hostname" if f.default_factory is not None and name == "host_id" else
             repr(f.get_default(call_default_factory=True)))
-        rows.append([f.alias or name, ann, default, f.description or ""])
+        out.append({"option": f.alias or name, "type": ann, "default": default,
+                    "description": f.description or ""})
+    return out
+
+
+def render_options() -> str:
+    rows = [["OPTION", "TYPE", "DEFAULT", "DESCRIPTION"]]
+    rows += [[r["option"], r["type"], r["default"], r["description"]] for r in option_rows()]
     return _table(rows)

@@ -28,7 +28,10 @@ from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
+from reconciler.ops.status_client import unix_get
 from specs.errors import ComplianceAgentError
+
+__all__ = ["StatusServer", "unix_get"]  # unix_get: the client half, kept importable here
 
 log = logging.getLogger("compliance_agent.status_server")
 
@@ -207,21 +210,3 @@ def _make_handler(
             log.debug("status request: " + format, *args)
 
     return Handler
-
-
-def unix_get(path: Path, route: str, timeout: float = 5.0) -> tuple[int, bytes]:
-    """Tiny HTTP/1.0 GET over a unix socket (used by the CLI and tests)."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-        s.settimeout(timeout)
-        s.connect(str(path))
-        s.sendall(f"GET {route} HTTP/1.0\r\nHost: localhost\r\n\r\n".encode())
-        chunks = []
-        while True:
-            chunk = s.recv(65536)
-            if not chunk:
-                break
-            chunks.append(chunk)
-    raw = b"".join(chunks)
-    head, _, body = raw.partition(b"\r\n\r\n")
-    code = int(head.split(b" ", 2)[1])
-    return code, body

@@ -26,6 +26,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
 from reconciler.store.database import Store, StoreError, Transaction
+from reconciler.store.peek import OUTBOX_STATS_SQL
 
 Clock = Callable[[], datetime]
 
@@ -139,18 +140,7 @@ class OutboxView:
     def stats(self) -> OutboxStats:
         try:
             with self.store.begin() as conn:
-                row = conn.execute(
-                    text(
-                        "SELECT"
-                        " COALESCE(SUM(state = 'queued'), 0),"
-                        " MIN(CASE WHEN state = 'queued' THEN created_at END),"
-                        " COALESCE(SUM(state = 'dead'), 0),"
-                        " COALESCE(SUM(state = 'delivered'), 0),"
-                        " COALESCE(SUM(attempts), 0),"
-                        " COALESCE(SUM(state = 'queued' AND attempts > 0), 0)"
-                        " FROM outbox"
-                    )
-                ).one()
+                row = conn.execute(text(OUTBOX_STATS_SQL)).one()
         except SQLAlchemyError as e:
             raise self._unreadable(e) from e
         oldest = 0.0 if row[1] is None else max(0.0, self._now() - float(row[1]))

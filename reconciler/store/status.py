@@ -14,6 +14,7 @@ from pydantic import TypeAdapter
 from sqlalchemy import Connection, text
 
 from reconciler.store.database import Store
+from reconciler.store.peek import HISTORY_KEYS, HISTORY_SQL
 from specs.backoff import Backoff
 from specs.status import ActionRecord, Condition, Outcome, ResourceStatus
 
@@ -59,15 +60,8 @@ class StatusView:
 
     def history(self, kind: str, limit: int = 50) -> list[dict[str, Any]]:
         with self.store.begin() as conn:
-            rows = conn.execute(
-                text(
-                    "SELECT type, status, reason, message, at, generation FROM condition_history"
-                    " WHERE kind = :k ORDER BY id DESC LIMIT :n"
-                ),
-                {"k": kind, "n": limit},
-            ).all()
-        keys = ("type", "status", "reason", "message", "at", "generation")
-        return [dict(zip(keys, r, strict=True)) for r in rows]
+            rows = conn.exec_driver_sql(HISTORY_SQL, (kind, limit)).all()
+        return [dict(zip(HISTORY_KEYS, r, strict=True)) for r in rows]
 
     def last_pass(self) -> dict[str, Any] | None:
         with self.store.begin() as conn:

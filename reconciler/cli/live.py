@@ -1,0 +1,98 @@
+"""Where `status` and `describe` get their answer, cheapest first.
+
+1. The daemon's status socket (`/status`, JSON): the live view, no database
+   and no pydantic/SQLAlchemy import; the few things it does not carry
+   (evidence queue, order wake-ups, condition history) are read with the
+   standard library's sqlite3, read-only, when this user may read the state.
+2. Otherwise (daemon stopped, socket off or not ours to read): the state
+   database through the store's read-only views, as before.
+
+The config is read here as plain JSON for the two paths it needs; the full
+validation stays with the daemon and `config check` (a config the daemon
+runs with is valid, and any problem falls through to the validating path).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from reconciler.ops.status_client import unix_get
+from reconciler.store import peek
+
+# AgentConfig's defaults (tests/unit/test_cli_conventions.py keeps them equal).
+DEFAULT_STATUS_SOCKET = Path("/run/compliance-agent/status.sock")
+DEFAULT_STATE_DIRECTORY = Path("/var/lib/compliance-agent")
+SOCKET_TIMEOUT = 2.0
+WAKEUPS_KEY = "order_wakeups"  # reconciler.delivery.wakeup.WATCH_STATE_KEY
+
+
+class RawConfig:
+    """The two paths `status` needs, from the config JSON without validating it."""
+
+    def __init__(self, status_socket: Path | None, state_directory: Path) -> None:
+        self.status_socket = status_socket
+        self.state_directory = state_directory
+
+    @property
+    def database_path(self) -> Path:
+        return self.state_directory / "state.db"
+
+    @classmethod
+    def read(cls, path: Path) -> RawConfig | None:
+        """None when the file is unreadable or not a JSON object (the validating loader
+        then reports it properly)."""
+        try:
+            doc = json.loads(path.read_bytes())
+        except (OSError, ValueError):
+            return None
+        if not isinstance(doc, dict):
+            return None
+        sock = doc.get("statusSocket", doc.get("status_socket", str(DEFAULT_STATUS_SOCKET)))
+        state = doc.get("stateDirectory", doc.get("state_directory",
+                                                  str(DEFAULT_STATE_DIRECTORY)))
+        if not isinstance(state, str) or (sock is not None and not isinstance(sock, str)):
+            return None
+        return cls(Path(sock) if sock else None, Path(state))
+
+
+def ask_daemon(cfg: RawConfig) -> dict[str, Any] | None:
+    """The daemon's live status document, or None when it does not answer."""
+    if cfg.status_socket is None:
+        return None
+    try:
+        code, body = unix_get(cfg.status_socket, "/status", timeout=SOCKET_TIMEOUT)
+        doc = json.loads(body) if code == 200 else None
+    except (OSError, ValueError, IndexError):  # absent, refused, not ours, garbled
+        return None
+    return doc if isinstance(doc, dict) and "resources" in doc else None
+
+
+def add_store_extras(doc: dict[str, Any], cfg: RawConfig) -> None:
+    """Evidence queue and order wake-ups from the state database, when readable."""
+    conn = peek.open_readonly(cfg.database_path)
+    if conn is None:
+        return
+    try:
+        doc["evidence_queue"] = peek.outbox_stats(conn, time.time())
+        raw = peek.meta_value(conn, WAKEUPS_KEY)
+    finally:
+        conn.close()
+    try:
+        wakeups = json.loads(raw) if raw else None
+    except ValueError:
+        wakeups = None
+    doc["order_wakeups"] = wakeups if isinstance(wakeups, dict) else None
+
+
+def history(cfg: RawConfig, kind: str, limit: int) -> list[dict[str, Any]] | None:
+    """Condition changes, newest first; None when the state database is not readable."""
+    conn = peek.open_readonly(cfg.database_path)
+    if conn is None:
+        return None
+    try:
+        return peek.condition_history(conn, kind, limit)
+    finally:
+        conn.close()
