@@ -218,7 +218,13 @@ def cmd_config_options(args: argparse.Namespace) -> int:
 CORE_COMMANDS = frozenset({"run", "reconcile", "status", "describe", "config"})
 
 
-def build_parser(with_plugins: bool = True) -> argparse.ArgumentParser:
+# Typed and scripted: their parse must not import `config check`'s machinery.
+FAST_COMMANDS = frozenset({"status", "describe"})
+
+
+def build_parser(with_plugins: bool = True, *, fast: bool = False) -> argparse.ArgumentParser:
+    """The whole command tree; `fast` leaves out the arguments of commands other than
+    status/describe that cost imports (only for parsing a status/describe command line)."""
     p = argparse.ArgumentParser(
         prog="compliance-agent",
         description="Keep a NixOS host at its compliance baseline, and prove it.",
@@ -260,9 +266,10 @@ def build_parser(with_plugins: bool = True) -> argparse.ArgumentParser:
     cfgp = sub.add_parser("config", help="validate a config file; list the options")
     csub = cfgp.add_subparsers(dest="config_command", required=True, metavar="SUBCOMMAND")
     chk = csub.add_parser("check", help="what the daemon would refuse at start; exit 0 or 2")
-    from reconciler.cli.config_check import add_arguments as add_check_arguments
+    if not fast:
+        from reconciler.cli.config_check import add_arguments as add_check_arguments
 
-    add_check_arguments(chk)
+        add_check_arguments(chk)
     chk.set_defaults(func=cmd_config_check)
     opts = csub.add_parser("options", help="every option with its type, default and meaning")
     add_output_option(opts)
@@ -284,7 +291,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # The daemon and the status commands never import the plugins' dependencies
     # (TLS, signing, HTTP server): start-up time and RSS are budgets.
     core = bool(argv) and argv[0] in CORE_COMMANDS
-    parser = build_parser(with_plugins=not core)
+    parser = build_parser(with_plugins=not core, fast=bool(argv) and argv[0] in FAST_COMMANDS)
     args = parser.parse_args(argv)
     try:
         return int(args.func(args))
