@@ -676,5 +676,13 @@ in
       [ "--collector.textfile.directory=${cfg.metricsTextfileDirectory}" ];
 
     environment.systemPackages = [ cfg.package ];
+
+    # Every CLI command reads this file when neither --config nor
+    # $COMPLIANCE_AGENT_CONFIG is given, so operators type no store path. It is a
+    # link to the very file the units run with (paths and public keys only, no
+    # secrets). ExecStart keeps the store path: a config change then restarts the
+    # units with exactly the file they were started for (restartTriggers), rather
+    # than activation swapping /etc under a running daemon and actuator.
+    environment.etc."compliance-agent/config.json".source = configFile;
   };
 }

@@ -56,5 +56,8 @@ in
   timesyncd = config.services.timesyncd.enable;
   nodeExporterFlags = config.services.prometheus.exporters.node.extraFlags;
   systemPackages = config.environment.systemPackages or [ ];
+  etcConfigText =
+    let e = (config.environment.etc or { })."compliance-agent/config.json" or null; in
+    if e == null then null else e.source.text;
   sopsSecrets = config.sops.secrets or null;
 }

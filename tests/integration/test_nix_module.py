@@ -243,7 +243,13 @@ def test_option_types_reject_bad_values(over: dict[str, Any], message: str) -> N
 def test_disabled_module_defines_nothing() -> None:
     out = nix_eval(module_with({"enable": False}))
     assert out["systemd"]["services"] == {} and out["failedAssertions"] == []
-    assert out["configText"] is None
+    assert out["configText"] is None and out["etcConfigText"] is None
+
+
+def test_cli_finds_the_config_in_etc(base_eval: Any) -> None:
+    """/etc/compliance-agent/config.json (every command's default) is the units' file."""
+    assert base_eval["etcConfigText"] is not None
+    assert base_eval["etcConfigText"] == base_eval["configText"]
 
 
 @pytest.mark.parametrize("example", ["direct-config.nix", "reseller-config.nix"])
