@@ -9,7 +9,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 PKGS   := specs controllers reconciler
 
-.PHONY: test unit integration lint typecheck schemas schemas-check demo bench deps clean nixpkgs-build
+.PHONY: test unit integration lint typecheck schemas schemas-check demo bench deps clean nixpkgs-build completions man
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -48,6 +48,18 @@ schemas: $(STAMP)
 schemas-check: $(STAMP)
 	$(PY) -m reconciler.cli.schemas check schemas
 
+# Shell completion and the man page, generated from the CLI's parser
+# (reconciler/cli/docgen.py; nix/package.nix runs the same at build time).
+completions: $(STAMP)
+	@mkdir -p build/completions
+	$(PY) -m reconciler.cli.docgen completion bash > build/completions/compliance-agent.bash
+	$(PY) -m reconciler.cli.docgen completion zsh > build/completions/_compliance-agent
+	$(PY) -m reconciler.cli.docgen completion fish > build/completions/compliance-agent.fish
+
+man: $(STAMP)
+	@mkdir -p build/man
+	$(PY) -m reconciler.cli.docgen man > build/man/compliance-agent.1
+
 demo: $(STAMP) deps
 	$(PY) -m demo.run_demo
 
@@ -55,4 +67,4 @@ bench: $(STAMP) deps
 	$(PY) -m bench.run_all
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .nixpkgs-emulation
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .nixpkgs-emulation build
