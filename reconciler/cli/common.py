@@ -27,7 +27,11 @@ TEXT_JSON_WIDE = ("text", "json", "wide")
 DEPRECATED_OUTPUT = {"table": "text"}
 
 
-class ConfigNotFound(ComplianceAgentError):
+class CliError(ComplianceAgentError):
+    """A command cannot answer; the message says why and what to do (exit 2)."""
+
+
+class ConfigNotFound(CliError):
     """No --config, no $COMPLIANCE_AGENT_CONFIG, and no /etc/compliance-agent/config.json."""
 
 

@@ -5,7 +5,8 @@
    (evidence queue, order wake-ups, condition history) are read with the
    standard library's sqlite3, read-only, when this user may read the state.
 2. Otherwise (daemon stopped, socket off or not ours to read): the state
-   database through the store's read-only views, as before.
+   database, read-only, with the same standard-library reader (the documents
+   have the shape the daemon serves, so one renderer serves both).
 
 The config is read here as plain JSON for the two paths it needs; the full
 validation stays with the daemon and `config check` (a config the daemon
@@ -19,6 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from reconciler.cli.common import CliError
 from reconciler.ops.status_client import unix_get
 from reconciler.store import peek
 
@@ -27,6 +29,11 @@ DEFAULT_STATUS_SOCKET = Path("/run/compliance-agent/status.sock")
 DEFAULT_STATE_DIRECTORY = Path("/var/lib/compliance-agent")
 SOCKET_TIMEOUT = 2.0
 WAKEUPS_KEY = "order_wakeups"  # reconciler.delivery.wakeup.WATCH_STATE_KEY
+AGENT_USER = "compliance-agent"
+
+
+class StatusUnavailable(CliError):
+    """Neither the daemon's socket nor the state database can be read."""
 
 
 class RawConfig:
@@ -96,3 +103,64 @@ def history(cfg: RawConfig, kind: str, limit: int) -> list[dict[str, Any]] | Non
         return peek.condition_history(conn, kind, limit)
     finally:
         conn.close()
+
+
+def summary_of(resources: list[dict[str, Any]], last_pass: dict[str, Any] | None) -> str:
+    """The host roll-up of reconciler.runtime.conditions.host_summary (and its empty case
+    in status_document), on the JSON documents: Failed if anything is stalled,
+    InProgress if a resource is not Ready, else Current. A unit test keeps the two equal."""
+    if not resources:
+        return "Current" if last_pass else "InProgress"
+    conds = [{c.get("type"): c.get("status") for c in r.get("conditions") or []}
+             for r in resources]
+    if any(c.get("Stalled") == "True" for c in conds):
+        return "Failed"
+    return "Current" if all(c.get("Ready") == "True" for c in conds) else "InProgress"
+
+
+def _open_store(cfg: RawConfig) -> Any:
+    db = cfg.database_path
+    if not db.exists():
+        raise StatusUnavailable(
+            f"{db}: no state database yet (has the agent run? check stateDirectory)")
+    conn = peek.open_readonly(db)
+    if conn is None:
+        sock = (f"; while the daemon runs, members of the group {AGENT_USER} read its status "
+                f"socket {cfg.status_socket} instead (NixOS: users.users.<you>.extraGroups = "
+                f'[ "{AGENT_USER}" ])') if cfg.status_socket else ""
+        raise StatusUnavailable(
+            f"{db}: cannot read the state database as this user: run as root or as the "
+            f"agent's user (sudo -u {AGENT_USER} compliance-agent ...){sock}")
+    return conn
+
+
+def store_status(cfg: RawConfig) -> dict[str, Any]:
+    """The status document from the state database (the daemon is not answering)."""
+    from datetime import UTC, datetime
+
+    conn = _open_store(cfg)
+    try:
+        resources = peek.resource_statuses(conn)
+        if resources is None:
+            raise StatusUnavailable(f"{cfg.database_path}: not an agent state database "
+                                    "(no resource_status table)")
+        last = peek.last_pass(conn)
+    finally:
+        conn.close()
+    doc = {"summary": summary_of(resources, last),
+           "generated_at": datetime.now(UTC).isoformat(), "last_pass": last,
+           "resources": resources}
+    add_store_extras(doc, cfg)
+    return doc
+
+
+def store_resources(cfg: RawConfig) -> list[dict[str, Any]]:
+    conn = _open_store(cfg)
+    try:
+        resources = peek.resource_statuses(conn)
+    finally:
+        conn.close()
+    if resources is None:
+        raise StatusUnavailable(f"{cfg.database_path}: not an agent state database "
+                                "(no resource_status table)")
+    return resources

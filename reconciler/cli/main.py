@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from reconciler.cli.common import (
+    CliError,
     ConfigNotFound,
     VersionAction,
     add_config_option,
@@ -91,46 +92,29 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
 
 
 # -- status / describe ---------------------------------------------------------
-# Both ask the daemon's status socket first (reconciler.cli.live) and import the
-# store, pydantic and the runtime only when it does not answer: they are typed
-# and scripted, with a 150 ms budget while the daemon runs (bench/bench_cli.py).
+# Both ask the daemon's status socket first and read the state database with
+# the standard library's sqlite3 otherwise (reconciler.cli.live): no pydantic,
+# SQLAlchemy or runtime import, since they are typed and scripted, with a 150 ms
+# budget while the daemon runs (bench/bench_cli.py).
 def _live(args: argparse.Namespace) -> tuple[Any, dict[str, Any] | None]:
     from reconciler.cli.live import RawConfig, ask_daemon
 
     raw = RawConfig.read(config_path(args.config))
-    return raw, (ask_daemon(raw) if raw is not None else None)
-
-
-def _readonly_status(cfg: AgentConfig) -> tuple[Any, Any]:
-    from reconciler.store.database import open_store
-    from reconciler.store.status import StatusView
-
-    store = open_store(cfg.database_path, readonly=True)
-    return store, StatusView(store)
-
-
-def _store_status_document(cfg: AgentConfig) -> dict[str, Any]:
-    from reconciler.runtime.agent import status_document
-
-    store, ss = _readonly_status(cfg)
-    try:
-        doc = status_document(ss.load_all(), ss.last_pass(), datetime.now(UTC))
-        doc["evidence_queue"] = _queue_summary(store)
-        doc["order_wakeups"] = _wakeup_state(store)
-    finally:
-        store.close()
-    return doc
+    if raw is None:  # unreadable or not JSON: the validating loader says what is wrong
+        _load_cfg(args.config)
+        raise ConfigNotFound(f"{config_path(args.config)}: not an agent config")
+    return raw, ask_daemon(raw)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from reconciler.cli.live import add_store_extras
+    from reconciler.cli.live import add_store_extras, store_status
 
     raw, doc = _live(args)
     if doc is not None:
         doc["source"] = "daemon"
         add_store_extras(doc, raw)
     else:
-        doc = _store_status_document(_load_cfg(args.config))
+        doc = store_status(raw)
         doc["source"] = "store"
     if args.output == "json":
         print(json.dumps(doc, indent=2, default=str))
@@ -142,51 +126,16 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
-def _queue_summary(store: Any) -> dict[str, Any] | None:
-    """Outbox depth and dead letters, so `status` shows undelivered evidence too."""
-    import dataclasses
-
-    from reconciler.store.database import StoreError
-    from reconciler.store.outbox import OutboxView
-
-    try:
-        return dataclasses.asdict(OutboxView(store).stats())
-    except StoreError:  # an agent that never ran delivery has no outbox table yet
-        return None
-
-
-def _wakeup_state(store: Any) -> dict[str, Any] | None:
-    """The NATS order wake-up watch as the daemon last recorded it (natsUrl set)."""
-    from reconciler.store.meta import MetaStore
-
-    try:
-        raw = MetaStore(store).get("order_wakeups")
-        doc = json.loads(raw) if raw else None
-    except Exception:  # unreadable: status shows the rest rather than failing
-        return None
-    return doc if isinstance(doc, dict) else None
-
-
 def cmd_describe(args: argparse.Namespace) -> int:
-    from reconciler.cli.live import history
+    from reconciler.cli.live import history, store_resources
 
     raw, doc = _live(args)
-    hist: list[dict[str, Any]] | None
-    if doc is not None:
-        resources = doc["resources"]
-        status = next((r for r in resources if r.get("kind") == args.kind), None)
-        hist = history(raw, args.kind, args.history) if status is not None else []
-    else:
-        store, ss = _readonly_status(_load_cfg(args.config))
-        try:
-            resources = [s.model_dump(mode="json") for s in ss.load_all()]
-            status = next((r for r in resources if r["kind"] == args.kind), None)
-            hist = ss.history(args.kind, limit=args.history) if status is not None else []
-        finally:
-            store.close()
+    resources = doc["resources"] if doc is not None else store_resources(raw)
+    status = next((r for r in resources if r.get("kind") == args.kind), None)
     if status is None:
         known = ", ".join(r["kind"] for r in resources) or "none yet"
         return _fail(f"no status for kind {args.kind!r} (known: {known})")
+    hist = history(raw, args.kind, args.history)
     if args.output == "json":
         print(json.dumps({"status": status, "history": hist}, indent=2, default=str))
         return 0
@@ -295,7 +244,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args))
-    except ConfigNotFound as e:
+    except CliError as e:
         return _fail(str(e))
     except BrokenPipeError:
         return 0

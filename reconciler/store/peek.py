@@ -8,6 +8,7 @@ there, so a reader never fails the whole command for one missing part.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,10 @@ HISTORY_SQL = (
     " WHERE kind = ? ORDER BY id DESC LIMIT ?"
 )
 HISTORY_KEYS = ("type", "status", "reason", "message", "at", "generation")
+LATEST_RUN_QUERY = (
+    "SELECT started_at, finished_at, duration_sec, cpu_sec, summary FROM passes"
+    " WHERE dry_run = 0 ORDER BY id DESC LIMIT 1"
+)
 
 
 def open_readonly(path: Path) -> sqlite3.Connection | None:
@@ -67,3 +72,34 @@ def condition_history(conn: sqlite3.Connection, kind: str,
     except sqlite3.Error:
         return None
     return [dict(zip(HISTORY_KEYS, r, strict=True)) for r in rows]
+
+
+def _utc_z(value: str | None) -> str | None:
+    """Timestamps as pydantic's JSON mode writes them (UTC as `Z`), like the daemon's /status."""
+    return value[:-6] + "Z" if value and value.endswith("+00:00") else value
+
+
+def resource_statuses(conn: sqlite3.Connection) -> list[dict[str, Any]] | None:
+    """Every resource's status as the JSON document `ResourceStatus` dumps to."""
+    try:
+        rows = conn.execute(
+            "SELECT kind, generation, conditions_json, last_pass_at, last_outcome,"
+            " observed_json, last_actions_json FROM resource_status ORDER BY kind"
+        ).fetchall()
+    except sqlite3.Error:
+        return None
+    return [{"kind": r[0], "generation": r[1] or "", "conditions": json.loads(r[2] or "[]"),
+             "last_pass_at": _utc_z(r[3]), "last_outcome": r[4],
+             "observed": json.loads(r[5]) if r[5] else None,
+             "last_actions": json.loads(r[6] or "[]")} for r in rows]
+
+
+def last_pass(conn: sqlite3.Connection) -> dict[str, Any] | None:
+    try:
+        row = conn.execute(LATEST_RUN_QUERY).fetchone()
+    except sqlite3.Error:
+        return None
+    if row is None:
+        return None
+    return {"started_at": row[0], "finished_at": row[1], "duration_sec": row[2],
+            "cpu_sec": row[3], "summary": row[4]}

@@ -14,7 +14,7 @@ from pydantic import TypeAdapter
 from sqlalchemy import Connection, text
 
 from reconciler.store.database import Store
-from reconciler.store.peek import HISTORY_KEYS, HISTORY_SQL
+from reconciler.store.peek import HISTORY_KEYS, HISTORY_SQL, LATEST_RUN_QUERY
 from specs.backoff import Backoff
 from specs.status import ActionRecord, Condition, Outcome, ResourceStatus
 
@@ -65,12 +65,7 @@ class StatusView:
 
     def last_pass(self) -> dict[str, Any] | None:
         with self.store.begin() as conn:
-            row = conn.execute(
-                text(
-                    "SELECT started_at, finished_at, duration_sec, cpu_sec, summary FROM passes"
-                    " WHERE dry_run = 0 ORDER BY id DESC LIMIT 1"
-                )
-            ).first()
+            row = conn.exec_driver_sql(LATEST_RUN_QUERY).first()
         if row is None:
             return None
         return {"started_at": row[0], "finished_at": row[1], "duration_sec": row[2],

@@ -30,7 +30,7 @@ from reconciler.cli.common import (
     render_fields,
     use_colour,
 )
-from reconciler.cli.live import DEFAULT_STATE_DIRECTORY, DEFAULT_STATUS_SOCKET, RawConfig
+from reconciler.cli.live import DEFAULT_STATE_DIRECTORY, DEFAULT_STATUS_SOCKET
 from reconciler.cli.main import build_parser, main
 from reconciler.cli.status_views import render_describe, render_status
 from reconciler.ops.status_server import StatusServer
@@ -286,3 +286,98 @@ def test_render_fields_for_document_commands() -> None:
                           "items": ["x"], "none": None})
     assert text.splitlines() == ["admitted: no", "reason: Expired", "detail:", "  a: 1",
                                  "items:", "  - x", "none: -"]
+
+
+# -- the store fallback (daemon not answering) ----------------------------------------------
+def test_store_fallback_reads_what_pydantic_writes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The standard-library reader returns exactly the documents the models dump."""
+    from reconciler.cli.live import RawConfig, store_resources, store_status
+    from reconciler.runtime.agent import status_document
+    from reconciler.store.database import open_store
+    from reconciler.store.status import StatusView
+    from tests.unit.test_runtime import ScriptedController, make_agent
+
+    world = {"state": "masked"}
+    agent, _ = make_agent(tmp_path, {"services": ScriptedController(world),
+                                     "firewall": ScriptedController({"state": "active"})}, world)
+    agent.run_pass()
+    agent.close()
+    raw = RawConfig.read(write_config(tmp_path))
+    assert raw is not None
+    store = open_store(raw.database_path, readonly=True)
+    view = StatusView(store)
+    expected = [s.model_dump(mode="json") for s in view.load_all()]
+    from datetime import UTC, datetime
+
+    reference = status_document(view.load_all(), view.last_pass(), datetime.now(UTC))
+    store.close()
+    assert store_resources(raw) == expected
+    doc = store_status(raw)
+    assert doc["resources"] == expected
+    assert doc["summary"] == reference["summary"] and doc["last_pass"] == reference["last_pass"]
+
+
+@pytest.mark.parametrize("conditions", [
+    [], [("Ready", "True")], [("Ready", "False")], [("Ready", "Unknown")],
+    [("Ready", "True"), ("Stalled", "True")], [("Ready", "False"), ("Stalled", "False")],
+    [("Drifted", "True")],
+])
+@pytest.mark.parametrize("others", [0, 1])
+def test_summary_of_documents_matches_host_summary(
+    conditions: list[tuple[str, str]], others: int
+) -> None:
+    from reconciler.cli.live import summary_of
+    from reconciler.runtime.agent import status_document
+    from specs.status import ResourceStatus
+
+    now = "2026-11-30T12:00:00Z"
+    docs = [{"kind": "a", "conditions": [{"type": t, "status": s, "reason": "R",
+                                          "last_transition_time": now} for t, s in conditions]}]
+    docs += [{"kind": f"b{i}", "conditions": [{"type": "Ready", "status": "True", "reason": "R",
+                                               "last_transition_time": now}]}
+             for i in range(others)]
+    statuses = [ResourceStatus.model_validate(d) for d in docs]
+    from datetime import UTC, datetime
+
+    for last in (None, {"finished_at": now}):
+        expected = status_document(statuses, last, datetime.now(UTC))["summary"]
+        assert summary_of(docs, last) == expected
+    assert summary_of([], None) == status_document([], None, datetime.now(UTC))["summary"]
+
+
+def test_unreadable_state_database_says_what_to_do(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cfg = write_config(tmp_path)
+    (tmp_path / "state" / "state.db").mkdir(parents=True)  # exists, but sqlite cannot open it
+    cfg.write_text(json.dumps(dict(json.loads(cfg.read_text()),
+                                   statusSocket=str(tmp_path / "absent.sock"))))
+    assert main(["status", "--config", str(cfg)]) == 2
+    err = capsys.readouterr().err
+    assert "sudo -u compliance-agent" in err and "extraGroups" in err
+
+
+def test_status_from_the_store_imports_no_heavy_library(tmp_path: Path) -> None:
+    from tests.unit.test_runtime import ScriptedController, make_agent
+
+    world = {"state": "active"}
+    agent, _ = make_agent(tmp_path, {"services": ScriptedController(world)}, world)
+    agent.run_pass()
+    agent.close()
+    cfg = write_config(tmp_path)
+    code = (
+        "import sys\n"
+        "from reconciler.cli.main import main\n"
+        f"for argv in (['status', '--config', {str(cfg)!r}],"
+        f" ['describe', 'services', '--config', {str(cfg)!r}]):\n"
+        "    assert main(argv) == 0\n"
+        "heavy = {'pydantic', 'sqlalchemy', 'httpx', 'prometheus_client', 'nacl',"
+        " 'cryptography'}\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & heavy))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
+                          text=True, timeout=60, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == "[]"
