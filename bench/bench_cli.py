@@ -126,9 +126,11 @@ def main() -> int:
         cli = [sys.executable, "-m", "reconciler.cli"]
         try:
             kinds = json.loads(subprocess.run(
-                cli + ["status", "-o", "json", "--config", str(config)], env=env, cwd=REPO,
+                [*cli, "status", "-o", "json", "--config", str(config)], env=env, cwd=REPO,
                 capture_output=True, check=True).stdout)
             kind = (kinds.get("resources") or [{"kind": "time"}])[0]["kind"]
+            print(_line("python -c pass (interpreter only)",
+                        _wall([sys.executable, "-c", "pass"], env, runs)))
             for name, argv, cfg in (
                 ("compliance-agent status", ["status"], config),
                 ("compliance-agent status -o json", ["status", "-o", "json"], config),
