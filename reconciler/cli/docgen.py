@@ -10,6 +10,7 @@ the Nix package runs this at build time.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -269,7 +270,10 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     root = tree(build_parser())
     if args.what == "man":
-        sys.stdout.write(man(root, package_version(), datetime.now(UTC).strftime("%Y-%m-%d")))
+        # Reproducible builds (Nix sets SOURCE_DATE_EPOCH): the date is the source's.
+        epoch = os.environ.get("SOURCE_DATE_EPOCH")
+        when = datetime.fromtimestamp(int(epoch), UTC) if epoch else datetime.now(UTC)
+        sys.stdout.write(man(root, package_version(), when.strftime("%Y-%m-%d")))
     else:
         sys.stdout.write({"bash": bash, "zsh": zsh, "fish": fish}[args.shell](root))
     return 0
