@@ -98,7 +98,7 @@ def cmd_queue(args: argparse.Namespace) -> int:
         for ent in rows:
             r = row(ent)
             print(f"{ent.bundle_id:<38} {ent.attempts:>8}  {r[when] or '-':<20}  "
-                  f"{(ent.last_error or '-')[:120]}")
+                  f"{ent.last_error or '-'}")  # last column: never cut
     if dead:
         print("\nre-queue with: compliance-agent queue retry --all (or name bundle ids)")
     return EXIT_OK
