@@ -381,3 +381,10 @@ def test_status_from_the_store_imports_no_heavy_library(tmp_path: Path) -> None:
                           text=True, timeout=60, check=False)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_keygen_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    key = tmp_path / "k"
+    assert main(["keygen", "--out", str(key), "-o", "json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["file"] == str(key) and len(doc["public_key"]) == 64 and doc["keyid"]

@@ -91,3 +91,16 @@ def test_iso_times() -> None:
     assert parse_when("2026-03-02") == datetime(2026, 3, 2, tzinfo=UTC)
     assert parse_when("2026-03-02T10:00:00+02:00") == datetime(2026, 3, 2, 8, tzinfo=UTC)
     assert parse_when("2026-03-02T08:00:00Z") == parse_when("2026-03-02T08:00:00")
+
+
+def test_o_json_prints_a_summary_for_scripts(config: Path, tmp_path: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """`-o` is the terminal output (the summary), `--format` the document's format."""
+    out = tmp_path / "r.md"
+    assert main(["report", "--config", str(config), "--since", "2026-03-02",
+                 "--until", "2026-03-02T12:00:00Z", "--format", "md", "--out", str(out),
+                 "-o", "json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary == {"out": str(out), "format": "md", "bundles_in_period": 4,
+                       "evidence_intact": True}
+    assert out.read_text().startswith("#")
