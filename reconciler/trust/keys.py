@@ -58,12 +58,17 @@ def _check_fd(path: Path, fd: int) -> None:
         raise KeyFileError(
             path,
             f"owned by {owner}, but this process runs as {me} and only accepts a key "
-            f"its own user or root owns. To read the agent's key, run the command as "
-            f"its owner: sudo -u {owner.split(' ')[0]} compliance-agent ... If the daemon "
-            f"reports this, give the file to the agent's user where the secret is declared "
-            f"(on NixOS e.g. sops.secrets.<name>.owner = \"compliance-agent\"; a chown by "
-            f"hand does not survive activation); never chown it to root or to yourself",
+            f"its own user or root owns. {_run_as_owner(owner.split(' ')[0])}",
         )
+
+
+def _run_as_owner(owner: str) -> str:
+    """What to do when the key is not this process's: never chown it (the daemon needs it)."""
+    return (f"To read the agent's key, run the command as its owner: sudo -u {owner} "
+            f"compliance-agent ... If the daemon reports this, give the file to the agent's "
+            f"user where the secret is declared (on NixOS e.g. sops.secrets.<name>.owner = "
+            f"\"compliance-agent\"; a chown by hand does not survive activation); never "
+            f"chown it to root or to yourself")
 
 
 def _account(uid: int) -> str:
@@ -82,6 +87,14 @@ def _open_checked(path: Path) -> int:
         raise KeyFileError(
             path, "no such file (create one with 'compliance-agent keygen')"
         ) from None
+    except PermissionError as e:
+        try:
+            owner = _account(os.stat(path).st_uid).split(" ")[0]
+        except OSError:  # the directory is closed too: the agent's user is the best guess
+            owner = "compliance-agent"
+        raise KeyFileError(
+            path, f"cannot open: {e.strerror} as {_account(os.geteuid())}; the file belongs "
+            f"to {owner}. {_run_as_owner(owner)}") from None
     except OSError as e:
         raise KeyFileError(path, f"cannot open: {e.strerror}") from None
     try:
