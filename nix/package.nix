@@ -12,7 +12,7 @@
 #
 # Release-specific: `enabledTestPaths` is read by pytestCheckHook since nixpkgs
 # 25.05 (older releases ignore it and would collect tests/integration too).
-{ lib, python3Packages }:
+{ lib, python3Packages, installShellFiles }:
 
 let
   # The version lives in pyproject.toml only.
@@ -59,9 +59,8 @@ python3Packages.buildPythonApplication {
     dnslib
   ];
   enabledTestPaths = [ "tests/unit" ];
-  # Tests of the DEV ONLY demo control plane (demo/, FastAPI): not part of the
-  # package, so neither its source nor its dependencies are in this build.
-  # Tests of the DEV ONLY demo (control plane, NATS stack): the demo is not shipped.
+  # Tests of the DEV ONLY demo (control plane, NATS stack): the demo is not
+  # part of the package, so neither its source nor its dependencies are here.
   disabledTestPaths = [
     "tests/unit/test_control_plane_checkpoints.py"
     "tests/unit/test_demo_compose.py"
@@ -69,6 +68,22 @@ python3Packages.buildPythonApplication {
     # checks the repository's docs/, which the package source leaves out
     "tests/unit/test_threat_model_doc.py"
   ];
+
+  # Shell completion and the man page, generated from the CLI's own parser.
+  nativeBuildInputs = [ installShellFiles ];
+  postInstall = ''
+    gen() {
+      PYTHONPATH="$out/${python3Packages.python.sitePackages}:$PYTHONPATH" \
+        ${python3Packages.python.interpreter} -m reconciler.cli.docgen "$@"
+    }
+    gen completion bash > compliance-agent.bash
+    gen completion zsh > compliance-agent.zsh
+    gen completion fish > compliance-agent.fish
+    gen man > compliance-agent.1
+    installShellCompletion --cmd compliance-agent \
+      --bash compliance-agent.bash --zsh compliance-agent.zsh --fish compliance-agent.fish
+    installManPage compliance-agent.1
+  '';
 
   pythonImportsCheck = [ "specs.config" "reconciler.cli.main" "reconciler.actuator.server" ];
 

@@ -14,13 +14,14 @@ let
   names = b.attrNames (table.build-system // table.packages);
   python3Packages = b.listToAttrs (map (n: { name = n; value = { pname = n; }; }) names) // {
     buildPythonApplication = args: args;
+    python = { interpreter = "python3"; sitePackages = "lib/python3/site-packages"; };
   };
   lib = stubLib // {
     cleanSourceWith = { src, filter, ... }: { inherit src filter; };
     licenses.asl20 = { spdxId = "Apache-2.0"; };
     platforms.linux = [ "x86_64-linux" "aarch64-linux" ];
   };
-  args = import ../package.nix { inherit lib python3Packages; };
+  args = import ../package.nix { inherit lib python3Packages; installShellFiles = { }; };
   repo = ../..;
   # The top-level entries of the repository the source filter keeps (it keeps
   # or drops whole trees by prefix).
