@@ -27,7 +27,7 @@ from reconciler.delivery.baseline_resolver import BaselineResolver
 from reconciler.delivery.checkpoints import CheckpointDelivery
 from reconciler.delivery.client import ControlPlaneClient, ControlPlaneError
 from reconciler.delivery.deliverer import Deliverer
-from reconciler.evidence.writer import EvidenceWriter
+from reconciler.evidence.writer import EvidenceRequest, EvidenceWriter
 from reconciler.store.database import Store
 from reconciler.store.meta import ORDERS_CURSOR, MetaStore
 from reconciler.store.outbox import Outbox
@@ -43,6 +43,7 @@ class ControlPlaneStats:
     requested_polls: int = 0  # of `polls`, made at once on request (order wake-ups)
     poll_errors: int = 0
     orders_admitted: int = 0
+    orders_already_admitted: int = 0
     orders_refused: dict[str, int] = field(default_factory=dict)
     delivered: int = 0
     last_error: str | None = None
@@ -154,42 +155,54 @@ class ControlPlaneLoop:
         self.stats.last_contact = self.clock()
         self.stats.last_error = None
         for envelope in page.orders:
-            # the signature covers the payload, not this JSON's formatting
-            self.handle_order(json.dumps(envelope, separators=(",", ":")).encode())
+            try:
+                # the signature covers the payload, not this JSON's formatting
+                self.handle_order(json.dumps(envelope, separators=(",", ":")).encode())
+            except Exception as e:
+                # Not durable (disk full, database error): keep the cursor where it
+                # is so this order and the rest of the page are read again; the
+                # ones already handled are then recognised as AlreadyAdmitted.
+                log.error("order could not be recorded; it will be read again", extra={
+                    "reason": "OrderNotRecorded", "detail": f"{type(e).__name__}: {e}"[:300]})
+                self._note_error("orders", e)
+                return
+        # Only now: every order of the page is durably handled (admitted with its
+        # evidence, or refused with its evidence), so the cursor skips none.
         if page.cursor and page.cursor != cursor:
             self._save_cursor(page.cursor)
 
     def handle_order(self, raw: bytes) -> AdmissionVerdict:
-        """Admit or refuse one order envelope; evidence either way."""
-        verdict = self.admission.admit(raw)
+        """Admit or refuse one order envelope, with evidence either way.
+
+        The nonce, the trigger and the verdict's evidence (with its outbox entry)
+        commit in one transaction or not at all; an exception means nothing was
+        recorded and the order must be read again. An order admitted before
+        (`AlreadyAdmitted`) records nothing.
+        """
+        with self.writer.transaction() as tx:
+            verdict = self.admission.admit_in(tx, raw)
+            order = verdict.order
+            if not verdict.already_admitted:
+                if verdict.admitted and order is not None:
+                    kind, trigger = order_to_trigger(order)
+                    self.triggers.add_in(tx, kind, trigger, self.clock())
+                self.writer.append(tx, [_order_evidence(verdict, raw)])
         self.recent_verdicts.append(verdict)
-        order = verdict.order
-        if verdict.admitted and order is not None:
-            kind, trigger = order_to_trigger(order)
-            self.triggers.add(kind, trigger, self.clock())
+        if verdict.already_admitted:
+            self.stats.orders_already_admitted += 1
+            log.info("order seen again, admitted before", extra={
+                "reason": verdict.reason, "detail": str(verdict.order_id)})
+        elif verdict.admitted and order is not None:
+            kind, _ = order_to_trigger(order)
             self.stats.orders_admitted += 1
-            outcome = Outcome.success
             log.info("order admitted", extra={"resource": kind or "all", "reason": "Admitted",
                                               "detail": f"{order.order_id} {order.action.value}"})
+            self.on_admitted(kind, order.action.value)
         else:
             self.stats.orders_refused[verdict.reason] = (
                 self.stats.orders_refused.get(verdict.reason, 0) + 1)
-            outcome = Outcome(verdict.outcome or "rejected")
             log.warning("order refused", extra={"reason": verdict.reason,
                                                 "detail": verdict.message[:300]})
-        self.writer.record(
-            check="order",
-            outcome=outcome,
-            order_id=verdict.order_id,
-            pre_state={"order_id": verdict.order_id,
-                       "action": order.action.value if order else None,
-                       "envelope_sha256": _sha256(raw), "size": len(raw)},
-            post_state={"admitted": verdict.admitted, "reason": verdict.reason},
-            error=None if verdict.admitted else f"{verdict.reason}: {verdict.message}"[:1000],
-        )
-        if verdict.admitted and order is not None:
-            kind, _ = order_to_trigger(order)
-            self.on_admitted(kind, order.action.value)
         return verdict
 
     def deliver_once(self) -> None:
@@ -223,6 +236,20 @@ class ControlPlaneLoop:
 
     def _save_cursor(self, cursor: str) -> None:
         self.meta.put(ORDERS_CURSOR, cursor)
+
+
+def _order_evidence(verdict: AdmissionVerdict, raw: bytes) -> EvidenceRequest:
+    order = verdict.order
+    return EvidenceRequest(
+        check="order",
+        outcome=Outcome.success if verdict.admitted else Outcome(verdict.outcome or "rejected"),
+        order_id=verdict.order_id,
+        pre_state={"order_id": verdict.order_id,
+                   "action": order.action.value if order else None,
+                   "envelope_sha256": _sha256(raw), "size": len(raw)},
+        post_state={"admitted": verdict.admitted, "reason": verdict.reason},
+        error=None if verdict.admitted else f"{verdict.reason}: {verdict.message}"[:1000],
+    )
 
 
 def _sha256(raw: bytes) -> str:
