@@ -28,6 +28,7 @@ from reconciler.delivery.checkpoints import CheckpointDelivery
 from reconciler.delivery.client import ControlPlaneClient, ControlPlaneError
 from reconciler.delivery.deliverer import Deliverer
 from reconciler.evidence.writer import EvidenceRequest, EvidenceWriter
+from reconciler.ops.clock_step import ClockStepDetector
 from reconciler.store.database import Store
 from reconciler.store.meta import ORDERS_CURSOR, MetaStore
 from reconciler.store.outbox import Outbox
@@ -46,6 +47,7 @@ class ControlPlaneStats:
     orders_already_admitted: int = 0
     orders_refused: dict[str, int] = field(default_factory=dict)
     delivered: int = 0
+    clock_steps: int = 0
     last_error: str | None = None
     last_contact: datetime | None = None
     http_offset_ms: float | None = None
@@ -68,6 +70,7 @@ class ControlPlaneLoop:
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         rng: random.Random | None = None,
         checkpoints: CheckpointDelivery | None = None,
+        clock_steps: ClockStepDetector | None = None,
     ) -> None:
         self.client = client
         self.admission = admission
@@ -82,6 +85,7 @@ class ControlPlaneLoop:
         self.clock = clock
         self.rng = rng or random.Random()
         self.checkpoints = checkpoints
+        self.clock_steps = clock_steps or ClockStepDetector(wall=lambda: clock().timestamp())
         self.stats = ControlPlaneStats()
         self.recent_verdicts: deque[AdmissionVerdict] = deque(maxlen=50)  # for status and the demo
         self._stop = threading.Event()
@@ -113,8 +117,11 @@ class ControlPlaneLoop:
         self._kick.set()
 
     def _run(self) -> None:
+        # Scheduled on the monotonic clock only: a wall-clock step (noticed and
+        # recorded by watch_clock) neither stalls nor hurries polls or delivery.
         next_poll = 0.0
         while not self._stop.is_set():
+            self.watch_clock()
             now = time.monotonic()
             if now >= next_poll:
                 self._poll_requested.clear()
@@ -126,8 +133,32 @@ class ControlPlaneLoop:
                 self.poll_once()
             self.deliver_once()
             if not self._poll_requested.is_set():
-                self._kick.wait(min(5.0, max(0.2, next_poll - time.monotonic())))
+                wait = next_poll - time.monotonic()
+                backoff = self.deliverer.wait_seconds()
+                if backoff > 0:
+                    wait = min(wait, backoff)
+                self._kick.wait(min(5.0, max(0.2, wait)))
             self._kick.clear()
+
+    def watch_clock(self) -> None:
+        """Log and record a wall-clock step as evidence (check `clock_step`)."""
+        step = self.clock_steps.check()
+        if step is None:
+            return
+        self.stats.clock_steps += 1
+        before = datetime.fromtimestamp(step.wall_before, UTC).isoformat()
+        after = datetime.fromtimestamp(step.wall_after, UTC).isoformat()
+        log.warning("wall clock stepped", extra={
+            "reason": "ClockStep", "detail": f"{step.seconds:+.3f} s: {before} -> {after}"})
+        try:
+            self.writer.record(
+                check="clock_step", outcome=Outcome.alert,
+                pre_state={"expected_wall_time": before},
+                post_state={"wall_time": after, "step_seconds": round(step.seconds, 3)},
+                error=f"wall clock stepped {step.seconds:+.3f} s",
+            )
+        except Exception as e:  # a full disk must not stop the control-plane thread
+            self._note_error("clock step evidence", e)
 
     # -- one round ---------------------------------------------------------------
     def poll_once(self) -> None:

@@ -77,8 +77,8 @@ def store(tmp_path: Path) -> Iterator[Store]:
     s.close()
 
 
-def make_loop(store: Store, tmp_path: Path, hook: FlakyHook, client: Any = None
-              ) -> tuple[ControlPlaneLoop, list[str]]:
+def make_loop(store: Store, tmp_path: Path, hook: FlakyHook, client: Any = None,
+              clock_steps: Any = None) -> tuple[ControlPlaneLoop, list[str]]:
     outbox = Outbox(store)
     writer = EvidenceWriter(store, AGENT_SIGNER, tmp_path / "evidence",
                             EvidenceIdentity(SITE, HOST), clock=lambda: later(10),
@@ -91,7 +91,7 @@ def make_loop(store: Store, tmp_path: Path, hook: FlakyHook, client: Any = None
         writer=writer, outbox=outbox, deliverer=None,  # type: ignore[arg-type]
         baseline_resolver=NoBaseline(),  # type: ignore[arg-type]
         store=store, poll_interval=60, on_admitted=lambda kind, action: woken.append(action),
-        clock=lambda: later(10),
+        clock=lambda: later(10), clock_steps=clock_steps,
     )
     return loop, woken
 
@@ -173,3 +173,22 @@ def test_the_cursor_never_skips_an_order_that_was_not_recorded(
     assert woken == ["run_backup"] * 5
     assert count(store, "order_nonces") == 5 and count(store, "order_triggers") == 5
     assert loop.stats.orders_already_admitted == 2
+
+
+def test_a_wall_clock_step_is_logged_and_recorded_as_evidence(
+    store: Store, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from reconciler.ops.clock_step import ClockStepDetector
+
+    wall, mono = [1_800_000_000.0], [10.0]
+    detector = ClockStepDetector(wall=lambda: wall[0], monotonic=lambda: mono[0])
+    loop, _ = make_loop(store, tmp_path, FlakyHook(), clock_steps=detector)
+    loop.watch_clock()
+    assert loop.stats.clock_steps == 0
+    wall[0] -= 7200
+    loop.watch_clock()
+    assert loop.stats.clock_steps == 1
+    assert "wall clock stepped" in caplog.text
+    with store.begin() as conn:
+        rows = conn.execute(text("SELECT check_name, outcome FROM evidence_bundles")).all()
+    assert [tuple(r) for r in rows] == [("clock_step", "alert")]
