@@ -61,13 +61,19 @@ def cmd_run(args: argparse.Namespace) -> int:
     cfg = _load_cfg(args.config)
     setup_logging(cfg.log_level.value)
     from reconciler.service import StartupError, build_daemon
+    from reconciler.store.instance_lock import InstanceLockError, acquire
 
     try:
-        daemon = build_daemon(cfg)
-    except StartupError as e:
+        lock = acquire(cfg.state_directory)  # held until this process ends
+    except InstanceLockError as e:
         return _fail(f"cannot start: {e}")
-    daemon.install_signal_handlers()
-    return daemon.run()
+    with lock:
+        try:
+            daemon = build_daemon(cfg)
+        except StartupError as e:
+            return _fail(f"cannot start: {e}")
+        daemon.install_signal_handlers()
+        return daemon.run()
 
 
 # -- reconcile --once ----------------------------------------------------------
