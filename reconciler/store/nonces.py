@@ -54,8 +54,8 @@ _INSERT_NONCE = text(
 _PRUNE_NONCES = text("DELETE FROM order_nonces WHERE expires_at < :now")
 
 
-def _classify(row: object, claim_order_id: str, claim_digest: str) -> NonceUse:
-    order_id, digest = row  # type: ignore[misc]
+def _classify(row: Sequence[object], claim_order_id: str, claim_digest: str) -> NonceUse:
+    order_id, digest = row[0], row[1]
     if digest is None:  # recorded before payload digests were kept
         return NonceUse.same_order if order_id == claim_order_id else NonceUse.replay
     return NonceUse.same_order if digest == claim_digest else NonceUse.replay

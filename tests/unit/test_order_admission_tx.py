@@ -107,7 +107,7 @@ def order_rows(store: Store) -> list[tuple[str, str]]:
 
 def count(store: Store, table: str) -> int:
     with store.begin() as conn:
-        return int(conn.execute(text(f"SELECT COUNT(*) FROM {table}")).scalar_one())  # noqa: S608
+        return int(conn.execute(text(f"SELECT COUNT(*) FROM {table}")).scalar_one())
 
 
 def test_a_failed_evidence_write_records_nothing_and_the_order_is_admitted_later(
