@@ -1,0 +1,262 @@
+"""Fault injection on the real daemon (issue 14): `compliance-agent run` against
+the demo control plane over mutual TLS on loopback.
+
+* SIGKILL during order admission while the control plane serves hundreds of
+  orders: every valid order is admitted exactly once, with its evidence; no
+  valid order is ever recorded as a replay; forged replays are still refused.
+* Wall-clock steps both ways with libfaketime (the monotonic clock stays
+  real): snapshots and delivery continue, the control plane never sees a gap,
+  and each step is logged and recorded.
+* Two daemons on one state directory: the second exits non-zero at once,
+  naming the first one's pid; the first one's status socket stays.
+
+Each test adds one line (kills, orders, bundles, gaps, duplicates) to the
+"fault campaign" section of the pytest terminal summary.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.exc import OperationalError
+
+from demo.control_plane.app import build_summary
+from demo.control_plane.dsse import ORDER_TYPE, canonical, sign
+from reconciler.ops.status_server import unix_get
+from reconciler.store.database import StoreError, open_store
+from reconciler.trust.keys import generate_key_file
+from tests.harness.require import require_tool, unavailable
+from tests.support.control_plane import REPO_ROOT, ControlPlaneThread, wait_for
+from tests.support.fault_report import report
+from tests.support.tls import TlsFiles, make_tls
+
+pytestmark = pytest.mark.integration
+
+SITE, HOST = "clinic-1", "host-fault"
+ORDERS = int(os.environ.get("FAULT_TEST_ORDERS", "300"))
+KILLS = int(os.environ.get("FAULT_TEST_KILLS", "15"))
+FAKETIME_LIBS = ("/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1",
+                 "/usr/lib/aarch64-linux-gnu/faketime/libfaketimeMT.so.1")
+
+
+# -- helpers -----------------------------------------------------------------------
+
+def _query(db: Path, sql: str) -> list[tuple[Any, ...]]:
+    """Rows from the agent's state DB, read-only; [] while it does not exist yet."""
+    if not db.exists():
+        return []
+    try:
+        store = open_store(db, readonly=True)
+    except StoreError:
+        return []  # created but not migrated yet: the daemon was killed early
+    try:
+        with store.begin() as conn:
+            return [tuple(r) for r in conn.execute(text(sql)).all()]
+    except OperationalError:
+        return []
+    finally:
+        store.close()
+
+
+def _order_rows(db: Path) -> list[tuple[str, str]]:
+    return [(r[0], r[1]) for r in _query(
+        db, "SELECT order_id, outcome FROM evidence_bundles WHERE check_name = 'order'")]
+
+
+def _undelivered(db: Path) -> int:
+    rows = _query(db, "SELECT COUNT(*) FROM outbox WHERE state != 'delivered'")
+    return int(rows[0][0]) if rows else -1
+
+
+def _bundles(db: Path, check: str | None = None) -> int:
+    where = f" WHERE check_name = '{check}'" if check else ""
+    rows = _query(db, f"SELECT COUNT(*) FROM evidence_bundles{where}")  # noqa: S608
+    return int(rows[0][0]) if rows else 0
+
+
+class Agent:
+    """Config, state and log of one agent under test, and its daemon processes."""
+
+    def __init__(self, tmp: Path, tls: TlsFiles, cp: ControlPlaneThread, **extra: Any) -> None:
+        self.tmp = tmp
+        (tmp / "baseline.json").write_text(json.dumps({
+            "version": 1, "policy_version": "1.0", "encryption": {"devices": []}}))
+        self.config = tmp / "config.json"
+        self.config.write_text(json.dumps({
+            "siteId": SITE, "hostId": HOST, "deploymentMode": "direct",
+            "baselinePath": str(tmp / "baseline.json"),
+            "clientCertFile": str(tls.client_cert), "clientKeyFile": str(tls.client_key),
+            "signingKeyFile": str(tmp / "signing.key"), "caCertFile": str(tls.ca_cert),
+            "mcpPublicKeys": [bytes(cp.signing_key.verify_key).hex()], "mcpUrl": cp.url(),
+            "allowedHosts": ["localhost"], "stateDirectory": str(tmp / "state"),
+            "statusSocket": None, "pollInterval": 1, "orderTtl": 3600, **extra,
+        }))
+        self.db = tmp / "state" / "state.db"
+        self.log_path = tmp / "daemon.log"
+
+    def start(self, env: dict[str, str] | None = None,
+              stderr: int | None = None) -> subprocess.Popen[bytes]:
+        argv = [sys.executable, "-m", "reconciler.cli", "run", "--config", str(self.config)]
+        with self.log_path.open("ab") as log:
+            return subprocess.Popen(argv, cwd=REPO_ROOT, stdout=log,
+                                    stderr=stderr if stderr is not None else log,
+                                    env={**os.environ, **(env or {})})
+
+
+def parts(tmp: Path) -> tuple[TlsFiles, str]:
+    """TLS files and the agent's signing key (its public half for the control plane)."""
+    return make_tls(tmp / "tls"), generate_key_file(tmp / "signing.key").public_key_hex
+
+
+@contextmanager
+def running(proc: subprocess.Popen[bytes]) -> Iterator[subprocess.Popen[bytes]]:
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(10)
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(15) == 0, "the daemon stops cleanly on SIGTERM"
+
+
+def signed_order(cp: ControlPlaneThread, order_id: str, nonce: str, action: str,
+                 host: str = HOST) -> dict[str, Any]:
+    payload = {
+        "order_id": order_id, "site_id": SITE, "host_id": host, "nonce": nonce,
+        "issued_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "ttl_seconds": 3600, "action": action, "params": {},
+    }
+    return sign(cp.signing_key, canonical(payload), ORDER_TYPE)
+
+
+class GapWatch:
+    """Samples the control plane's chain while the test runs: a gap is a bundle
+    stored there while an earlier one of the chain is not."""
+
+    def __init__(self, cp: ControlPlaneThread) -> None:
+        self.cp = cp
+        self.max_gaps = 0
+        self.samples = 0
+
+    def sample(self) -> dict[str, Any]:
+        summary = build_summary(self.cp.storage)
+        self.samples += 1
+        self.max_gaps = max(self.max_gaps, summary["gaps"])
+        return summary
+
+    def until(self, predicate: Callable[[], bool], timeout: float, what: str) -> None:
+        def check() -> bool:
+            self.sample()
+            return predicate()
+
+        wait_for(check, timeout, what)
+
+
+# -- SIGKILL during order admission --------------------------------------------------
+
+def test_sigkill_during_order_admission_admits_every_order_exactly_once(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    rng = random.Random(int(os.environ.get("CRASH_TEST_SEED", str(time.time_ns()))))
+    tls, agent_key = parts(tmp_path)
+    with ControlPlaneThread(tls, tmp_path / "cp.db", [agent_key]) as cp:
+        agent = Agent(tmp_path, tls, cp, evidenceSnapshotInterval=3600)
+        valid: list[str] = []
+        foreign: list[str] = []
+        forged: list[str] = []
+        nonces: list[str] = []
+
+        def add_orders(n: int) -> None:
+            for _ in range(n):
+                r = rng.random()
+                oid = "ord_" + secrets.token_hex(6)
+                if r < 0.05 and nonces:  # a forged replay: another order reusing a nonce
+                    forged.append(oid)
+                    env = signed_order(cp, oid, rng.choice(nonces), "reconcile_now")
+                elif r < 0.10:  # for another host: refused
+                    foreign.append(oid)
+                    env = signed_order(cp, oid, secrets.token_hex(16), "reconcile_now",
+                                       host="someone-else")
+                else:
+                    nonce = secrets.token_hex(16)
+                    nonces.append(nonce)
+                    valid.append(oid)
+                    env = signed_order(cp, oid, nonce,
+                                       rng.choice(["reconcile_now", "collect_evidence"]))
+                cp.storage.add_order(SITE, HOST, env)
+
+        kills = 0
+        kills_mid_page = 0
+        added = 0
+        deadline = time.monotonic() + 240
+        per_round = max(2, ORDERS // KILLS)
+        while (added < ORDERS or kills < KILLS) and time.monotonic() < deadline:
+            # Every round brings new orders (so the run has admission work to be
+            # killed in), some rounds more than a page of them.
+            batch = rng.randint(per_round // 2, per_round * 2)
+            add_orders(batch)
+            added += batch
+            handled = len(_order_rows(agent.db))
+            with running(agent.start()) as proc:
+                wait_for(lambda p=proc, h=handled: p.poll() is not None
+                         or len(_order_rows(agent.db)) > h, 60, "an order to be handled")
+                assert proc.poll() is None, "daemon exited on its own: see daemon.log"
+                time.sleep(rng.uniform(0.0, 0.5))  # the random kill point, not a wait
+                proc.send_signal(signal.SIGKILL)
+                proc.wait(10)
+                kills += 1
+            if len({o for o, _ in _order_rows(agent.db)}) < added:
+                kills_mid_page += 1  # killed with orders still to handle
+        # A last run handles what is left and drains the outbox, then stops cleanly.
+        total_orders = len(valid) + len(foreign) + len(forged)
+        gaps = GapWatch(cp)
+        with running(agent.start()) as proc:
+            gaps.until(lambda: {o for o, _ in _order_rows(agent.db)} >= set(valid + foreign
+                                                                              + forged),
+                       120, "every order to be handled")
+            gaps.until(lambda: _undelivered(agent.db) == 0, 120, "the outbox to drain")
+            stop(proc)
+
+        rows = _order_rows(agent.db)
+        per_order = Counter(o for o, _ in rows)
+        outcomes = {(o, oc) for o, oc in rows}
+        double = [o for o in valid if per_order[o] != 1]
+        refused_valid = [o for o in valid if (o, "rejected") in outcomes]
+        summary = gaps.sample()
+        index = _query(agent.db, "SELECT bundle_id FROM evidence_bundles ORDER BY sequence")
+        triggers = {r[0] for r in _query(agent.db, "SELECT order_id FROM order_triggers")}
+        report(request.config, (
+            f"order admission under SIGKILL: kills={kills} (mid-page {kills_mid_page}) "
+            f"orders={total_orders} valid={len(valid)} admitted_once="
+            f"{sum(per_order[o] == 1 for o in valid)} forged_replays={len(forged)} "
+            f"foreign={len(foreign)} spurious_replayed={len(refused_valid)} "
+            f"bundles={len(index)} gaps={summary['gaps']} "
+            f"duplicates={len(double) + sum(len(h['forks']) for h in summary['hosts'].values())}"
+            f" redeliveries_deduplicated={summary['duplicates_suppressed']}"))
+        assert len(valid) >= ORDERS * 0.8 and kills >= KILLS
+        assert not double, f"valid orders not admitted exactly once: {double[:5]}"
+        assert not refused_valid, f"valid orders recorded as refused: {refused_valid[:5]}"
+        assert all((o, "success") in outcomes for o in valid)
+        assert set(valid) <= triggers and not (set(forged) | set(foreign)) & triggers
+        assert all((o, "rejected") in outcomes for o in forged + foreign)
+        assert summary["chain_intact"] and summary["gaps"] == 0 and gaps.max_gaps == 0
+        assert {e.bundle_id for e in cp.storage.evidence()} == {r[0] for r in index}
