@@ -260,3 +260,116 @@ def test_sigkill_during_order_admission_admits_every_order_exactly_once(
         assert all((o, "rejected") in outcomes for o in forged + foreign)
         assert summary["chain_intact"] and summary["gaps"] == 0 and gaps.max_gaps == 0
         assert {e.bundle_id for e in cp.storage.evidence()} == {r[0] for r in index}
+
+
+# -- wall-clock steps (libfaketime) ----------------------------------------------------
+
+def _faketime_lib() -> str:
+    require_tool("faketime")  # Debian package faketime (scripts/debian-packages.txt)
+    for lib in FAKETIME_LIBS:
+        if Path(lib).exists():
+            return lib
+    unavailable("libfaketimeMT.so.1 not found (install the Debian package faketime)")
+
+
+def test_wall_clock_steps_neither_stall_nor_reorder_snapshots_and_delivery(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    lib = _faketime_lib()
+    offset = tmp_path / "faketime.offset"
+    offset.write_text("+0s\n")
+    env = {
+        "LD_PRELOAD": lib,
+        "FAKETIME_TIMESTAMP_FILE": str(offset),  # read again on every call:
+        "FAKETIME_NO_CACHE": "1",  # so rewriting it steps the daemon's clock
+        "FAKETIME_DONT_FAKE_MONOTONIC": "1",  # the monotonic clock stays real
+    }
+    tls, agent_key = parts(tmp_path)
+    with ControlPlaneThread(tls, tmp_path / "cp.db", [agent_key]) as cp:
+        agent = Agent(tmp_path, tls, cp, evidenceSnapshotInterval=1)
+        gaps = GapWatch(cp)
+
+        def delivered() -> int:
+            return len(cp.storage.evidence())
+
+        def more_snapshots(n: int) -> Callable[[], bool]:
+            start = _bundles(agent.db, "encryption")
+            return lambda: _bundles(agent.db, "encryption") >= start + n
+
+        phases: list[str] = []
+        with running(agent.start(env=env)) as proc:
+            gaps.until(lambda: delivered() >= 3, 60, "the first bundles to arrive")
+            # +3 days while the control plane is down: retries get scheduled then.
+            cp.set_outage(True)
+            offset.write_text("+3d\n")
+            gaps.until(lambda: _query(agent.db, "SELECT COUNT(*) FROM outbox WHERE"
+                                      " state = 'queued' AND attempts > 0")[0][0] >= 3,
+                       60, "bundles to fail delivery with the clock 3 days ahead")
+            gaps.until(more_snapshots(3), 60, "snapshots with the clock 3 days ahead")
+            phases.append("+3d outage")
+            # Corrected, and the control plane is back: everything drains, in order.
+            offset.write_text("+0s\n")
+            cp.set_outage(False)
+            gaps.until(more_snapshots(3), 60, "snapshots after the correction")
+            gaps.until(lambda: _undelivered(agent.db) == 0, 90,
+                       "the queue to drain after the correction (nothing parked 72 h ahead)")
+            phases.append("-3d")
+            # 2 h back: periodic snapshots must go on, and be delivered.
+            offset.write_text("-2h\n")
+            gaps.until(more_snapshots(3), 60, "snapshots with the clock 2 h back")
+            gaps.until(lambda: _undelivered(agent.db) == 0, 90, "delivery with the clock 2 h back")
+            phases.append("-2h")
+            offset.write_text("+0s\n")
+            gaps.until(more_snapshots(2), 60, "snapshots after the clock came back")
+            gaps.until(lambda: _undelivered(agent.db) == 0, 90, "the final drain")
+            phases.append("+2h")
+            stop(proc)
+
+        summary = gaps.sample()
+        index = _query(agent.db, "SELECT bundle_id FROM evidence_bundles ORDER BY sequence")
+        steps = _bundles(agent.db, "clock_step")
+        log = agent.log_path.read_text()
+        report(request.config, (
+            f"wall-clock steps {' '.join(phases)}: kills=0 orders=0 bundles={len(index)} "
+            f"delivered={delivered()} gaps_max_seen={gaps.max_gaps} (samples {gaps.samples}) "
+            f"duplicates={sum(len(h['forks']) for h in summary['hosts'].values())} "
+            f"clock_step_bundles={steps}"))
+        assert gaps.max_gaps == 0, "the control plane saw a bundle before its predecessor"
+        assert summary["chain_intact"] and summary["gaps"] == 0
+        assert {e.bundle_id for e in cp.storage.evidence()} == {r[0] for r in index}
+        assert steps >= 4 and log.count("wall clock stepped") >= 4
+
+
+# -- two daemons on one state directory -----------------------------------------------
+
+def test_a_second_daemon_on_the_same_state_directory_exits_naming_the_first(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    tls, agent_key = parts(tmp_path)
+    sock = tmp_path / "run" / "status.sock"
+    with ControlPlaneThread(tls, tmp_path / "cp.db", [agent_key]) as cp:
+        agent = Agent(tmp_path, tls, cp, evidenceSnapshotInterval=60, statusSocket=str(sock))
+
+        def answers() -> bool:
+            try:
+                return unix_get(sock, "/healthz", timeout=1)[0] == 200
+            except OSError:
+                return False
+
+        with running(agent.start()) as first:
+            wait_for(lambda: first.poll() is not None or answers(), 30, "the status socket")
+            assert first.poll() is None, "the first daemon exited: see daemon.log"
+            with running(agent.start(stderr=subprocess.PIPE)) as second:
+                try:
+                    _, err = second.communicate(timeout=30)
+                except subprocess.TimeoutExpired:
+                    pytest.fail("the second daemon kept running on a locked state directory")
+            assert second.returncode != 0
+            assert f"pid {first.pid}" in err.decode(), err.decode()
+            assert first.poll() is None and answers(), "the first daemon and its socket live on"
+            stop(first)
+        assert not sock.exists(), "the owner removes its socket when it stops"
+        report(request.config, (
+            f"two daemons: second exit={second.returncode} naming pid {first.pid}; "
+            f"first socket intact; kills=0 orders=0 bundles={_bundles(agent.db)} gaps=0 "
+            f"duplicates=0"))
