@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 from tests.harness.netns import NetNamespace
-from tests.support.fault_report import write_summary
 from tests.harness.require import require_root, require_tool
 from tests.harness.sdbox import SystemdContainer, ensure_rootfs, reap_stale
+from tests.support.fault_report import write_summary
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

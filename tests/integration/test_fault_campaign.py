@@ -85,7 +85,7 @@ def _undelivered(db: Path) -> int:
 
 def _bundles(db: Path, check: str | None = None) -> int:
     where = f" WHERE check_name = '{check}'" if check else ""
-    rows = _query(db, f"SELECT COUNT(*) FROM evidence_bundles{where}")  # noqa: S608
+    rows = _query(db, f"SELECT COUNT(*) FROM evidence_bundles{where}")
     return int(rows[0][0]) if rows else 0
 
 
@@ -176,7 +176,8 @@ class GapWatch:
 def test_sigkill_during_order_admission_admits_every_order_exactly_once(
     tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
-    rng = random.Random(int(os.environ.get("CRASH_TEST_SEED", str(time.time_ns()))))
+    seed = int(os.environ.get("CRASH_TEST_SEED", str(time.time_ns())))
+    rng = random.Random(seed)
     tls, agent_key = parts(tmp_path)
     with ControlPlaneThread(tls, tmp_path / "cp.db", [agent_key]) as cp:
         agent = Agent(tmp_path, tls, cp, evidenceSnapshotInterval=3600)
@@ -251,7 +252,7 @@ def test_sigkill_during_order_admission_admits_every_order_exactly_once(
             f"foreign={len(foreign)} spurious_replayed={len(refused_valid)} "
             f"bundles={len(index)} gaps={summary['gaps']} "
             f"duplicates={len(double) + sum(len(h['forks']) for h in summary['hosts'].values())}"
-            f" redeliveries_deduplicated={summary['duplicates_suppressed']}"))
+            f" redeliveries_deduplicated={summary['duplicates_suppressed']} seed={seed}"))
         assert len(valid) >= ORDERS * 0.8 and kills >= KILLS
         assert not double, f"valid orders not admitted exactly once: {double[:5]}"
         assert not refused_valid, f"valid orders recorded as refused: {refused_valid[:5]}"
