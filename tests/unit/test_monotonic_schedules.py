@@ -1,13 +1,17 @@
-"""Periodic evidence snapshots run on the monotonic clock (issue 14, finding 3):
-a wall clock stepped back 2 h must not stop them, one stepped forward must not
-hurry them."""
+"""Schedules are immune to wall-clock steps (issue 14, finding 3): periodic
+evidence snapshots run on the monotonic clock (a wall clock stepped back 2 h
+must not stop them, one stepped forward must not hurry them), and a persisted
+action backoff never outlasts the delay it was given."""
 
 from __future__ import annotations
 
 from datetime import timedelta
+from pathlib import Path
 
 from reconciler.evidence.recorder import EvidenceRecorder
 from reconciler.runtime.reconcile import ReconcileResult
+from reconciler.store.database import open_store
+from reconciler.store.status import StatusStore
 from tests.unit.test_trust_support import T0
 
 
@@ -41,3 +45,19 @@ def test_snapshots_follow_the_monotonic_clock_whatever_the_wall_clock_does() -> 
     mono[0] += 60
     rec(result(3 * 86400 + 60))
     assert len(writer.checks) == 3
+
+
+def test_an_action_backoff_written_by_a_clock_3_days_ahead_does_not_hold_for_3_days(
+    tmp_path: Path,
+) -> None:
+    store = open_store(tmp_path / "state.db")
+    status = StatusStore(store)
+    ahead = T0 + timedelta(days=3)
+    nxt = status.note_attempt("services/restart:sshd", ahead, base=10, cap=900)
+    assert nxt == ahead + timedelta(seconds=10)
+    # The clock is corrected: the wait left is the delay that was scheduled.
+    assert status.backoff_until("services/restart:sshd", T0) == T0 + timedelta(seconds=10)
+    # A normal, unstepped wait is unchanged.
+    assert status.backoff_until("services/restart:sshd", ahead) == nxt
+    assert status.backoff_until("services/restart:sshd") == nxt
+    store.close()
