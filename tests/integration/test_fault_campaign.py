@@ -109,6 +109,12 @@ class Agent:
         self.db = tmp / "state" / "state.db"
         self.log_path = tmp / "daemon.log"
 
+    def started_runs(self) -> int:
+        """How many daemon runs have logged that they are up (READY)."""
+        if not self.log_path.exists():
+            return 0
+        return self.log_path.read_text(errors="replace").count("msg=started")
+
     def start(self, env: dict[str, str] | None = None,
               stderr: int | None = None) -> subprocess.Popen[bytes]:
         argv = [sys.executable, "-m", "reconciler.cli", "run", "--config", str(self.config)]
@@ -146,6 +152,17 @@ def signed_order(cp: ControlPlaneThread, order_id: str, nonce: str, action: str,
         "ttl_seconds": 3600, "action": action, "params": {},
     }
     return sign(cp.signing_key, canonical(payload), ORDER_TYPE)
+
+
+def assert_all_delivered_or_queued(db: Path, cp: ControlPlaneThread) -> None:
+    """Nothing lost, nothing foreign: every indexed bundle is at the control plane or
+    still queued (one written while the daemon stopped), and it holds nothing else."""
+    index = {r[0] for r in _query(db, "SELECT bundle_id FROM evidence_bundles")}
+    queued = {r[0] for r in _query(db, "SELECT bundle_id FROM outbox WHERE state = 'queued'")}
+    at_cp = {e.bundle_id for e in cp.storage.evidence()}
+    assert at_cp <= index, "the control plane holds bundles the agent never indexed"
+    assert index - at_cp <= queued, "indexed bundles neither delivered nor queued"
+    assert len(queued - at_cp) <= 3, "more than a stop's worth of bundles left undelivered"
 
 
 class GapWatch:
@@ -213,7 +230,7 @@ def test_sigkill_during_order_admission_admits_every_order_exactly_once(
         while (added < ORDERS or kills < KILLS) and time.monotonic() < deadline:
             # Every round brings new orders (so the run has admission work to be
             # killed in), some rounds more than a page of them.
-            batch = rng.randint(per_round // 2, per_round * 2)
+            batch = rng.choice([per_round // 2, per_round, per_round * 4])
             add_orders(batch)
             added += batch
             handled = len(_order_rows(agent.db))
@@ -221,7 +238,7 @@ def test_sigkill_during_order_admission_admits_every_order_exactly_once(
                 wait_for(lambda p=proc, h=handled: p.poll() is not None
                          or len(_order_rows(agent.db)) > h, 60, "an order to be handled")
                 assert proc.poll() is None, "daemon exited on its own: see daemon.log"
-                time.sleep(rng.uniform(0.0, 0.5))  # the random kill point, not a wait
+                time.sleep(rng.uniform(0.0, 0.1))  # the random kill point, not a wait
                 proc.send_signal(signal.SIGKILL)
                 proc.wait(10)
                 kills += 1
@@ -230,7 +247,10 @@ def test_sigkill_during_order_admission_admits_every_order_exactly_once(
         # A last run handles what is left and drains the outbox, then stops cleanly.
         total_orders = len(valid) + len(foreign) + len(forged)
         gaps = GapWatch(cp)
+        up = agent.started_runs()
         with running(agent.start()) as proc:
+            # Up first (SIGTERM before start-up ends is not the clean stop tested here).
+            wait_for(lambda: agent.started_runs() > up, 60, "the last run to start")
             gaps.until(lambda: {o for o, _ in _order_rows(agent.db)} >= set(valid + foreign
                                                                               + forged),
                        120, "every order to be handled")
@@ -254,13 +274,14 @@ def test_sigkill_during_order_admission_admits_every_order_exactly_once(
             f"duplicates={len(double) + sum(len(h['forks']) for h in summary['hosts'].values())}"
             f" redeliveries_deduplicated={summary['duplicates_suppressed']} seed={seed}"))
         assert len(valid) >= ORDERS * 0.8 and kills >= KILLS
+        assert kills_mid_page >= 3, "too few kills landed while orders were being admitted"
         assert not double, f"valid orders not admitted exactly once: {double[:5]}"
         assert not refused_valid, f"valid orders recorded as refused: {refused_valid[:5]}"
         assert all((o, "success") in outcomes for o in valid)
         assert set(valid) <= triggers and not (set(forged) | set(foreign)) & triggers
         assert all((o, "rejected") in outcomes for o in forged + foreign)
         assert summary["chain_intact"] and summary["gaps"] == 0 and gaps.max_gaps == 0
-        assert {e.bundle_id for e in cp.storage.evidence()} == {r[0] for r in index}
+        assert_all_delivered_or_queued(agent.db, cp)
 
 
 # -- wall-clock steps (libfaketime) ----------------------------------------------------
@@ -337,7 +358,7 @@ def test_wall_clock_steps_neither_stall_nor_reorder_snapshots_and_delivery(
             f"clock_step_bundles={steps}"))
         assert gaps.max_gaps == 0, "the control plane saw a bundle before its predecessor"
         assert summary["chain_intact"] and summary["gaps"] == 0
-        assert {e.bundle_id for e in cp.storage.evidence()} == {r[0] for r in index}
+        assert_all_delivered_or_queued(agent.db, cp)
         assert steps >= 4 and log.count("wall clock stepped") >= 4
 
 
