@@ -115,9 +115,6 @@ class NonceStore:
             ).fetchone()
         return NonceUse.fresh if row is None else _classify(row, order_id, payload_sha256)
 
-    def seen(self, nonce: str) -> bool:
-        return self.lookup(nonce, "", "") is not NonceUse.fresh
-
     def close(self) -> None:
         """Close this thread's read connection (others close when their thread's
         NonceStore is garbage collected)."""
