@@ -88,6 +88,7 @@ class ControlPlaneLoop:
         self.clock_steps = clock_steps or ClockStepDetector(wall=lambda: clock().timestamp())
         self.stats = ControlPlaneStats()
         self.recent_verdicts: deque[AdmissionVerdict] = deque(maxlen=50)  # for status and the demo
+        self._delivery_backoff = 0.0  # seconds until the deliverer's backoff ends
         self._stop = threading.Event()
         self._kick = threading.Event()
         self._poll_requested = threading.Event()
@@ -134,9 +135,8 @@ class ControlPlaneLoop:
             self.deliver_once()
             if not self._poll_requested.is_set():
                 wait = next_poll - time.monotonic()
-                backoff = self.deliverer.wait_seconds()
-                if backoff > 0:
-                    wait = min(wait, backoff)
+                if self._delivery_backoff > 0:  # wake when the delivery backoff ends
+                    wait = min(wait, self._delivery_backoff)
                 self._kick.wait(min(5.0, max(0.2, wait)))
             self._kick.clear()
 
@@ -243,6 +243,7 @@ class ControlPlaneLoop:
             self._note_error("delivery", e)
             return
         self.stats.delivered += result.delivered
+        self._delivery_backoff = self.deliverer.wait_seconds()
         if self.checkpoints is not None:
             try:
                 self.checkpoints.deliver_once()  # after the bundles it covers

@@ -200,7 +200,7 @@ class EvidenceWriter:
                 raise
 
     @contextmanager
-    def transaction(self) -> Iterator[Connection]:
+    def transaction(self) -> Iterator[Transaction]:
         """A write transaction in which the caller may `append` bundles beside
         its own writes (e.g. an order's nonce and trigger): all commit together
         or none does, and the files of a rolled-back transaction are removed.
