@@ -347,5 +347,5 @@ def test_nonce_is_kept_for_the_orders_own_signed_lifetime(store: Store) -> None:
     assert admission(store, order_ttl=600, clock=lambda: later(900)).admit(
         sign_order(order_payload(order_id="ord-2", issued_at="2026-03-01T12:14:50Z"))
     ).admitted
-    replay = admission(store, order_ttl=7200, clock=lambda: later(1000)).admit(order)
-    assert (replay.admitted, replay.reason) == (False, "Replayed")
+    again = admission(store, order_ttl=7200, clock=lambda: later(1000)).admit(order)
+    assert (again.admitted, again.reason) == (False, "AlreadyAdmitted")  # not run again
