@@ -85,11 +85,21 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
                      "(the daemon is 'compliance-agent run')")
     cfg = _load_cfg(args.config)
     setup_logging("WARNING" if not args.verbose else "DEBUG")
+    from contextlib import nullcontext
+
     from reconciler.cli.views import render_pass
     from reconciler.runtime.agent import exit_code_for
     from reconciler.service import reconcile_once
+    from reconciler.store.instance_lock import InstanceLockError, acquire
 
-    report = reconcile_once(cfg, dry_run=args.dry_run)
+    try:
+        # A pass that may act must not run beside the daemon (or another pass);
+        # a dry run changes nothing and may.
+        lock = nullcontext() if args.dry_run else acquire(cfg.state_directory)
+    except InstanceLockError as e:
+        return _fail(f"cannot reconcile: {e}")
+    with lock:
+        report = reconcile_once(cfg, dry_run=args.dry_run)
     if args.output == "json":
         print(json.dumps(render_pass(report, as_json=True), indent=2, default=str))
     else:

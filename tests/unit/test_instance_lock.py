@@ -89,3 +89,20 @@ def test_a_stale_socket_is_replaced(tmp_path: Path) -> None:
     srv.start()
     assert unix_get(sock, "/healthz")[0] == 200
     srv.stop()
+
+
+def test_a_pass_that_may_act_is_refused_beside_a_running_daemon(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from reconciler.cli.main import main
+    from specs.config import load_config
+    from tests.unit.test_trust_support import write_config
+
+    cfg = write_config(tmp_path)
+    held = acquire(load_config(cfg).state_directory)  # as `compliance-agent run` holds it
+    try:
+        assert main(["reconcile", "--once", "--config", str(cfg)]) == 2
+        err = capsys.readouterr().err
+        assert "cannot reconcile" in err and f"pid {os.getpid()}" in err
+    finally:
+        held.release()
