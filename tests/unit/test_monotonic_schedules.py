@@ -61,3 +61,18 @@ def test_an_action_backoff_written_by_a_clock_3_days_ahead_does_not_hold_for_3_d
     assert status.backoff_until("services/restart:sshd", ahead) == nxt
     assert status.backoff_until("services/restart:sshd") == nxt
     store.close()
+
+
+def test_a_backward_wall_clock_step_does_not_stop_snapshots_with_the_real_clock() -> None:
+    """The same with the recorder's own (real) monotonic clock: results stamped
+    2 h in the past still get their periodic snapshot once the interval passes."""
+    import time
+
+    writer = Writer()
+    rec = EvidenceRecorder(writer, 0.05, lambda: None)  # type: ignore[arg-type]
+    rec(result(0))
+    deadline = time.monotonic() + 5
+    while len(writer.checks) < 2 and time.monotonic() < deadline:
+        rec(result(-7200))  # every later pass is stamped by a clock stepped back 2 h
+        time.sleep(0.01)  # between passes; bounded by the deadline
+    assert len(writer.checks) == 2, "periodic snapshots stopped after a backward step"
