@@ -21,7 +21,7 @@ from enum import StrEnum
 
 from sqlalchemy import text
 
-from reconciler.store.database import Store, Transaction
+from reconciler.store.database import Store, StoreError, Transaction
 
 # Expired nonces are deleted at most this often (monotonic seconds): a DELETE
 # per admission is wasted work.
@@ -131,7 +131,7 @@ class NonceStore:
         is written and the answer says whether this was the same order again.
         """
         if self.readonly:
-            raise RuntimeError("claim() needs a writable nonce store")
+            raise StoreError("claiming an order nonce needs a writable state database")
         inserted = tx.execute(
             _INSERT_NONCE,
             {"n": claim.nonce, "o": claim.order_id, "a": now.timestamp(),
