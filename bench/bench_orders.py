@@ -113,7 +113,9 @@ def main() -> int:
             "admitted (admit_many)": rate(
                 f"admitted, admit_many batches of {args.batch}", n, batched
             ),
-            "replayed": rate("rejected Replayed (nonce lookup)", n, single(fresh_batch, False)),
+            "seen again": rate(
+                "seen again: AlreadyAdmitted (nonce lookup)", n, single(fresh_batch, False)
+            ),
             "unknown key": rate("rejected UnknownKey", n, single(unknown, False)),
             "wrong host": rate("rejected WrongHost (verify + parse)", n, single(wrong_host, False)),
             "expired": rate("rejected Expired", n, single(expired, False)),

@@ -171,7 +171,8 @@ def story(state: Path, config: Path, cp: ControlPlane, box: Any, pki: Any,
     for env in orders.values():
         cp.storage().add_order(cfg.site_id, cfg.host_id, env)
     loop.poll_once()
-    cp.storage().add_order(cfg.site_id, cfg.host_id, orders["valid restart_service"])  # replay
+    # Served again (as after a crash before the cursor was saved): recognised, not run twice.
+    cp.storage().add_order(cfg.site_id, cfg.host_id, orders["valid restart_service"])
     loop.poll_once()
     print_verdicts(loop)
     before = box.run(["systemctl", "show", "-p", "ActiveEnterTimestampMonotonic", "--value",
@@ -364,10 +365,10 @@ def signed_orders(cp: ControlPlane, cfg: Any) -> dict[str, dict[str, Any]]:
     from demo.control_plane.dsse import sign
 
     def order(action: str, params: dict[str, Any], *, host: str | None = None,
-              issued: datetime | None = None, ttl: int = 600) -> bytes:
+              issued: datetime | None = None, ttl: int = 600, nonce: str | None = None) -> bytes:
         return json.dumps({
             "order_id": f"ord-{secrets.token_hex(4)}", "site_id": cfg.site_id,
-            "host_id": host or cfg.host_id, "nonce": secrets.token_hex(16),
+            "host_id": host or cfg.host_id, "nonce": nonce or secrets.token_hex(16),
             "issued_at": (issued or datetime.now(UTC)).strftime("%Y-%m-%dT%H:%M:%SZ"),
             "ttl_seconds": ttl, "action": action, "params": params,
         }).encode()
@@ -383,6 +384,10 @@ def signed_orders(cp: ControlPlane, cfg: Any) -> dict[str, dict[str, Any]]:
                         issued=datetime.now(UTC) - timedelta(hours=2), ttl=60), ptype),
         "foreign host": sign(cp.signing_key, order("run_backup", {"job": "daily"},
                              host="front-desk-2"), ptype),
+        # another order reusing the valid one's nonce: a replay attack
+        "replayed nonce": sign(cp.signing_key, order(
+            "rebuild", {"target": "github:evil/x#h"},
+            nonce=json.loads(restart)["nonce"]), ptype),
     }
 
 

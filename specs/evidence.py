@@ -30,6 +30,7 @@ PRUNE_CHECK = "evidence_prune"
 # by the product; the rest are our reading of the rule:
 #   services -> 164.308(a)(1)(ii)(B) risk management: required safeguards keep running
 #   time     -> 164.312(b) audit controls: audit records need trustworthy timestamps
+#   clock_step -> 164.312(b) likewise: a wall-clock step the agent noticed
 #   egress   -> 164.312(e)(1) transmission security: only allowed destinations
 #   order    -> 164.312(d) person or entity authentication of remote requests
 #   evidence_prune / prune -> 164.316(b)(2)(i) documentation retention
@@ -42,6 +43,7 @@ HIPAA_CONTROLS: dict[str, list[str]] = {
     "encryption": ["164.312(a)(2)(iv)", "164.312(e)(2)(ii)"],
     "services": ["164.308(a)(1)(ii)(B)"],
     "time": ["164.312(b)"],
+    "clock_step": ["164.312(b)"],
     "egress": ["164.312(e)(1)"],
     "order": ["164.312(d)"],
     "prune": ["164.316(b)(2)(i)"],

@@ -61,13 +61,19 @@ def cmd_run(args: argparse.Namespace) -> int:
     cfg = _load_cfg(args.config)
     setup_logging(cfg.log_level.value)
     from reconciler.service import StartupError, build_daemon
+    from reconciler.store.instance_lock import InstanceLockError, acquire
 
     try:
-        daemon = build_daemon(cfg)
-    except StartupError as e:
+        lock = acquire(cfg.state_directory)  # held until this process ends
+    except InstanceLockError as e:
         return _fail(f"cannot start: {e}")
-    daemon.install_signal_handlers()
-    return daemon.run()
+    with lock:
+        try:
+            daemon = build_daemon(cfg)
+        except StartupError as e:
+            return _fail(f"cannot start: {e}")
+        daemon.install_signal_handlers()
+        return daemon.run()
 
 
 # -- reconcile --once ----------------------------------------------------------
@@ -79,11 +85,21 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
                      "(the daemon is 'compliance-agent run')")
     cfg = _load_cfg(args.config)
     setup_logging("WARNING" if not args.verbose else "DEBUG")
+    from contextlib import nullcontext
+
     from reconciler.cli.views import render_pass
     from reconciler.runtime.agent import exit_code_for
     from reconciler.service import reconcile_once
+    from reconciler.store.instance_lock import InstanceLockError, acquire
 
-    report = reconcile_once(cfg, dry_run=args.dry_run)
+    try:
+        # A pass that may act must not run beside the daemon (or another pass);
+        # a dry run changes nothing and may.
+        lock = nullcontext() if args.dry_run else acquire(cfg.state_directory)
+    except InstanceLockError as e:
+        return _fail(f"cannot reconcile: {e}")
+    with lock:
+        report = reconcile_once(cfg, dry_run=args.dry_run)
     if args.output == "json":
         print(json.dumps(render_pass(report, as_json=True), indent=2, default=str))
     else:

@@ -54,11 +54,20 @@ class TransientError(ControlPlaneError):
 
 
 class PermanentError(ControlPlaneError):
-    """The server refused this request for good (4xx other than 408/429)."""
+    """The server refused this request for good (4xx other than 408/429).
 
-    def __init__(self, message: str, status: int | None = None) -> None:
+    `from_control_plane` is True when the answer carries the control plane's
+    own error document (a JSON object with a string "error", docs/delivery.md):
+    only then is the refusal known to be about what was sent, rather than
+    coming from a proxy or middlebox on the way.
+    """
+
+    def __init__(
+        self, message: str, status: int | None = None, from_control_plane: bool = False
+    ) -> None:
         super().__init__(message)
         self.status = status
+        self.from_control_plane = from_control_plane
 
 
 @dataclass(frozen=True)
@@ -102,6 +111,17 @@ class ItemResult:
 
 def is_transient_status(status: int) -> bool:
     return status >= 500 or status in (408, 429)
+
+
+def _is_error_document(resp: httpx.Response) -> bool:
+    """The control plane's error shape: a JSON object with a string "error"."""
+    if "json" not in resp.headers.get("content-type", ""):
+        return False
+    try:
+        data = resp.json()
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return False
+    return isinstance(data, dict) and isinstance(data.get("error"), str)
 
 
 def check_private_key_file(path: Path) -> None:
@@ -237,7 +257,7 @@ class ControlPlaneClient:
             msg = f"{method} {path}: HTTP {resp.status_code}" + (f": {detail}" if detail else "")
             if is_transient_status(resp.status_code):
                 raise TransientError(msg, resp.status_code)
-            raise PermanentError(msg, resp.status_code)
+            raise PermanentError(msg, resp.status_code, _is_error_document(resp))
         return resp
 
     @staticmethod

@@ -27,7 +27,8 @@ from reconciler.delivery.baseline_resolver import BaselineResolver
 from reconciler.delivery.checkpoints import CheckpointDelivery
 from reconciler.delivery.client import ControlPlaneClient, ControlPlaneError
 from reconciler.delivery.deliverer import Deliverer
-from reconciler.evidence.writer import EvidenceWriter
+from reconciler.evidence.writer import EvidenceRequest, EvidenceWriter
+from reconciler.ops.clock_step import ClockStepDetector
 from reconciler.store.database import Store
 from reconciler.store.meta import ORDERS_CURSOR, MetaStore
 from reconciler.store.outbox import Outbox
@@ -43,8 +44,10 @@ class ControlPlaneStats:
     requested_polls: int = 0  # of `polls`, made at once on request (order wake-ups)
     poll_errors: int = 0
     orders_admitted: int = 0
+    orders_already_admitted: int = 0
     orders_refused: dict[str, int] = field(default_factory=dict)
     delivered: int = 0
+    clock_steps: int = 0
     last_error: str | None = None
     last_contact: datetime | None = None
     http_offset_ms: float | None = None
@@ -67,6 +70,7 @@ class ControlPlaneLoop:
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         rng: random.Random | None = None,
         checkpoints: CheckpointDelivery | None = None,
+        clock_steps: ClockStepDetector | None = None,
     ) -> None:
         self.client = client
         self.admission = admission
@@ -81,8 +85,10 @@ class ControlPlaneLoop:
         self.clock = clock
         self.rng = rng or random.Random()
         self.checkpoints = checkpoints
+        self.clock_steps = clock_steps or ClockStepDetector(wall=lambda: clock().timestamp())
         self.stats = ControlPlaneStats()
         self.recent_verdicts: deque[AdmissionVerdict] = deque(maxlen=50)  # for status and the demo
+        self._delivery_backoff = 0.0  # seconds until the deliverer's backoff ends
         self._stop = threading.Event()
         self._kick = threading.Event()
         self._poll_requested = threading.Event()
@@ -112,8 +118,11 @@ class ControlPlaneLoop:
         self._kick.set()
 
     def _run(self) -> None:
+        # Scheduled on the monotonic clock only: a wall-clock step (noticed and
+        # recorded by watch_clock) neither stalls nor hurries polls or delivery.
         next_poll = 0.0
         while not self._stop.is_set():
+            self.watch_clock()
             now = time.monotonic()
             if now >= next_poll:
                 self._poll_requested.clear()
@@ -125,8 +134,31 @@ class ControlPlaneLoop:
                 self.poll_once()
             self.deliver_once()
             if not self._poll_requested.is_set():
-                self._kick.wait(min(5.0, max(0.2, next_poll - time.monotonic())))
+                wait = next_poll - time.monotonic()
+                if self._delivery_backoff > 0:  # wake when the delivery backoff ends
+                    wait = min(wait, self._delivery_backoff)
+                self._kick.wait(min(5.0, max(0.2, wait)))
             self._kick.clear()
+
+    def watch_clock(self) -> None:
+        """Log and record a wall-clock step as evidence (check `clock_step`)."""
+        step = self.clock_steps.check()
+        if step is None:
+            return
+        self.stats.clock_steps += 1
+        before = datetime.fromtimestamp(step.wall_before, UTC).isoformat()
+        after = datetime.fromtimestamp(step.wall_after, UTC).isoformat()
+        log.warning("wall clock stepped", extra={
+            "reason": "ClockStep", "detail": f"{step.seconds:+.3f} s: {before} -> {after}"})
+        try:
+            self.writer.record(
+                check="clock_step", outcome=Outcome.alert,
+                pre_state={"expected_wall_time": before},
+                post_state={"wall_time": after, "step_seconds": round(step.seconds, 3)},
+                error=f"wall clock stepped {step.seconds:+.3f} s",
+            )
+        except Exception as e:  # a full disk must not stop the control-plane thread
+            self._note_error("clock step evidence", e)
 
     # -- one round ---------------------------------------------------------------
     def poll_once(self) -> None:
@@ -154,42 +186,54 @@ class ControlPlaneLoop:
         self.stats.last_contact = self.clock()
         self.stats.last_error = None
         for envelope in page.orders:
-            # the signature covers the payload, not this JSON's formatting
-            self.handle_order(json.dumps(envelope, separators=(",", ":")).encode())
+            try:
+                # the signature covers the payload, not this JSON's formatting
+                self.handle_order(json.dumps(envelope, separators=(",", ":")).encode())
+            except Exception as e:
+                # Not durable (disk full, database error): keep the cursor where it
+                # is so this order and the rest of the page are read again; the
+                # ones already handled are then recognised as AlreadyAdmitted.
+                log.error("order could not be recorded; it will be read again", extra={
+                    "reason": "OrderNotRecorded", "detail": f"{type(e).__name__}: {e}"[:300]})
+                self._note_error("orders", e)
+                return
+        # Only now: every order of the page is durably handled (admitted with its
+        # evidence, or refused with its evidence), so the cursor skips none.
         if page.cursor and page.cursor != cursor:
             self._save_cursor(page.cursor)
 
     def handle_order(self, raw: bytes) -> AdmissionVerdict:
-        """Admit or refuse one order envelope; evidence either way."""
-        verdict = self.admission.admit(raw)
+        """Admit or refuse one order envelope, with evidence either way.
+
+        The nonce, the trigger and the verdict's evidence (with its outbox entry)
+        commit in one transaction or not at all; an exception means nothing was
+        recorded and the order must be read again. An order admitted before
+        (`AlreadyAdmitted`) records nothing.
+        """
+        with self.writer.transaction() as tx:
+            verdict = self.admission.admit_in(tx, raw)
+            order = verdict.order
+            if not verdict.already_admitted:
+                if verdict.admitted and order is not None:
+                    kind, trigger = order_to_trigger(order)
+                    self.triggers.add_in(tx, kind, trigger, self.clock())
+                self.writer.append(tx, [_order_evidence(verdict, raw)])
         self.recent_verdicts.append(verdict)
-        order = verdict.order
-        if verdict.admitted and order is not None:
-            kind, trigger = order_to_trigger(order)
-            self.triggers.add(kind, trigger, self.clock())
+        if verdict.already_admitted:
+            self.stats.orders_already_admitted += 1
+            log.info("order seen again, admitted before", extra={
+                "reason": verdict.reason, "detail": str(verdict.order_id)})
+        elif verdict.admitted and order is not None:
+            kind, _ = order_to_trigger(order)
             self.stats.orders_admitted += 1
-            outcome = Outcome.success
             log.info("order admitted", extra={"resource": kind or "all", "reason": "Admitted",
                                               "detail": f"{order.order_id} {order.action.value}"})
+            self.on_admitted(kind, order.action.value)
         else:
             self.stats.orders_refused[verdict.reason] = (
                 self.stats.orders_refused.get(verdict.reason, 0) + 1)
-            outcome = Outcome(verdict.outcome or "rejected")
             log.warning("order refused", extra={"reason": verdict.reason,
                                                 "detail": verdict.message[:300]})
-        self.writer.record(
-            check="order",
-            outcome=outcome,
-            order_id=verdict.order_id,
-            pre_state={"order_id": verdict.order_id,
-                       "action": order.action.value if order else None,
-                       "envelope_sha256": _sha256(raw), "size": len(raw)},
-            post_state={"admitted": verdict.admitted, "reason": verdict.reason},
-            error=None if verdict.admitted else f"{verdict.reason}: {verdict.message}"[:1000],
-        )
-        if verdict.admitted and order is not None:
-            kind, _ = order_to_trigger(order)
-            self.on_admitted(kind, order.action.value)
         return verdict
 
     def deliver_once(self) -> None:
@@ -199,6 +243,7 @@ class ControlPlaneLoop:
             self._note_error("delivery", e)
             return
         self.stats.delivered += result.delivered
+        self._delivery_backoff = self.deliverer.wait_seconds()
         if self.checkpoints is not None:
             try:
                 self.checkpoints.deliver_once()  # after the bundles it covers
@@ -223,6 +268,20 @@ class ControlPlaneLoop:
 
     def _save_cursor(self, cursor: str) -> None:
         self.meta.put(ORDERS_CURSOR, cursor)
+
+
+def _order_evidence(verdict: AdmissionVerdict, raw: bytes) -> EvidenceRequest:
+    order = verdict.order
+    return EvidenceRequest(
+        check="order",
+        outcome=Outcome.success if verdict.admitted else Outcome(verdict.outcome or "rejected"),
+        order_id=verdict.order_id,
+        pre_state={"order_id": verdict.order_id,
+                   "action": order.action.value if order else None,
+                   "envelope_sha256": _sha256(raw), "size": len(raw)},
+        post_state={"admitted": verdict.admitted, "reason": verdict.reason},
+        error=None if verdict.admitted else f"{verdict.reason}: {verdict.message}"[:1000],
+    )
 
 
 def _sha256(raw: bytes) -> str:

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
-from datetime import datetime
 from typing import Any
 
 from reconciler.evidence.writer import EvidenceWriter
@@ -27,11 +27,15 @@ class EvidenceRecorder:
         writer: EvidenceWriter,
         snapshot_interval: float,
         clock_offset_ms: Callable[[], float | None],
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.writer = writer
         self.snapshot_interval = snapshot_interval
         self.clock_offset_ms = clock_offset_ms
-        self._last_bundle: dict[str, datetime] = {}
+        # The snapshot interval runs on the monotonic clock: a wall-clock step
+        # must neither stop periodic snapshots nor hurry them.
+        self._monotonic = monotonic
+        self._last_bundle: dict[str, float] = {}
         self._holds: dict[str, frozenset[tuple[str, str]]] = {}
         self._force: set[str] = set()
         self._lock = threading.Lock()
@@ -63,7 +67,7 @@ class EvidenceRecorder:
             return "action held by a guard"
         if forced:
             return "requested by order"
-        if last is None or (res.finished - last).total_seconds() >= self.snapshot_interval:
+        if last is None or self._monotonic() - last >= self.snapshot_interval:
             return "periodic snapshot"
         return None
 
@@ -105,7 +109,7 @@ class EvidenceRecorder:
                                                           "reason": "EvidenceWriteFailed"})
             return
         with self._lock:
-            self._last_bundle[res.kind] = res.finished
+            self._last_bundle[res.kind] = self._monotonic()
 
 
 def _remaining_summary(res: ReconcileResult) -> str | None:

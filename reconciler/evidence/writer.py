@@ -26,7 +26,8 @@ import hashlib
 import logging
 import threading
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -194,6 +195,23 @@ class EvidenceWriter:
             try:
                 with self.store.begin() as conn:
                     return self.append(conn, requests)
+            except BaseException:
+                self.forget_uncommitted()
+                raise
+
+    @contextmanager
+    def transaction(self) -> Iterator[Transaction]:
+        """A write transaction in which the caller may `append` bundles beside
+        its own writes (e.g. an order's nonce and trigger): all commit together
+        or none does, and the files of a rolled-back transaction are removed.
+
+        Holds the writer's lock for the whole transaction, taken before the
+        database lock as `record_many` does, so the two never wait on each other.
+        """
+        with self._lock:
+            try:
+                with self.store.begin() as conn:
+                    yield conn
             except BaseException:
                 self.forget_uncommitted()
                 raise

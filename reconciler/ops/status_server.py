@@ -15,6 +15,7 @@ connection beyond that gets an immediate 503 instead of a thread.
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import json
 import logging
@@ -125,12 +126,17 @@ class StatusServer:
         self.max_connections = max_connections
         self._server: _UnixHTTPServer | None = None
         self._thread: threading.Thread | None = None
+        self._bound: tuple[int, int] | None = None  # (st_dev, st_ino) of the socket we made
 
     def start(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o750)
         try:
             st = os.lstat(self.path)
             if stat.S_ISSOCK(st.st_mode):
+                if _answers(self.path):
+                    # Another live agent owns it: never take its socket away.
+                    raise OSError(errno.EADDRINUSE, f"{self.path}: status socket in use by"
+                                  " another running process; refusing to replace it")
                 os.unlink(self.path)  # stale socket from a previous run
             else:
                 raise FileExistsError(
@@ -145,6 +151,8 @@ class StatusServer:
         finally:
             os.umask(old_umask)
         os.chmod(self.path, self.mode)
+        st = os.lstat(self.path)
+        self._bound = (st.st_dev, st.st_ino)
         self._thread = threading.Thread(
             target=self._server.serve_forever, kwargs={"poll_interval": 0.2},
             name="status-server", daemon=True,
@@ -156,8 +164,13 @@ class StatusServer:
             self._server.shutdown()
             self._server.server_close()
             self._server = None
+        # Only the socket this server bound: if another process has replaced
+        # it since, the file at this path is theirs.
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.path)
+            st = os.lstat(self.path)
+            if self._bound == (st.st_dev, st.st_ino):
+                os.unlink(self.path)
+        self._bound = None
 
 
 def _make_handler(
@@ -210,3 +223,15 @@ def _make_handler(
             log.debug("status request: " + format, *args)
 
     return Handler
+
+
+def _answers(path: Path) -> bool:
+    """Whether a process is accepting connections on the unix socket at `path`."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(1.0)
+        try:
+            s.connect(str(path))
+        except OSError:
+            return False
+    return True
+

@@ -205,7 +205,7 @@ class _Steps:
             backoff_key = f"{kind}/{action.key}"
             ctx = rt.guard_context(
                 res.dry_run, admitted,
-                (rt.status_store.backoff_until(backoff_key)
+                (rt.status_store.backoff_until(backoff_key, rt.clock())
                  if rt.status_store and not res.dry_run else None),
             )
             if res.dry_run:

@@ -11,8 +11,14 @@ Contract:
   delivery was interrupted is simply still `queued` and is sent again.
 * A row is never dropped because delivery failed: a permanent rejection moves
   it to `dead`, visible in `compliance-agent queue` and re-queueable.
+* Queued bundles leave in enqueue order, which is chain order (the writer
+  enqueues in the transaction that appends the bundle), so the control plane
+  never holds a bundle whose predecessor is still queued here.
 
-All times are UNIX epoch seconds taken from the injected clock.
+All times are UNIX epoch seconds taken from the injected (wall) clock, and are
+records, not a schedule: the deliverer schedules on the monotonic clock.
+`next_attempt_at` is what operators see and the hint a restarted deliverer
+resumes from (clamped, so a wall-clock step cannot park the queue).
 """
 
 from __future__ import annotations
@@ -188,21 +194,34 @@ class Outbox(OutboxView):
     # -- deliverer side ------------------------------------------------------
 
     def claim_batch(self, limit: int) -> list[OutboxItem]:
-        """Up to `limit` queued bundles that are due, oldest first.
+        """The head of the queue: up to `limit` queued bundles in enqueue order.
 
-        Nothing is locked or marked: a single deliverer owns the queue, and a
-        crash before the outcome is recorded just means the bundle is sent again.
+        Whether it is time to send is the deliverer's decision (monotonic
+        clock), never a wall-clock comparison here. Nothing is locked or
+        marked: a single deliverer owns the queue, and a crash before the
+        outcome is recorded just means the bundle is sent again.
         """
         with self.store.begin() as conn:
             rows = conn.execute(
                 text(
                     "SELECT bundle_id, envelope, attempts, created_at FROM outbox"
-                    " WHERE state = 'queued' AND next_attempt_at <= :now"
-                    " ORDER BY rowid LIMIT :limit"
+                    " WHERE state = 'queued' ORDER BY rowid LIMIT :limit"
                 ),
-                {"now": self._now(), "limit": limit},
+                {"limit": limit},
             ).all()
         return [OutboxItem(r[0], bytes(r[1]), int(r[2]), float(r[3])) for r in rows]
+
+    def head_schedule(self) -> tuple[int, float] | None:
+        """(attempts, next_attempt_at) of the first queued bundle, or None when empty:
+        where a restarted deliverer resumes its backoff."""
+        with self.store.begin() as conn:
+            row = conn.execute(
+                text(
+                    "SELECT attempts, next_attempt_at FROM outbox WHERE state = 'queued'"
+                    " ORDER BY rowid LIMIT 1"
+                )
+            ).first()
+        return None if row is None else (int(row[0]), float(row[1]))
 
     def settle(
         self,
@@ -213,7 +232,8 @@ class Outbox(OutboxView):
         """Record the outcomes of one delivery round in a single transaction.
 
         Only `queued` rows change: a bundle an operator re-queued or that is
-        already delivered is never regressed by a late outcome.
+        already delivered is never regressed by a late outcome. A delivery
+        makes every queued bundle due now: the control plane is reachable again.
         """
         now = self._now()
         d = [{"id": b, "rid": r, "now": now} for b, r in delivered]
@@ -229,6 +249,13 @@ class Outbox(OutboxView):
                         " envelope = x'' WHERE bundle_id = :id AND state = 'queued'"
                     ),
                     d,
+                )
+                conn.execute(
+                    text(
+                        "UPDATE outbox SET next_attempt_at = :now"
+                        " WHERE state = 'queued' AND next_attempt_at > :now"
+                    ),
+                    {"now": now},
                 )
             if t:
                 conn.execute(

@@ -71,12 +71,22 @@ class StatusView:
         return {"started_at": row[0], "finished_at": row[1], "duration_sec": row[2],
                 "cpu_sec": row[3], "summary": row[4]}
 
-    def backoff_until(self, key: str) -> datetime | None:
+    def backoff_until(self, key: str, now: datetime | None = None) -> datetime | None:
+        """When `key` may run again. With `now`, never later than `now` plus the
+        delay that was scheduled: a time written while the wall clock was
+        stepped forward (and since corrected) must not hold an action for days."""
         with self.store.begin() as conn:
             row = conn.execute(
-                text("SELECT next_allowed_at FROM action_backoff WHERE key = :k"), {"k": key}
+                text("SELECT next_allowed_at, last_at FROM action_backoff WHERE key = :k"),
+                {"k": key},
             ).first()
-        return datetime.fromisoformat(row[0]) if row else None
+        if row is None:
+            return None
+        until = datetime.fromisoformat(row[0])
+        if now is None:
+            return until
+        delay = max(timedelta(0), until - datetime.fromisoformat(row[1]))
+        return min(until, now + delay)
 
 
 class StatusStore(StatusView):

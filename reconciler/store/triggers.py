@@ -16,7 +16,7 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import text
 
-from reconciler.store.database import Store
+from reconciler.store.database import Store, Transaction
 from specs.resource import Trigger
 
 # Long enough for a disruptive request to wait for the next maintenance window.
@@ -29,20 +29,24 @@ class TriggerStore:
         self.store = store
 
     def add(self, kind: str | None, trigger: Trigger, now: datetime) -> None:
-        with self.store.begin() as conn:
-            conn.execute(
-                text(
-                    "INSERT INTO order_triggers (order_id, kind, action, params_json,"
-                    " requested_at, admitted_at, expires_at) VALUES (:o, :k, :a, :p, :r, :n, :e)"
-                    " ON CONFLICT(order_id) DO NOTHING"
-                ),
-                {
-                    "o": trigger.order_id, "k": kind, "a": trigger.action,
-                    "p": json.dumps(trigger.params, sort_keys=True),
-                    "r": trigger.requested_at.isoformat(), "n": now.isoformat(),
-                    "e": (now + TRIGGER_LIFETIME).isoformat(),
-                },
-            )
+        with self.store.begin() as tx:
+            self.add_in(tx, kind, trigger, now)
+
+    def add_in(self, tx: Transaction, kind: str | None, trigger: Trigger, now: datetime) -> None:
+        """`add` inside the caller's transaction (with the order's nonce and evidence)."""
+        tx.execute(
+            text(
+                "INSERT INTO order_triggers (order_id, kind, action, params_json,"
+                " requested_at, admitted_at, expires_at) VALUES (:o, :k, :a, :p, :r, :n, :e)"
+                " ON CONFLICT(order_id) DO NOTHING"
+            ),
+            {
+                "o": trigger.order_id, "k": kind, "a": trigger.action,
+                "p": json.dumps(trigger.params, sort_keys=True),
+                "r": trigger.requested_at.isoformat(), "n": now.isoformat(),
+                "e": (now + TRIGGER_LIFETIME).isoformat(),
+            },
+        )
 
     def active(self, now: datetime) -> dict[str, list[Trigger]]:
         """Unexpired triggers by kind (`*` = every kind); expired ones are dropped."""

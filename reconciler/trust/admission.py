@@ -10,20 +10,34 @@ stops at the first failure; the verdict's `reason` names it:
     BadSignature      a trusted key's signature does not verify
     WrongSite         site_id is not this site
     WrongHost         host_id is not this host
+    AlreadyAdmitted   this very order (same signed payload) was admitted before
+    Replayed          nonce already admitted for a different payload (nonces are
+                      kept until issued_at + ttl_seconds + skew)
     NotYetValid       issued_at later than now + max skew
     Expired           now >= issued_at + min(ttl_seconds, orderTtl)   (outcome "expired")
-    Replayed          nonce already admitted (kept until issued_at + ttl_seconds + skew)
     UnsupportedAction action not in the closed set
     InvalidParams     params do not fit the action
+
+`AlreadyAdmitted` is no refusal: the control plane served an order again
+(e.g. the agent crashed before saving its order cursor). It has no outcome;
+its admission, trigger and evidence were committed the first time, so the
+caller records nothing. It is checked before the time checks, so an order
+admitted before a long stop is not reported as expired on its re-read.
 
 Every other verdict has outcome "rejected". Nothing raises out of `admit`:
 an unexpected exception becomes `Malformed`, because a hostile envelope must
 never crash the loop. Only an admitted order records its nonce; a rejected
 order changes nothing (the caller records rejection evidence from the verdict).
+
+`admit_in(tx, envelope)` records the nonce in the caller's transaction, so the
+nonce, the order's trigger and its evidence commit together or not at all (the
+control-plane loop); `admit` / `admit_many` commit on their own (`order verify`,
+benchmarks).
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -32,7 +46,8 @@ from typing import TYPE_CHECKING, Literal
 
 from pydantic import ValidationError
 
-from reconciler.store.nonces import NonceStore
+from reconciler.store.database import Transaction
+from reconciler.store.nonces import NonceClaim, NonceStore, NonceUse
 from reconciler.trust.dsse import TrustedKeys, TrustError, loads_strict, verify_envelope
 from specs.orders import (
     MAX_ORDER_BYTES,
@@ -51,6 +66,7 @@ log = logging.getLogger(__name__)
 
 Clock = Callable[[], datetime]
 AdmissionOutcome = Literal["rejected", "expired"]
+ALREADY_ADMITTED = "AlreadyAdmitted"
 
 
 def utc_now() -> datetime:
@@ -65,6 +81,10 @@ class AdmissionVerdict:
     outcome: AdmissionOutcome | None = None  # evidence outcome for a refusal
     message: str = ""  # operator detail (never contains key material)
     order_id: str | None = None  # known once the payload parsed, even when refused
+
+    @property
+    def already_admitted(self) -> bool:
+        return self.reason == ALREADY_ADMITTED
 
     def to_json(self) -> dict[str, object]:
         return {"admitted": self.admitted, "reason": self.reason}
@@ -132,43 +152,55 @@ class OrderAdmission:
         """
         when = now or self.clock()
         verdicts: list[AdmissionVerdict | None] = []
-        pending: list[tuple[int, Order, datetime]] = []
+        pending: list[tuple[int, Order, NonceClaim]] = []
         for i, env in enumerate(envelopes):
-            try:
-                checked = self._check(env, when)
-            except Exception as e:  # a hostile envelope must never take the loop down
-                log.warning("order admission failed unexpectedly: %s", type(e).__name__)
-                checked = _reject("Malformed", type(e).__name__)
+            checked = self._safe_check(env, when)
             if isinstance(checked, AdmissionVerdict):
                 verdicts.append(checked)
             else:
                 verdicts.append(None)
                 pending.append((i, *checked))
         if pending:
-            # Keep each nonce for the order's own signed lifetime plus the skew:
-            # orderTtl may be raised later, and it must not re-admit this order.
-            entries = [(o.nonce, o.order_id, nonce_keep_until(o, self.max_skew))
-                       for _, o, _ in pending]
             try:
-                fresh = self.nonces.record_many(entries, when)
+                uses = self.nonces.record_many([c for _, _, c in pending], when)
             except Exception as e:
                 log.warning("recording order nonces failed: %s", type(e).__name__)
-                fresh = [False] * len(pending)
                 for i, o, _ in pending:
                     verdicts[i] = _reject("Malformed", "nonce store unavailable", o.order_id)
-            for (i, o, _), ok in zip(pending, fresh, strict=True):
-                if verdicts[i] is None:
-                    verdicts[i] = (
-                        AdmissionVerdict(True, "Admitted", order=o, order_id=o.order_id)
-                        if ok
-                        else _reject("Replayed", "nonce already admitted", o.order_id)
-                    )
+            else:
+                for (i, o, _), use in zip(pending, uses, strict=True):
+                    verdicts[i] = _verdict(o, use)
         return [v for v in verdicts if v is not None]
+
+    def admit_in(
+        self, tx: Transaction, envelope_bytes: bytes, now: datetime | None = None
+    ) -> AdmissionVerdict:
+        """`admit`, recording the nonce inside the caller's write transaction.
+
+        The nonce commits with whatever else the caller writes, or not at all.
+        A failure to record it raises (the caller's transaction must roll back
+        and the order be read again); every check before that never raises.
+        """
+        when = now or self.clock()
+        checked = self._safe_check(envelope_bytes, when)
+        if isinstance(checked, AdmissionVerdict):
+            return checked
+        order, claim = checked
+        return _verdict(order, self.nonces.claim(tx, claim, when))
+
+    def _safe_check(
+        self, envelope_bytes: bytes, now: datetime
+    ) -> AdmissionVerdict | tuple[Order, NonceClaim]:
+        try:
+            return self._check(envelope_bytes, now)
+        except Exception as e:  # a hostile envelope must never take the loop down
+            log.warning("order admission failed unexpectedly: %s", type(e).__name__)
+            return _reject("Malformed", type(e).__name__)
 
     def _check(
         self, envelope_bytes: bytes, now: datetime
-    ) -> AdmissionVerdict | tuple[Order, datetime]:
-        """Every check but recording the nonce: a refusal, or (order, expires_at)."""
+    ) -> AdmissionVerdict | tuple[Order, NonceClaim]:
+        """Every check but recording the nonce: a verdict, or (order, its nonce claim)."""
         if not isinstance(envelope_bytes, bytes | bytearray | memoryview):
             return _reject("Malformed", "order envelope must be bytes")
         try:
@@ -188,6 +220,13 @@ class OrderAdmission:
             return _reject("WrongSite", f"order is for site {p.site_id[:64]!r}", oid)
         if p.host_id != self.host_id:
             return _reject("WrongHost", f"order is for host {p.host_id[:64]!r}", oid)
+        digest = hashlib.sha256(payload).hexdigest()
+        use = self.nonces.lookup(p.nonce, oid, digest)
+        if use is NonceUse.same_order:
+            return AdmissionVerdict(False, ALREADY_ADMITTED, order_id=oid,
+                                    message="this order was admitted before")
+        if use is NonceUse.replay:
+            return _reject("Replayed", "nonce already admitted for another order", oid)
         if p.issued_at > now + self.max_skew:
             return _reject(
                 "NotYetValid", f"issued_at {p.issued_at.isoformat()} is in the future", oid
@@ -201,8 +240,6 @@ class OrderAdmission:
                 order_id=oid,
                 message=f"expired at {expires.isoformat()}",
             )
-        if self.nonces.seen(p.nonce):
-            return _reject("Replayed", "nonce already admitted", oid)
         try:
             action = OrderAction(p.action)
         except ValueError:
@@ -221,7 +258,16 @@ class OrderAdmission:
             action=action,
             params=params,
         )
-        return order, expires
+        return order, NonceClaim(p.nonce, oid, digest, nonce_keep_until(order, self.max_skew))
+
+
+def _verdict(order: Order, use: NonceUse) -> AdmissionVerdict:
+    if use is NonceUse.fresh:
+        return AdmissionVerdict(True, "Admitted", order=order, order_id=order.order_id)
+    if use is NonceUse.same_order:
+        return AdmissionVerdict(False, ALREADY_ADMITTED, order_id=order.order_id,
+                                message="this order was admitted before")
+    return _reject("Replayed", "nonce already admitted for another order", order.order_id)
 
 
 def nonce_keep_until(order: Order, max_skew: timedelta) -> datetime:

@@ -16,6 +16,7 @@ import pytest
 from tests.harness.netns import NetNamespace
 from tests.harness.require import require_root, require_tool
 from tests.harness.sdbox import SystemdContainer, ensure_rootfs, reap_stale
+from tests.support.fault_report import write_summary
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -23,6 +24,10 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if here in Path(str(item.fspath)).parents:
             item.add_marker(pytest.mark.integration)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    write_summary(terminalreporter)  # the fault campaign's numbers, in every log
 
 
 def _require_container_tools() -> None:

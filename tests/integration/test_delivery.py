@@ -63,7 +63,9 @@ def test_outage_then_recovery_drains_queue(tmp_path: Path, tls: TlsFiles) -> Non
         store, outbox, client = setup(tmp_path, tls, cp.url())
         bundles = ChainedBundles(key)
         enqueue(store, outbox, bundles, 50)
-        d = Deliverer(outbox, client, CLOCK, batch_size=20)
+        # The backoff runs on the monotonic clock: this one moves with CLOCK.
+        d = Deliverer(outbox, client, CLOCK, batch_size=20,
+                      monotonic=lambda: CLOCK().timestamp())
         cp.set_outage(True)
         res = d.deliver_once()  # stops after the first refused batch
         assert (res.delivered, res.retried, res.dead) == (0, 20, 0)

@@ -29,7 +29,7 @@ from reconciler.trust.keys import generate_key_file
 from specs.config import parse_config
 from specs.status import Outcome
 from tests.harness.netns import NetNamespace
-from tests.support.control_plane import ControlPlaneThread
+from tests.support.control_plane import ControlPlaneThread, wait_for
 from tests.support.tls import make_tls
 
 pytestmark = pytest.mark.integration
@@ -42,11 +42,12 @@ table inet filter {
 
 
 def order(
-    key: SigningKey, action: str, params: dict[str, Any], host: str = "host-1"
+    key: SigningKey, action: str, params: dict[str, Any], host: str = "host-1",
+    nonce: str | None = None,
 ) -> dict[str, Any]:
     body = json.dumps({
         "order_id": f"ord-{secrets.token_hex(4)}", "site_id": "clinic-1", "host_id": host,
-        "nonce": secrets.token_hex(16),
+        "nonce": nonce or secrets.token_hex(16),
         "issued_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "ttl_seconds": 600, "action": action, "params": params,
     }).encode()
@@ -97,10 +98,14 @@ def test_orders_evidence_and_outage_through_the_real_service(
             for env in (good, foreign, forged):
                 cp.storage.add_order("clinic-1", "host-1", env)
             loop.poll_once()
-            cp.storage.add_order("clinic-1", "host-1", good)  # replay
+            cp.storage.add_order("clinic-1", "host-1", good)  # served again: not an attack
+            nonce = json.loads(_payload(json.dumps(good)))["nonce"]
+            replay = order(cp_key, "restore_firewall", {}, nonce=nonce)  # another order, same nonce
+            cp.storage.add_order("clinic-1", "host-1", replay)
             loop.poll_once()
             reasons = [v.reason for v in loop.recent_verdicts]
-            assert reasons == ["Admitted", "WrongHost", "UnknownKey", "Replayed"]
+            assert reasons == ["Admitted", "WrongHost", "UnknownKey", "AlreadyAdmitted",
+                               "Replayed"]
             triggers = svc.triggers.active(datetime.now(UTC))
             assert [t.action for t in triggers["firewall"]] == ["restore_firewall"]
 
@@ -117,11 +122,9 @@ def test_orders_evidence_and_outage_through_the_real_service(
             queued = svc.outbox.stats().depth
             assert queued >= 1
             cp.set_outage(False)
-            for _ in range(20):  # each round is bounded; backoff is jittered
-                if svc.outbox.stats().depth == 0:
-                    break
-                _force_due(svc)
-                loop.deliver_once()
+            # One failed round: the queue's backoff is at most its base (1 s).
+            wait_for(lambda: (loop.deliver_once(), svc.outbox.stats().depth == 0)[1], 10,
+                     "the queue to drain after the outage")
             stats = svc.outbox.stats()
             assert stats.depth == 0 and stats.dead == 0
 
@@ -135,14 +138,6 @@ def test_orders_evidence_and_outage_through_the_real_service(
             svc.close()
             if loop is not None:
                 loop.client.close()
-
-
-def _force_due(svc: Any) -> None:
-    """Make retry-delayed rows due now instead of sleeping through the backoff."""
-    from sqlalchemy import text
-
-    with svc.agent.store.begin() as conn:
-        conn.execute(text("UPDATE outbox SET next_attempt_at = 0 WHERE state = 'queued'"))
 
 
 def _payload(envelope: bytes | str) -> bytes:

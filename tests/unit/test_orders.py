@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from reconciler.store.database import Store, open_store
-from reconciler.store.nonces import NonceStore
+from reconciler.store.nonces import NonceStore, NonceUse
 from reconciler.trust.admission import OrderAdmission, order_to_trigger
 from reconciler.trust.dsse import envelope_bytes
 from specs.orders import (
@@ -165,24 +165,41 @@ def test_payload_not_json_is_malformed(store: Store) -> None:
 
 
 def test_replay_is_rejected_and_survives_restart(tmp_path: Path) -> None:
-    env = sign_order(order_payload())
+    first = order_payload()
+    env = sign_order(first)
+    replay = sign_order(order_payload(order_id="ord-2", nonce=first["nonce"]))
     s1 = open_store(tmp_path / "state.db")
     assert admission(s1).admit(env).admitted
-    assert admission(s1).admit(env).reason == "Replayed"
+    assert admission(s1).admit(replay).reason == "Replayed"
+    # The very same order again is recognised, not taken for an attack.
+    v = admission(s1).admit(env)
+    assert (v.admitted, v.reason, v.outcome) == (False, "AlreadyAdmitted", None)
     s1.close()
     s2 = open_store(tmp_path / "state.db")
-    v = admission(s2).admit(env)
+    v = admission(s2).admit(replay)
     assert (v.reason, v.outcome) == ("Replayed", "rejected")
+    assert admission(s2).admit(env).reason == "AlreadyAdmitted"
     s2.close()
+
+
+def test_an_admitted_order_read_again_after_expiry_is_not_reported_expired(
+    store: Store,
+) -> None:
+    env = sign_order(order_payload(ttl_seconds=60))
+    assert admission(store).admit(env, now=later(1)).admitted
+    assert admission(store).admit(env, now=later(62)).reason == "AlreadyAdmitted"
 
 
 def test_readonly_store_checks_but_never_writes(tmp_path: Path) -> None:
     rw = open_store(tmp_path / "state.db")
-    seen = sign_order(order_payload())
+    first = order_payload()
+    seen = sign_order(first)
     assert admission(rw).admit(seen).admitted
     ro = open_store(tmp_path / "state.db", readonly=True)
     adm = admission(ro, readonly=True)
-    assert adm.admit(seen).reason == "Replayed"
+    assert adm.admit(seen).reason == "AlreadyAdmitted"
+    assert adm.admit(sign_order(order_payload(order_id="x", nonce=first["nonce"]))).reason == (
+        "Replayed")
     fresh = sign_order(order_payload())
     assert adm.admit(fresh).admitted
     assert adm.admit(fresh).admitted  # not recorded
@@ -200,7 +217,9 @@ def test_no_store_behaves_as_empty(tmp_path: Path) -> None:
 def test_nonces_are_kept_until_expiry_then_pruned(store: Store) -> None:
     from sqlalchemy import text
 
-    adm = admission(store, order_ttl=60, max_skew_seconds=5)
+    mono = [0.0]
+    adm = admission(store, order_ttl=60, max_skew_seconds=5,
+                    nonce_store=NonceStore(store, monotonic=lambda: mono[0]))
     old = order_payload(ttl_seconds=60)
     assert adm.admit(sign_order(old), now=later(1)).admitted
     # Within expiry + skew the nonce is still there even after a prune pass.
@@ -209,7 +228,8 @@ def test_nonces_are_kept_until_expiry_then_pruned(store: Store) -> None:
     with store.begin() as conn:
         nonces = {r[0] for r in conn.execute(text("SELECT nonce FROM order_nonces"))}
     assert old["nonce"] in nonces
-    # Past expiry + skew and the prune interval, it is gone.
+    # Past expiry + skew and the prune interval (monotonic), it is gone.
+    mono[0] += 61
     late = order_payload(issued_at="2026-03-01T12:10:00Z")
     assert adm.admit(sign_order(late), now=later(605)).admitted
     with store.begin() as conn:
@@ -238,7 +258,7 @@ def test_concurrent_admission_admits_once(store: Store) -> None:
 
 def test_internal_errors_become_malformed(store: Store) -> None:
     class Boom(NonceStore):
-        def seen(self, nonce: str) -> bool:
+        def lookup(self, nonce: str, order_id: str, payload_sha256: str) -> NonceUse:
             raise RuntimeError("db on fire")
 
     adm = admission(store, nonce_store=Boom(store))
@@ -283,23 +303,26 @@ def test_payload_type_constant() -> None:
 
 def test_admit_many_mixed_batch(store: Store) -> None:
     adm = admission(store)
-    dup = sign_order(order_payload())
+    dup_payload = order_payload()
+    dup = sign_order(dup_payload)
     batch = [
         sign_order(order_payload(order_id="a")),
         dup,
         b"junk",
-        dup,  # same nonce twice in one batch: the second is a replay
+        dup,  # the same order twice in one batch: admitted once
         sign_order(order_payload(site_id="elsewhere")),
+        sign_order(order_payload(order_id="b", nonce=dup_payload["nonce"])),  # a replay
     ]
     got = [(v.admitted, v.reason) for v in adm.admit_many(batch)]
     assert got == [
         (True, "Admitted"),
         (True, "Admitted"),
         (False, "Malformed"),
-        (False, "Replayed"),
+        (False, "AlreadyAdmitted"),
         (False, "WrongSite"),
+        (False, "Replayed"),
     ]
-    assert adm.admit(dup).reason == "Replayed"
+    assert adm.admit(dup).reason == "AlreadyAdmitted"
     assert adm.admit_many([]) == []
 
 
@@ -324,5 +347,5 @@ def test_nonce_is_kept_for_the_orders_own_signed_lifetime(store: Store) -> None:
     assert admission(store, order_ttl=600, clock=lambda: later(900)).admit(
         sign_order(order_payload(order_id="ord-2", issued_at="2026-03-01T12:14:50Z"))
     ).admitted
-    replay = admission(store, order_ttl=7200, clock=lambda: later(1000)).admit(order)
-    assert (replay.admitted, replay.reason) == (False, "Replayed")
+    again = admission(store, order_ttl=7200, clock=lambda: later(1000)).admit(order)
+    assert (again.admitted, again.reason) == (False, "AlreadyAdmitted")  # not run again

@@ -56,16 +56,24 @@ def test_enqueue_is_idempotent_and_in_callers_transaction(outbox: Outbox, store:
     assert [(i.bundle_id, i.envelope) for i in items] == [("b1", b"{}")]
 
 
-def test_claim_order_limit_and_due(outbox: Outbox, store: Store, clock: FakeClock) -> None:
+def test_claim_is_the_head_in_order_whatever_the_retry_time(
+    outbox: Outbox, store: Store, clock: FakeClock
+) -> None:
     with store.begin() as conn:
         for i in range(5):
             outbox.enqueue(conn, f"b{i}", b"x")
     assert [i.bundle_id for i in outbox.claim_batch(3)] == ["b0", "b1", "b2"]
-    outbox.settle(retry=[Retry("b0", "503 Service Unavailable", clock().timestamp() + 30)])
-    assert [i.bundle_id for i in outbox.claim_batch(10)] == ["b1", "b2", "b3", "b4"]
-    clock.advance(31)
+    assert outbox.head_schedule() == (0, clock().timestamp())
+    # A retry time (even one written by a clock 3 days ahead) never lets later
+    # bundles overtake: when to send is the deliverer's (monotonic) decision.
+    outbox.settle(retry=[Retry("b0", "503 Service Unavailable", clock().timestamp() + 3 * 86400)])
     due = outbox.claim_batch(10)
-    assert due[0].bundle_id == "b0" and due[0].attempts == 1
+    assert [i.bundle_id for i in due] == ["b0", "b1", "b2", "b3", "b4"]
+    assert due[0].attempts == 1
+    assert outbox.head_schedule() == (1, clock().timestamp() + 3 * 86400)
+    # A delivery makes every queued bundle due now (the control plane is back).
+    outbox.settle(delivered=[("b1", "r1")])
+    assert outbox.head_schedule() == (1, clock().timestamp())
 
 
 def test_delivered_dead_retry_and_stats(outbox: Outbox, store: Store, clock: FakeClock) -> None:

@@ -128,8 +128,11 @@ def test_garbled_answer_and_transport_error_retry(
         raise httpx.ConnectError("refused")
 
     with make(boom) as client:
-        outbox2 = Outbox(outbox.store, lambda: datetime(2027, 1, 1, tzinfo=UTC))
-        res = Deliverer(outbox2, client, clock).deliver_once()
+        def in_2027() -> datetime:
+            return datetime(2027, 1, 1, tzinfo=UTC)
+
+        outbox2 = Outbox(outbox.store, in_2027)
+        res = Deliverer(outbox2, client, in_2027).deliver_once()
     assert (res.retried, res.dead) == (4, 0)
     assert all(e.attempts == 2 for e in outbox.entries())
 
@@ -148,16 +151,23 @@ def test_old_receipts_are_pruned_hourly(
     _, outbox, make = env
     outbox.settle(delivered=[("b0", "r0")])
     t = [NOW]
+    mono = [0.0]
+
+    def advance(seconds: float) -> None:
+        t[0] = datetime.fromtimestamp(NOW.timestamp() + seconds, UTC)
+        mono[0] = seconds
+
     later = Outbox(outbox.store, lambda: t[0])
     d = Deliverer(
-        later, make(lambda r: httpx.Response(503)), lambda: t[0], keep_delivered_seconds=100
+        later, make(lambda r: httpx.Response(503)), lambda: t[0], keep_delivered_seconds=100,
+        monotonic=lambda: mono[0],
     )
     d.deliver_once()
     assert later.stats().delivered == 1  # not old enough yet
-    t[0] = datetime.fromtimestamp(NOW.timestamp() + 200, UTC)
+    advance(200)
     d.deliver_once()
-    assert later.stats().delivered == 1  # pruned at most hourly
-    t[0] = datetime.fromtimestamp(NOW.timestamp() + 4000, UTC)
+    assert later.stats().delivered == 1  # pruned at most hourly (monotonic)
+    advance(4000)
     d.deliver_once()
     assert later.stats().delivered == 0
 

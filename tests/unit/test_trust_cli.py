@@ -96,7 +96,8 @@ def test_order_verify_sees_replays_without_writing(
         )
         == 3
     )
-    assert json.loads(capsys.readouterr().out)["reason"] == "Replayed"
+    # The same order: admitted before (a replay of another payload is Replayed).
+    assert json.loads(capsys.readouterr().out)["reason"] == "AlreadyAdmitted"
     assert cfg.database_path.stat().st_mtime_ns == mtime
     store.close()
 
