@@ -2,7 +2,7 @@
 
 `LocalActuator` runs each action's fixed argv through a Host (no shell).
 Actions with their own transaction (NixosRebuild: switch, health check,
-rollback) are dispatched to their module.
+rollback) are dispatched to their module (reconciler.actuator.rebuild).
 
 `ApplyNftRuleset` loads exactly the bytes it hashed: the file is read once,
 hashed, checked for `include` (an included file would be loaded unhashed),
@@ -21,8 +21,9 @@ import re
 import time
 from collections.abc import Callable
 
-from reconciler.actuator.rebuild import execute_rebuild
+from reconciler.actuator.rebuild import RebuildTransactions
 from reconciler.actuator.result import ActionResult, skipped_result
+from reconciler.actuator.transaction import TransactionJournal
 from specs.actions import NFT, Action, ApplyNftRuleset, NixosRebuild
 from specs.host import CommandNotFound, CommandTimeout, Host
 from specs.status import ActionRecord
@@ -51,21 +52,20 @@ class LocalActuator:
         rebuild_health_timeout: float = 60.0,
         command_timeout: float = DEFAULT_COMMAND_TIMEOUT,
         monotonic: Callable[[], float] = time.monotonic,
+        rebuilds: RebuildTransactions | None = None,
     ) -> None:
         self.host = host
-        self.rebuild_health_timeout = rebuild_health_timeout
         self.command_timeout = command_timeout
         self.monotonic = monotonic
+        # The socket server passes its journaled, resumable one; in-process, memory will do.
+        self.rebuilds = rebuilds or RebuildTransactions(
+            host, TransactionJournal(None), max_health_timeout=rebuild_health_timeout,
+            monotonic=monotonic,
+        )
 
     def execute(self, action: Action, step_start: int = 1) -> ActionResult:
         if isinstance(action, NixosRebuild):
-            return execute_rebuild(
-                self.host,
-                action,
-                health_timeout=min(action.health_timeout, self.rebuild_health_timeout),
-                step_start=step_start,
-                monotonic=self.monotonic,
-            )
+            return self.rebuilds.execute(action, step_start)
         if isinstance(action, ApplyNftRuleset):
             return self._apply_ruleset(action, step_start)
         return self._run_commands(action, action.commands(), step_start)

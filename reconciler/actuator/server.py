@@ -64,7 +64,9 @@ from reconciler.actuator.protocol import (
     refused,
     send_json,
 )
+from reconciler.actuator.rebuild import RebuildTransactions
 from reconciler.actuator.result import Actuator
+from reconciler.actuator.transaction import JOURNAL_FILE, TransactionJournal
 from specs.baseline import Baseline
 from specs.config import AgentConfig
 from specs.host import Host, HostError
@@ -105,13 +107,34 @@ class RequestHandler:
         actuator: Actuator,
         observer: Host,
         allowed_uids: frozenset[int],
+        rebuilds: RebuildTransactions | None = None,
     ) -> None:
         self.policy = policy
         self.baselines = baselines
         self.actuator = actuator
         self.observer = observer  # runs the allowlisted privileged reads
         self.allowed_uids = allowed_uids
+        self.rebuilds = rebuilds  # the journaled rebuild transactions `actuator` runs
         self.change_lock = threading.Lock()
+
+    def resume(self) -> None:
+        """Finish a rebuild transaction an earlier actuator process left open (a
+        switch that restarted this unit, a crash); host changes wait for it."""
+        if self.rebuilds is None:
+            return
+        try:
+            with self.change_lock:
+                self.rebuilds.resume()
+        except Exception:  # logged; the next rebuild request resumes it again
+            log.exception("resuming the rebuild transaction failed")
+
+    def sent(self, reply: ActuatorReply) -> None:
+        """`reply` was written to the agent's socket: its rebuild result is delivered."""
+        if self.rebuilds is not None and reply.result is not None:
+            try:
+                self.rebuilds.acknowledge(reply.result)
+            except Exception:
+                log.exception("recording the rebuild result as delivered failed")
 
     def handle(
         self, peer: Peer, body: bytes | None, frame_error: FrameError | None
@@ -277,16 +300,36 @@ class ActuatorServer:
                     except (TimeoutError, OSError) as e:
                         frame_error = FrameError(Refusal.MalformedRequest,
                                                  f"reading request: {e}")
-                self._reply(conn, self.handler.handle(peer, body, frame_error))
+                reply = self.handler.handle(peer, body, frame_error)
+                if self._reply(conn, reply):
+                    self.handler.sent(reply)
         finally:
             self._slots.release()
             with self._threads_lock:
                 self._threads.discard(threading.current_thread())
 
     @staticmethod
-    def _reply(conn: socket.socket, reply: ActuatorReply) -> None:
-        with contextlib.suppress(OSError):  # the peer may have gone; nothing to tell it
+    def _reply(conn: socket.socket, reply: ActuatorReply) -> bool:
+        try:
             send_json(conn, reply)
+        except OSError:  # the peer may have gone; nothing to tell it
+            return False
+        return True
+
+    def resume_in_background(self) -> None:
+        """Resume an open rebuild transaction while serving (counted as in flight,
+        so an idle exit waits for it)."""
+        thread = threading.Thread(target=self._resume, name="actuator-resume", daemon=True)
+        with self._threads_lock:
+            self._threads.add(thread)
+        thread.start()
+
+    def _resume(self) -> None:
+        try:
+            self.handler.resume()
+        finally:
+            with self._threads_lock:
+                self._threads.discard(threading.current_thread())
 
     def in_flight(self) -> int:
         with self._threads_lock:
@@ -346,13 +389,17 @@ def build_server(
         from reconciler.actuator.host import LocalHost
 
         host = LocalHost()
+    rebuilds: RebuildTransactions | None = None
     if actuator is None:
-        actuator = LocalActuator(
-            host, rebuild_health_timeout=float(config.rebuild_health_check_timeout)
+        rebuilds = RebuildTransactions(
+            host, TransactionJournal(state_directory / JOURNAL_FILE),
+            max_health_timeout=float(config.rebuild_health_check_timeout),
+            confirm_delivery=True,
         )
+        actuator = LocalActuator(host, rebuilds=rebuilds)
     handler = RequestHandler(
         policy=policy, baselines=baselines, actuator=actuator, observer=host,
-        allowed_uids=allowed_uids,
+        allowed_uids=allowed_uids, rebuilds=rebuilds,
     )
     return ActuatorServer(listener, handler)
 
@@ -407,6 +454,7 @@ def run(args: argparse.Namespace) -> int:
                           state_directory=args.state_directory)
     log.info("actuator ready (egress table %s, window %s)",
              config.egress_table, config.maintenance_window)
+    server.resume_in_background()
     started = time.monotonic()
     server.serve_forever(args.idle_exit)
     log.info("actuator idle, exiting after %.0fs", time.monotonic() - started)

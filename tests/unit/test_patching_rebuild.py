@@ -10,9 +10,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from itertools import count
+from pathlib import Path
 
-from reconciler.actuator.rebuild import execute_rebuild
+import pytest
+
+from reconciler.actuator.rebuild import RebuildTransactions, execute_rebuild
 from reconciler.actuator.result import ActionResult
+from reconciler.actuator.transaction import Phase, TransactionJournal
 from specs.actions import NixosRebuild
 from specs.host import CommandTimeout, Completed, FileStat
 from specs.status import Outcome
@@ -34,6 +38,8 @@ class NixModel:
         self.preexisting_failed: set[str] = set()
         self.calls: list[list[str]] = []
         self.flake_builds = BAD  # what `nixos-rebuild switch --flake` activates
+        self.units: dict[str, int] = {}  # transient unit -> its command's exit code
+        self.unit_logs: dict[str, str] = {}  # unit -> what its command printed (the journal)
 
     # behaviour of each system when activated: (exit code, failed units after)
     BEHAVIOUR = {
@@ -54,6 +60,22 @@ class NixModel:
             self.profile = n
         elif a[:3] == ["nix-env", "-p", PROFILE] and a[3] == "--switch-generation":
             self.profile = int(a[4])
+        elif a[0] == "systemd-run":
+            # like systemd: the command runs in its own unit, which stays loaded after it exits
+            unit = next(x.removeprefix("--unit=") for x in a if x.startswith("--unit="))
+            done = self.run(a[a.index("--") + 1:], timeout)
+            self.units[unit] = done.exit_code
+            self.unit_logs[unit] = done.stderr
+        elif a[:3] == ["journalctl", "-o", "cat"]:
+            out = self.unit_logs.get(a[-1], "")
+        elif a[:3] == ["systemctl", "show", "-p"]:
+            code_of = self.units.get(a[-1])
+            out = "LoadState=not-found\nActiveState=inactive\n" if code_of is None else (
+                f"LoadState=loaded\nActiveState={'active' if code_of == 0 else 'failed'}\n"
+                f"SubState={'exited' if code_of == 0 else 'failed'}\nExecMainCode=1\n"
+                f"ExecMainStatus={code_of}\n")
+        elif a[:2] in (["systemctl", "stop"], ["systemctl", "reset-failed"]):
+            self.units.pop(a[-1], None)
         elif a[0].endswith("/bin/switch-to-configuration"):
             code = self._activate(a[0].removesuffix("/bin/switch-to-configuration"))
         elif a[:3] == ["nixos-rebuild", "switch", "--flake"]:
@@ -115,8 +137,11 @@ def test_good_generation_switches() -> None:
     assert res.ok and res.outcome is None and res.error is None
     assert host.current == GOOD and host.profile == 8
     assert [r.step for r in res.records] == [5, 6, 7]
-    assert [r.command[0] for r in res.records] == [
-        "nix-env", f"{GOOD}/bin/switch-to-configuration", "systemctl"]
+    assert [r.command[0] for r in res.records] == ["nix-env", "systemd-run", "systemctl"]
+    switch = res.records[1].command
+    assert switch[switch.index("--") + 1:] == [f"{GOOD}/bin/switch-to-configuration", "switch"]
+    assert "--setenv=NIX_REMOTE=daemon" in switch and "--service-type=exec" in switch
+    assert not host.units  # the transient units are discarded once journaled
     assert all(r.result == "ok" for r in res.records)
 
 
@@ -179,7 +204,9 @@ def test_preexisting_failed_unit_does_not_force_rollback() -> None:
 def test_flake_failure_after_activation_rolls_back() -> None:
     host = NixModel()
     res = rebuild(host, "github:clinic/cfg#rx")
-    assert res.records[0].command == ["nixos-rebuild", "switch", "--flake", "github:clinic/cfg#rx"]
+    flake = res.records[0].command
+    assert flake[flake.index("--") + 1:] == ["nixos-rebuild", "switch", "--flake",
+                                             "github:clinic/cfg#rx"]
     assert res.outcome is Outcome.reverted and host.current == OLD and host.profile == 7
 
 
@@ -217,3 +244,88 @@ def test_no_previous_generation_cannot_roll_back() -> None:
     res = rebuild(host, BAD)
     assert res.outcome is Outcome.failed
     assert "cannot roll back" in (res.error or "")
+
+
+class Killed(BaseException):
+    """The actuator process dying at a chosen command (SIGKILL: nothing after it runs)."""
+
+
+def _dies_at(host: NixModel, prefix: list[str], nth: int = 1) -> None:
+    seen = count(1)
+    model_run = host.run
+
+    def run(argv: Sequence[str], timeout: float = 30.0) -> Completed:
+        if list(argv[: len(prefix)]) == prefix and next(seen) == nth:
+            raise Killed
+        return model_run(argv, timeout)
+
+    host.run = run  # type: ignore[method-assign]
+
+
+def _transactions(host: NixModel, journal: Path, delivery: bool = True) -> RebuildTransactions:
+    return RebuildTransactions(host, TransactionJournal(journal), max_health_timeout=30,
+                               confirm_delivery=delivery, monotonic=clock())
+
+
+@pytest.mark.parametrize("dies_at", [
+    ["systemd-run"],  # journaled, profile set, the switch not yet started
+    ["systemctl", "show", "-p"],  # the switch running
+    ["systemctl", "is-system-running", "--wait"],  # the health check
+])
+def test_killed_mid_transaction_is_resumed_and_rolled_back_once(
+    tmp_path: Path, dies_at: list[str],
+) -> None:
+    host = NixModel()
+    journal = tmp_path / "state" / "rebuild-transaction.json"
+    _dies_at(host, dies_at)
+    with pytest.raises(Killed):
+        _transactions(host, journal).execute(NixosRebuild(target=BAD))
+    assert TransactionJournal(journal).load().phase is not Phase.done  # type: ignore[union-attr]
+    host.run = NixModel.run.__get__(host)  # type: ignore[method-assign]
+    res = _transactions(host, journal).resume()
+    assert res is not None and res.outcome is Outcome.reverted, res
+    assert host.current == OLD and host.profile == 7 and not host.units
+    tx = TransactionJournal(journal).load()
+    assert tx is not None and tx.phase is Phase.done and tx.rollback_activations == 1
+    activations = [c for c in host.calls if c[0].endswith("/switch-to-configuration")]
+    assert activations.count([f"{OLD}/bin/switch-to-configuration", "switch"]) == 1
+    # a second resume finds nothing open; the agent's request gets the pending result once
+    assert _transactions(host, journal).resume() is None
+    again = _transactions(host, journal).execute(NixosRebuild(target=BAD))
+    assert again == res
+    assert [c for c in host.calls if c[0].endswith("/switch-to-configuration")] == activations
+
+
+def test_killed_during_rollback_does_not_roll_back_twice(tmp_path: Path) -> None:
+    host = NixModel()
+    journal = tmp_path / "rebuild-transaction.json"
+    # the first `systemctl show` polls the switch unit, the second the rollback unit's
+    # presence, the third waits for the rollback unit: die there
+    _dies_at(host, ["systemctl", "show", "-p"], nth=3)
+    with pytest.raises(Killed):
+        _transactions(host, journal).execute(NixosRebuild(target=BAD))
+    host.run = NixModel.run.__get__(host)  # type: ignore[method-assign]
+    res = _transactions(host, journal).resume()
+    assert res is not None and res.outcome is Outcome.reverted
+    old = [f"{OLD}/bin/switch-to-configuration", "switch"]
+    assert host.calls.count(old) == 1
+    assert TransactionJournal(journal).load().rollback_activations == 1  # type: ignore[union-attr]
+
+
+def test_delivered_result_is_not_handed_out_again(tmp_path: Path) -> None:
+    host = NixModel()
+    journal = tmp_path / "rebuild-transaction.json"
+    first = _transactions(host, journal).execute(NixosRebuild(target=BAD))
+    _transactions(host, journal).acknowledge(first)
+    second = _transactions(host, journal).execute(NixosRebuild(target=BAD))
+    assert second.outcome is Outcome.reverted and second != first  # a new transaction ran
+    assert host.calls.count([f"{OLD}/bin/switch-to-configuration", "switch"]) == 2
+
+
+def test_unreadable_journal_refuses_a_new_switch(tmp_path: Path) -> None:
+    host = NixModel()
+    journal = tmp_path / "rebuild-transaction.json"
+    journal.write_text("{not json")
+    res = _transactions(host, journal).execute(NixosRebuild(target=GOOD))
+    assert res.outcome is Outcome.failed and "remove the file" in (res.error or "")
+    assert host.calls == [] and host.current == OLD
