@@ -594,6 +594,11 @@ in
       serviceConfig = {
         Type = "simple";
         ExecStart = "${exe} actuator --config ${configFile} --allow-user ${user} --idle-exit 600";
+        # Killed or crashed mid-rebuild: come back at once and finish the journaled
+        # transaction (health check, rollback) instead of waiting for the agent's
+        # next connection. An idle exit is a clean exit and is not restarted.
+        Restart = "on-failure";
+        RestartSec = "1s";
         SyslogIdentifier = "compliance-agent-actuator";
         # The signed baseline it verified itself and its high-water mark (root, 0700).
         StateDirectory = "compliance-agent-actuator";
