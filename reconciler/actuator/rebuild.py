@@ -40,10 +40,22 @@ duration_sec, result) so evidence shows exactly what ran.
 from __future__ import annotations
 
 import logging
-import re
 import time
 from collections.abc import Callable
 
+from reconciler.actuator.rebuild_steps import (
+    CURRENT_SYSTEM,
+    PROFILE,
+    QUERY_TIMEOUT,
+    Steps,
+    changed,
+    failed_units_if_degraded,
+    generation_link,
+    healthy,
+    link,
+    profile_generation,
+    tail,
+)
 from reconciler.actuator.result import ActionResult
 from reconciler.actuator.transaction import (
     Phase,
@@ -53,57 +65,19 @@ from reconciler.actuator.transaction import (
     new_txid,
 )
 from specs.actions import NixosRebuild
-from specs.host import CommandNotFound, CommandTimeout, Completed, Host, HostError
+from specs.host import Host, HostError
 from specs.kinds.patching import is_store_path
 from specs.status import ActionRecord, Outcome
 
 log = logging.getLogger("compliance_agent.actuator.rebuild")
 
-PROFILE = "/nix/var/nix/profiles/system"
-CURRENT_SYSTEM = "/run/current-system"
 NIX_ENV_TIMEOUT = 120.0
 SWITCH_TIMEOUT = 1800.0  # a flake switch may build; a hung activation must still end
-QUERY_TIMEOUT = 15.0
 MIN_HEALTH_WAIT = 5.0  # a transaction resumed past its deadline still gets one short look
 UNIT_POLL_INTERVAL = 0.5
-GENERATION_LINK_RE = re.compile(r"^(?:.*/)?system-(\d+)-link$")
 # Read from the transient unit: its state, and the main process's exit status.
 UNIT_PROPERTIES = "LoadState,ActiveState,SubState,Result,ExecMainCode,ExecMainStatus"
 CLD_EXITED = "1"  # ExecMainCode: the main process exited (anything else: killed or dumped)
-
-
-class _Steps:
-    """Runs commands through the Host and records each as an ActionRecord."""
-
-    def __init__(self, host: Host, tx: RebuildTransaction,
-                 monotonic: Callable[[], float]) -> None:
-        self.host = host
-        self.tx = tx  # records go into the journaled transaction
-        self.monotonic = monotonic
-
-    def run(self, label: str, argv: list[str], timeout: float) -> Completed | None:
-        """Run argv; None when it timed out or could not start (already recorded)."""
-        started = self.monotonic()
-        try:
-            done = self.host.run(argv, timeout=timeout)
-        except CommandTimeout as e:
-            self.add(label, argv, None, self.monotonic() - started, "timeout", str(e))
-            return None
-        except (CommandNotFound, HostError) as e:
-            self.add(label, argv, None, self.monotonic() - started, "failed", str(e))
-            return None
-        ok = done.exit_code == 0
-        detail = "" if ok else _tail(done.stderr or done.stdout)
-        self.add(label, argv, done.exit_code, done.duration, "ok" if ok else "failed", detail)
-        return done
-
-    def add(self, label: str, argv: list[str], code: int | None, duration: float,
-             result: str, detail: str) -> None:
-        self.tx.records.append(ActionRecord(
-            step=self.tx.next_step, action=label, command=list(argv), exit_code=code,
-            duration_sec=round(max(duration, 0.0), 3), result=result, detail=detail,
-        ))
-        self.tx.next_step += 1
 
 
 class _UnitEnd:
@@ -207,10 +181,10 @@ class RebuildTransactions:
 
     def _begin(self, action: NixosRebuild, step_start: int) -> RebuildTransaction:
         prev_gen = profile_generation(self.host)
-        prev_system = _link(self.host, CURRENT_SYSTEM)
+        prev_system = link(self.host, CURRENT_SYSTEM)
         if prev_system is None and prev_gen is not None:
-            prev_system = _link(self.host, generation_link(prev_gen))
-        baseline_failed = _failed_units_if_degraded(self.host)
+            prev_system = link(self.host, generation_link(prev_gen))
+        baseline_failed = failed_units_if_degraded(self.host)
         now = self.clock()
         tx = RebuildTransaction(
             txid=new_txid(), action=action,
@@ -220,7 +194,7 @@ class RebuildTransactions:
             phase=Phase.switching, started_at=now, phase_started_at=now, next_step=step_start,
         )
         self.journal.save(tx)  # before anything changes: a restart from here on resumes
-        steps = _Steps(self.host, tx, self.monotonic)
+        steps = Steps(self.host, tx, self.monotonic)
         if is_store_path(action.target):
             argv = ["nix-env", "-p", PROFILE, "--set", action.target]
             done = steps.run(action.type, argv, NIX_ENV_TIMEOUT)
@@ -270,8 +244,8 @@ class RebuildTransactions:
 
     def _check(self, tx: RebuildTransaction) -> None:
         self._discard(tx.switch_unit)  # a failed unit would make the host look degraded
-        healthy, why = self._healthy(tx)
-        if healthy:
+        confirmed, why = self._healthy(tx)
+        if confirmed:
             self._finish(tx, ok=True)
         else:
             self._to_rollback(tx, why)
@@ -279,7 +253,7 @@ class RebuildTransactions:
     def _roll_back(self, tx: RebuildTransaction) -> None:
         assert tx.prev_gen is not None and tx.prev_system is not None  # checked on entry
         self._discard(tx.switch_unit)
-        steps = _Steps(self.host, tx, self.monotonic)
+        steps = Steps(self.host, tx, self.monotonic)
         argv = transient_argv(tx.rollback_unit,
                               [f"{tx.prev_system}/bin/switch-to-configuration", "switch"],
                               f"compliance-agent rollback to generation {tx.prev_gen}")
@@ -306,8 +280,8 @@ class RebuildTransactions:
 
     def _check_rollback(self, tx: RebuildTransaction) -> None:
         self._discard(tx.rollback_unit)
-        healthy, why = self._healthy(tx)
-        if healthy:
+        confirmed, why = self._healthy(tx)
+        if confirmed:
             self._finish(tx, ok=False, outcome=Outcome.reverted,
                          rollback_generation=tx.prev_gen,
                          error=f"{tx.why}; rolled back to generation {tx.prev_gen}")
@@ -322,7 +296,7 @@ class RebuildTransactions:
         tx.deadline = tx.phase_started_at + tx.health_timeout  # confirmed by then, or undone
 
     def _switch_failed(self, tx: RebuildTransaction, why: str) -> None:
-        if not _changed(self.host, tx.prev_gen, tx.prev_system):
+        if not changed(self.host, tx.prev_gen, tx.prev_system):
             # nothing was activated (e.g. the build or `nix-env --set` failed): nothing to undo
             self._finish(tx, ok=False, outcome=Outcome.failed,
                          error=f"{why}; the system was not changed")
@@ -373,10 +347,10 @@ class RebuildTransactions:
     def _healthy(self, tx: RebuildTransaction) -> tuple[bool, str]:
         remaining = (tx.deadline or self.clock()) - self.clock()
         baseline = set(tx.baseline_failed) if tx.baseline_failed is not None else None
-        return _healthy(_Steps(self.host, tx, self.monotonic), max(remaining, MIN_HEALTH_WAIT),
+        return healthy(Steps(self.host, tx, self.monotonic), max(remaining, MIN_HEALTH_WAIT),
                         baseline)
 
-    def _start_unit(self, steps: _Steps, label: str, argv: list[str]) -> bool:
+    def _start_unit(self, steps: Steps, label: str, argv: list[str]) -> bool:
         """Start a transient unit; a failure to start is recorded (success is recorded
         when the unit ends, with its command's exit status)."""
         started = self.monotonic()
@@ -387,7 +361,7 @@ class RebuildTransactions:
             return False
         if done.exit_code != 0:
             steps.add(label, argv, done.exit_code, done.duration, "failed",
-                      _tail(done.stderr or done.stdout))
+                      tail(done.stderr or done.stdout))
             return False
         return True
 
@@ -395,7 +369,7 @@ class RebuildTransactions:
                      end: _UnitEnd) -> None:
         result = "ok" if end.exit_code == 0 else ("timeout" if end.timed_out else "failed")
         detail = "" if end.exit_code == 0 else f"{end.detail}: {self._unit_log(unit)}"
-        _Steps(self.host, tx, self.monotonic).add(
+        Steps(self.host, tx, self.monotonic).add(
             label, argv, end.exit_code, self.clock() - tx.phase_started_at, result, detail)
 
     def _unit_log(self, unit: str) -> str:
@@ -405,7 +379,7 @@ class RebuildTransactions:
             done = self.host.run(argv, timeout=QUERY_TIMEOUT)
         except HostError:
             done = None
-        text = _tail(done.stdout) if done is not None and done.exit_code == 0 else ""
+        text = tail(done.stdout) if done is not None and done.exit_code == 0 else ""
         return text or f"see 'journalctl -u {unit}'"
 
     def _unit_state(self, unit: str) -> dict[str, str]:
@@ -467,90 +441,3 @@ def _refused(action: NixosRebuild, step_start: int, why: str) -> ActionResult:
                           duration_sec=0.0, result="refused", detail=why)
     return ActionResult(action=action, records=[record], ok=False, outcome=Outcome.failed,
                         error=why)
-
-def _healthy(
-    steps: _Steps, timeout: float, baseline_failed: set[str] | None
-) -> tuple[bool, str]:
-    argv = ["systemctl", "is-system-running", "--wait"]
-    started = steps.monotonic()
-    try:
-        done = steps.host.run(argv, timeout=timeout)
-    except CommandTimeout:
-        steps.add("HealthCheck", argv, None, steps.monotonic() - started, "timeout",
-                   f"system did not settle within {timeout:g}s")
-        return False, f"system did not reach 'running' within {timeout:g}s"
-    except HostError as e:
-        steps.add("HealthCheck", argv, None, 0.0, "failed", str(e))
-        return False, f"health check could not run: {e}"
-    state = done.stdout.strip().splitlines()[-1].strip() if done.stdout.strip() else "unknown"
-    if state == "running":
-        steps.add("HealthCheck", argv, done.exit_code, done.duration, "ok", state)
-        return True, ""
-    if state == "degraded" and baseline_failed is not None:
-        now_failed = failed_units(steps.host) or set()
-        new = sorted(now_failed - baseline_failed)
-        detail = f"degraded before and after; new failed units: {', '.join(new) or 'none'}"
-        steps.add("HealthCheck", argv, done.exit_code, done.duration,
-                   "failed" if new else "ok", detail)
-        if new:
-            return False, f"units failed after the switch: {', '.join(new)}"
-        return True, ""
-    failed = sorted(failed_units(steps.host) or set()) if state == "degraded" else []
-    detail = state + (f"; failed units: {', '.join(failed)}" if failed else "")
-    steps.add("HealthCheck", argv, done.exit_code, done.duration, "failed", detail)
-    return False, f"system is '{state}' after the switch" + (
-        f" (failed: {', '.join(failed)})" if failed else ""
-    )
-
-
-def _failed_units_if_degraded(host: Host) -> set[str] | None:
-    try:
-        done = host.run(["systemctl", "is-system-running"], timeout=QUERY_TIMEOUT)
-    except HostError:
-        return None
-    if done.stdout.strip() != "degraded":
-        return None
-    return failed_units(host)
-
-
-def failed_units(host: Host) -> set[str] | None:
-    argv = ["systemctl", "list-units", "--state=failed", "--plain", "--no-legend", "--no-pager"]
-    try:
-        done = host.run(argv, timeout=QUERY_TIMEOUT)
-    except HostError:
-        return None
-    units = set()
-    for line in done.stdout.splitlines():
-        parts = line.split()
-        if parts:
-            units.add(parts[0].lstrip("●*").strip() or parts[-1])
-    return {u for u in units if u}
-
-
-def profile_generation(host: Host) -> int | None:
-    """N of the system profile's current `system-N-link`, or None without a profile."""
-    target = _link(host, PROFILE)
-    if target is None:
-        return None
-    m = GENERATION_LINK_RE.fullmatch(target)
-    return int(m.group(1)) if m else None
-
-
-def generation_link(gen: int) -> str:
-    return f"{PROFILE}-{gen}-link"
-
-
-def _changed(host: Host, prev_gen: int | None, prev_system: str | None) -> bool:
-    return profile_generation(host) != prev_gen or _link(host, CURRENT_SYSTEM) != prev_system
-
-
-def _link(host: Host, path: str) -> str | None:
-    try:
-        return host.stat(path).link_target
-    except OSError:
-        return None
-
-
-def _tail(text: str, limit: int = 500) -> str:
-    text = text.strip()
-    return text if len(text) <= limit else "..." + text[-limit:]
