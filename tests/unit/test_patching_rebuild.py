@@ -8,15 +8,20 @@ tests/integration/test_patching_rollback.py.
 
 from __future__ import annotations
 
+import json
+import os
+import socket
 from collections.abc import Callable, Sequence
 from itertools import count
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from reconciler.actuator.protocol import ActuatorReply, ActuatorRequest, recv_frame, send_json
 from reconciler.actuator.rebuild import RebuildTransactions, execute_rebuild
 from reconciler.actuator.result import ActionResult
-from reconciler.actuator.transaction import Phase, TransactionJournal
+from reconciler.actuator.transaction import JOURNAL_FILE, Phase, TransactionJournal
 from specs.actions import NixosRebuild
 from specs.host import CommandTimeout, Completed, FileStat
 from specs.status import Outcome
@@ -329,3 +334,74 @@ def test_unreadable_journal_refuses_a_new_switch(tmp_path: Path) -> None:
     res = _transactions(host, journal).execute(NixosRebuild(target=GOOD))
     assert res.outcome is Outcome.failed and "remove the file" in (res.error or "")
     assert host.calls == [] and host.current == OLD
+
+
+def _actuator_server(tmp_path: Path, host: NixModel, target: str) -> tuple[Any, Path]:
+    """The socket server as the module runs it: journaled rebuilds in its state directory."""
+    from reconciler.actuator.server import bind_path_socket, build_server
+    from specs.config import parse_config
+
+    baseline = tmp_path / "baseline.json"
+    baseline.write_text(json.dumps({"version": 1, "policy_version": "1",
+                                    "patching": {"target": target}}))
+    config = parse_config({
+        "siteId": "clinic-1", "hostId": "h1", "baselinePath": str(baseline),
+        "clientCertFile": "/run/secrets/c", "clientKeyFile": "/run/secrets/k",
+        "signingKeyFile": "/run/secrets/s", "caCertFile": "/etc/ca.pem",
+        "mcpPublicKeys": ["00" * 32], "deploymentMode": "direct",
+        "stateDirectory": str(tmp_path / "agent"), "allowDisruptiveOutsideWindow": True,
+        "rebuildHealthCheckTimeout": 30,
+    })
+    sock = tmp_path / "actuator.sock"
+    server = build_server(config, bind_path_socket(sock), allowed_uids=frozenset({os.getuid()}),
+                          state_directory=tmp_path / "actuator-state", host=host)
+    return server, tmp_path / "actuator-state" / JOURNAL_FILE
+
+
+def _request(server: Any, target: str, *, hang_up: bool = False) -> ActuatorReply | None:
+    """One rebuild request, served on the server's connection thread."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(10)
+        s.connect(server.listener.getsockname())
+        send_json(s, ActuatorRequest(action=NixosRebuild(target=target)))
+        if hang_up:  # the agent restarted mid-request: nobody reads the reply
+            s.close()
+        assert server.serve_one(5)
+        server.join(10)
+        return None if hang_up else ActuatorReply.model_validate_json(recv_frame(s, 1 << 22))
+
+
+def test_result_the_agent_missed_is_handed_over_once(tmp_path: Path) -> None:
+    host = NixModel()
+    server, journal = _actuator_server(tmp_path, host, BAD)
+    old = [f"{OLD}/bin/switch-to-configuration", "switch"]
+    assert _request(server, BAD, hang_up=True) is None
+    tx = TransactionJournal(journal).load()
+    assert tx is not None and tx.phase is Phase.done and not tx.delivered
+    # the agent's next request gets that outcome, not a second switch
+    reply = _request(server, BAD)
+    assert reply is not None and reply.result == tx.result
+    assert reply.result.outcome is Outcome.reverted and host.calls.count(old) == 1
+    assert TransactionJournal(journal).load().delivered  # type: ignore[union-attr]
+    # once delivered, a new request is a new transaction
+    again = _request(server, BAD)
+    assert again is not None and again.result is not None and again.result != tx.result
+    assert host.calls.count(old) == 2
+    server.listener.close()
+
+
+def test_actuator_start_resumes_an_open_transaction(tmp_path: Path) -> None:
+    host = NixModel()
+    server, journal = _actuator_server(tmp_path, host, BAD)
+    _dies_at(host, ["systemctl", "is-system-running", "--wait"])
+    with pytest.raises(Killed):
+        _transactions(host, journal).execute(NixosRebuild(target=BAD))
+    host.run = NixModel.run.__get__(host)  # type: ignore[method-assign]
+    server.resume_in_background()
+    assert server.in_flight() <= 1
+    server.join(10)
+    tx = TransactionJournal(journal).load()
+    assert tx is not None and tx.phase is Phase.done and tx.rollback_activations == 1
+    assert tx.result is not None and tx.result.outcome is Outcome.reverted
+    assert host.current == OLD
+    server.listener.close()
