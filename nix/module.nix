@@ -603,8 +603,9 @@ in
         # The signed baseline it verified itself and its high-water mark (root, 0700).
         StateDirectory = "compliance-agent-actuator";
         StateDirectoryMode = "0700";
-        # Root, and switch-to-configuration runs NixOS activation under this
-        # process: it writes /etc, /home, /boot, creates setuid wrappers,
+        # Root. The switch itself now runs in a transient unit (systemd-run,
+        # outside this sandbox), but nix-env runs here and this sandbox was
+        # sized for NixOS activation, which writes /etc, /home, /boot, creates setuid wrappers,
         # mounts, and nix builds in namespaces. So no mount namespace
         # (PrivateTmp, ProtectSystem, ProtectKernelLogs: activation's mounts
         # would not reach the host), no device ACL (ProtectClock implies one;

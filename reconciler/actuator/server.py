@@ -16,6 +16,11 @@ This process is that gate. Per connection it:
    (fixed argv, no shell) and replies with the `ActionResult`, or with a
    refusal and its stable reason.
 
+A NixosRebuild is a journaled transaction (reconciler.actuator.rebuild): when
+the actuator starts, it resumes one an earlier process left open (the switch
+restarted this unit, or it was killed) in the background while it serves; a
+rebuild result is marked delivered once its reply was written to the socket.
+
 Each connection is served on its own thread (at most `MAX_CONNECTIONS`, the
 rest get `Busy` at once), so a slow read never blocks the others; host
 changes still never interleave (one lock around `execute`). Every request is
