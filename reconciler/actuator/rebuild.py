@@ -346,9 +346,10 @@ class RebuildTransactions:
 
     def _healthy(self, tx: RebuildTransaction) -> tuple[bool, str]:
         remaining = (tx.deadline or self.clock()) - self.clock()
+        # A wall clock set back (a time sync) must not stretch the wait past the timeout.
+        wait = min(max(remaining, MIN_HEALTH_WAIT), max(tx.health_timeout, MIN_HEALTH_WAIT))
         baseline = set(tx.baseline_failed) if tx.baseline_failed is not None else None
-        return healthy(Steps(self.host, tx, self.monotonic), max(remaining, MIN_HEALTH_WAIT),
-                        baseline)
+        return healthy(Steps(self.host, tx, self.monotonic), wait, baseline)
 
     def _start_unit(self, steps: Steps, label: str, argv: list[str]) -> bool:
         """Start a transient unit; a failure to start is recorded (success is recorded

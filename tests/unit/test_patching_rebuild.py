@@ -405,3 +405,31 @@ def test_actuator_start_resumes_an_open_transaction(tmp_path: Path) -> None:
     assert tx.result is not None and tx.result.outcome is Outcome.reverted
     assert host.current == OLD
     server.listener.close()
+
+
+def test_resumed_health_check_waits_only_until_the_journaled_deadline(tmp_path: Path) -> None:
+    host = NixModel()
+    journal = tmp_path / "rebuild-transaction.json"
+    _dies_at(host, ["systemctl", "is-system-running", "--wait"])
+    with pytest.raises(Killed):
+        _transactions(host, journal).execute(NixosRebuild(target=GOOD, health_timeout=20))
+    tx = TransactionJournal(journal).load()
+    assert tx is not None and tx.phase is Phase.checking and tx.deadline is not None
+    waits: list[float] = []
+    model_run = NixModel.run.__get__(host)
+
+    def run(argv: Sequence[str], timeout: float = 30.0) -> Completed:
+        if list(argv) == ["systemctl", "is-system-running", "--wait"]:
+            waits.append(timeout)
+        return model_run(argv, timeout)
+
+    host.run = run  # type: ignore[method-assign]
+    for now, expected in ((tx.deadline - 12, 12.0),  # resumed 8 s in: 12 s are left
+                          (tx.deadline + 60, 5.0),  # down past the deadline: one short look
+                          (tx.deadline - 7200, 20.0)):  # clock set back: never past the timeout
+        resumed = RebuildTransactions(host, TransactionJournal(journal), max_health_timeout=30,
+                                      monotonic=clock(), clock=lambda now=now: now)
+        TransactionJournal(journal).save(tx)
+        assert resumed.resume() is not None
+        assert waits[-1] == pytest.approx(expected)
+    assert host.current == GOOD
