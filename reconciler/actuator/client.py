@@ -9,8 +9,13 @@ a small hierarchy:
   is CamelCase (UnitNotInBaseline, OutsideMaintenanceWindow, ...) and goes
   verbatim into evidence.
 * `ActuatorUnavailable`: the socket is missing, refused the connection, or
-  the actuator went away mid-request; whether the action ran is unknown only
-  in the last case, and the next level-triggered pass observes the truth.
+  the actuator went away mid-request (`ActuatorWentAway`); whether the action
+  ran is unknown only in the last case, and the next level-triggered pass
+  observes the truth. A `NixosRebuild` is the exception: its switch may
+  restart the actuator itself, and the transaction goes on (journaled,
+  reconciler.actuator.rebuild), so the client reconnects and asks again for
+  up to `REBUILD_REATTACH_WINDOW`; the actuator answers with that
+  transaction's result once it is finished, not with a second switch.
 * `ActuatorProtocolError`: the reply was not a valid reply (a bug or a
   version mismatch).
 
@@ -24,7 +29,8 @@ from __future__ import annotations
 
 import logging
 import socket
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from pydantic import ValidationError
@@ -44,7 +50,8 @@ from reconciler.actuator.protocol import (
     send_json,
 )
 from reconciler.actuator.result import ActionResult, skipped_result
-from specs.actions import Action
+from specs.actions import Action, NixosRebuild
+from specs.backoff import Backoff
 from specs.errors import ComplianceAgentError
 from specs.host import Completed, FileStat, Host, HostError
 from specs.status import Outcome
@@ -54,6 +61,10 @@ log = logging.getLogger(__name__)
 # A rebuild (switch + health check + maybe rollback) can take minutes; the
 # actuator bounds every command itself, so this is only a backstop.
 DEFAULT_TIMEOUT = 1800.0
+# How long a rebuild request is re-sent after the actuator went away mid-request
+# (the switch restarted it; systemd brings it back, and it resumes the transaction).
+REBUILD_REATTACH_WINDOW = 300.0
+REATTACH_BACKOFF = Backoff(base=0.5, cap=10.0)
 
 
 class ActuatorError(ComplianceAgentError):
@@ -68,6 +79,10 @@ class ActuatorUnavailable(ActuatorError):
             "(is compliance-agent-actuator.socket running? 'systemctl status "
             "compliance-agent-actuator.socket')"
         )
+
+
+class ActuatorWentAway(ActuatorUnavailable):
+    """The request was sent, but no complete reply came back."""
 
 
 class ActuatorRefused(ActuatorError):
@@ -93,10 +108,16 @@ class ActuatorClient:
         *,
         timeout: float = DEFAULT_TIMEOUT,
         errors_as_results: bool = False,
+        reattach_window: float = REBUILD_REATTACH_WINDOW,
+        monotonic: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.socket_path = Path(socket_path)
         self.timeout = timeout
         self.errors_as_results = errors_as_results
+        self.reattach_window = reattach_window
+        self.monotonic = monotonic
+        self.sleep = sleep
 
     def execute(self, action: Action, step_start: int = 1) -> ActionResult:
         if not self.errors_as_results:
@@ -112,7 +133,13 @@ class ActuatorClient:
             return failed.model_copy(update={"error": str(e)})
 
     def _execute(self, action: Action, step_start: int) -> ActionResult:
-        reply = self._roundtrip(ActuatorRequest(action=action, step_start=step_start))
+        request = ActuatorRequest(action=action, step_start=step_start)
+        try:
+            reply = self._roundtrip(request)
+        except ActuatorWentAway as e:
+            if not isinstance(action, NixosRebuild):
+                raise
+            reply = self._reattach(request, e)
         if reply.status == "ok":
             if reply.result is None:
                 raise ActuatorProtocolError("actuator replied ok without a result")
@@ -121,6 +148,22 @@ class ActuatorClient:
         if reply.status == "refused":
             raise ActuatorRefused(reason, reply.message)
         raise ActuatorProtocolError(f"actuator error ({reason}): {reply.message}")
+
+    def _reattach(self, request: ActuatorRequest, first: ActuatorWentAway) -> ActuatorReply:
+        """Re-send a rebuild request until the restarted actuator answers it."""
+        log.warning("actuator went away during %s (%s); asking again for its result",
+                    request.action.key, first)
+        deadline = self.monotonic() + self.reattach_window
+        failures = 0
+        while True:
+            failures += 1
+            self.sleep(min(REATTACH_BACKOFF.ceiling(failures),
+                           max(deadline - self.monotonic(), 0.0)))
+            try:
+                return self._roundtrip(request)
+            except ActuatorUnavailable:
+                if self.monotonic() >= deadline:
+                    raise
 
     def observe(self, argv: Sequence[str], timeout: float = 30.0) -> Completed:
         """Run one allowlisted read-only command as root; ActuatorRefused if not allowlisted."""
@@ -164,7 +207,7 @@ class ActuatorClient:
                 body = recv_frame(sock, MAX_REPLY_BYTES)
             except (FrameError, OSError) as e:  # OSError includes TimeoutError
                 detail = send_error or e
-                raise ActuatorUnavailable(
+                raise ActuatorWentAway(
                     self.socket_path, f"no complete reply: {detail or type(detail).__name__}"
                 ) from None
         finally:

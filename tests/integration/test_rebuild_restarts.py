@@ -3,10 +3,11 @@
 The module's own units run in a booted container: the actuator socket-activated
 as root with its StateDirectory (where the transaction is journaled), and a
 stand-in agent under the agent's sandbox that asks for the rebuild over the
-socket, as the agent's patching controller does: while /run/current-system is
-not the baseline's target, it requests the rebuild (a broken connection is
-retried a second later, like the next pass); once it gets a result it prints
-it and stops asking.
+socket with the agent's ActuatorClient (which re-sends a rebuild request whose
+connection broke, to learn that transaction's result), as the agent's
+patching controller does: while /run/current-system is not the baseline's
+target, it requests the rebuild; once it gets a result it prints it and
+stops asking.
 
 The system generations (tests/integration/nixos_standin) carry the actuator's
 and the agent's unit files. A generation whose copy of them differs makes its
@@ -277,15 +278,20 @@ def test_actuator_killed_mid_switch_resumes_and_finishes_once(
     log = host.out("journalctl", "--no-pager", "-o", "cat", "-u", ACTUATOR)
     assert "resuming rebuild transaction" in log
     assert log.count(f"rebuild transaction {tx['txid']} to") == 1  # finished once
+    # The agent's request lost its connection; the client asked the restarted
+    # actuator again and was handed this transaction's result, once.
+    line = host.wait_for("the agent to learn the outcome", lambda: next(
+        (ln for ln in host.agent_lines() if ln.startswith("AGENT result")), None))
     if outcome is None:
         assert tx["result"]["ok"] is True and tx["rollback_activations"] == 0
         assert host.activations() == ["old", generation]
         assert host.out("readlink", "/run/current-system") == host.paths[generation]
+        assert line == "AGENT result success None"
     else:
         assert tx["rollback_activations"] == 1
         assert host.activations() == ["old", generation, "old"]
         assert host.out("readlink", "/run/current-system") == host.paths["old"]
-        line = host.wait_for("the agent to learn the outcome", lambda: next(
-            (ln for ln in host.agent_lines() if ln.startswith("AGENT result")), None))
         assert line == "AGENT result reverted 1"
+    assert host.wait_for("the result to be marked delivered",
+                         lambda: (host.journal() or {}).get("delivered"))
     assert host.settled() == "running"

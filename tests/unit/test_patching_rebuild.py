@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import threading
 from collections.abc import Callable, Sequence
 from itertools import count
 from pathlib import Path
@@ -433,3 +434,63 @@ def test_resumed_health_check_waits_only_until_the_journaled_deadline(tmp_path: 
         assert resumed.resume() is not None
         assert waits[-1] == pytest.approx(expected)
     assert host.current == GOOD
+
+
+def _flaky_actuator(path: Path, replies: list[ActuatorReply | None]) -> threading.Thread:
+    """Serve one connection per entry: None reads the request and hangs up unanswered."""
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(path))
+    listener.listen(4)
+    listener.settimeout(10)
+
+    def serve() -> None:
+        with listener:
+            for reply in replies:
+                conn, _ = listener.accept()
+                with conn:
+                    recv_frame(conn, 1 << 20)
+                    if reply is not None:
+                        send_json(conn, reply)
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    return t
+
+
+def test_client_reattaches_to_a_rebuild_when_the_actuator_went_away(tmp_path: Path) -> None:
+    from reconciler.actuator.client import ActuatorClient
+
+    action = NixosRebuild(target=BAD)
+    result = ActionResult(action=action, records=[], ok=False, outcome=Outcome.reverted,
+                          rollback_generation=7, error="rolled back")
+    sock = tmp_path / "actuator.sock"
+    server = _flaky_actuator(sock, [None, None, ActuatorReply(status="ok", result=result)])
+    slept: list[float] = []
+    client = ActuatorClient(sock, timeout=10, sleep=slept.append)
+    assert client.execute(action) == result
+    server.join(10)
+    assert len(slept) == 2  # asked three times: the switch restarted the actuator twice
+
+
+def test_client_does_not_resend_other_actions_nor_past_the_window(tmp_path: Path) -> None:
+    from reconciler.actuator.client import ActuatorClient, ActuatorUnavailable, ActuatorWentAway
+    from specs.actions import StartUnit
+
+    sock = tmp_path / "a.sock"
+    server = _flaky_actuator(sock, [None])
+    with pytest.raises(ActuatorWentAway):
+        ActuatorClient(sock, timeout=10, sleep=lambda s: None).execute(StartUnit(unit="a.service"))
+    server.join(10)
+    now = [0.0]
+
+    def sleep(seconds: float) -> None:
+        now[0] += seconds
+
+    sock2 = tmp_path / "b.sock"
+    server = _flaky_actuator(sock2, [None])  # then nobody listens any more
+    client = ActuatorClient(sock2, timeout=10, reattach_window=30, monotonic=lambda: now[0],
+                            sleep=sleep)
+    with pytest.raises(ActuatorUnavailable):
+        client.execute(NixosRebuild(target=BAD))
+    server.join(10)
+    assert now[0] == pytest.approx(30.0)  # gave up at the window, not before
