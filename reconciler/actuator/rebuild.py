@@ -40,6 +40,7 @@ duration_sec, result) so evidence shows exactly what ran.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
 
@@ -143,6 +144,10 @@ class RebuildTransactions:
         self.monotonic = monotonic
         self.clock = clock
         self.sleep = sleep
+        # Transactions are driven under the server's change lock; an acknowledgement
+        # comes from a connection thread, so its read-modify-write of the journal
+        # must not interleave with a save of a transaction being driven.
+        self._journal_lock = threading.Lock()
 
     def execute(self, action: NixosRebuild, step_start: int = 1) -> ActionResult:
         try:
@@ -172,10 +177,12 @@ class RebuildTransactions:
 
     def acknowledge(self, result: ActionResult) -> None:
         """`result` reached the agent: a later request starts a new transaction."""
-        tx = self.journal.load()
-        if tx is not None and tx.phase is Phase.done and not tx.delivered and tx.result == result:
-            tx.delivered = True
-            self.journal.save(tx)
+        with self._journal_lock:
+            tx = self.journal.load()
+            if (tx is not None and tx.phase is Phase.done and not tx.delivered
+                    and tx.result == result):
+                tx.delivered = True
+                self.journal.save(tx)
 
     # --- phases -------------------------------------------------------------------
 
@@ -193,7 +200,7 @@ class RebuildTransactions:
             baseline_failed=sorted(baseline_failed) if baseline_failed is not None else None,
             phase=Phase.switching, started_at=now, phase_started_at=now, next_step=step_start,
         )
-        self.journal.save(tx)  # before anything changes: a restart from here on resumes
+        self._save(tx)  # before anything changes: a restart from here on resumes
         steps = Steps(self.host, tx, self.monotonic)
         if is_store_path(action.target):
             argv = ["nix-env", "-p", PROFILE, "--set", action.target]
@@ -204,7 +211,7 @@ class RebuildTransactions:
         argv = transient_argv(tx.switch_unit, switch_command(action),
                               f"compliance-agent switch to {action.target}")
         tx.phase_started_at = self.clock()
-        self.journal.save(tx)
+        self._save(tx)
         if not self._start_unit(steps, action.type, argv):
             self._switch_failed(tx, f"the switch to {action.target} could not be started")
         return tx
@@ -219,7 +226,7 @@ class RebuildTransactions:
                 self._roll_back(tx)
             else:
                 self._check_rollback(tx)
-            self.journal.save(tx)
+            self._save(tx)
         self._discard(tx.switch_unit)
         self._discard(tx.rollback_unit)
         return tx
@@ -266,7 +273,7 @@ class RebuildTransactions:
                 return
             tx.rollback_activations += 1
             tx.phase_started_at = self.clock()
-            self.journal.save(tx)  # counted before it starts: never under-counted
+            self._save(tx)  # counted before it starts: never under-counted
             if not self._start_unit(steps, "Rollback", argv):
                 self._rollback_failed(tx, f"re-activating {tx.prev_system} could not start")
                 return
@@ -339,8 +346,12 @@ class RebuildTransactions:
         assert tx.result is not None  # only done transactions are handed over
         if not self.confirm_delivery and not tx.delivered:
             tx.delivered = True
-            self.journal.save(tx)
+            self._save(tx)
         return tx.result
+
+    def _save(self, tx: RebuildTransaction) -> None:
+        with self._journal_lock:
+            self.journal.save(tx)
 
     # --- host helpers ---------------------------------------------------------------
 
