@@ -5,9 +5,9 @@ be lost (state.db deleted, its WAL deleted or torn, an older copy restored).
 So at start, under the writer's lock and in one write transaction:
 
 1. every file in the evidence directory that the index does not know is
-   verified with the agent's own key. A valid bundle is a *candidate*; a file
-   that is not one (forged, another key's, torn, a temp file) is moved to
-   `quarantine/`, never deleted. A file whose index row is a tombstone is the
+   named like a bundle is verified with the agent's own key. A valid bundle is
+   a *candidate*; a file that is not one (forged, another key's, torn, a temp
+   file) is moved to `quarantine/`, never deleted. A file whose index row is a tombstone is the
    tail of an interrupted prune: its signed prune record is committed, so
    retention finishes and deletes it (the only deletion there is).
 2. from the index head on, each sequence is rebuilt from a candidate that
@@ -48,6 +48,7 @@ from reconciler.evidence.note import Checkpoint, NoteError, SignedNote, verify_n
 from reconciler.store.database import Transaction
 from reconciler.store.evidence_index import (
     FILE_RE,
+    TMP_RE,
     EvidenceDir,
     IndexRow,
     all_rows,
@@ -205,7 +206,9 @@ def reconcile_files(conn: Transaction, edir: EvidenceDir, keys: TrustedKeys, ori
     candidates: dict[int, _Candidate] = {}
     for name in edir.names():
         path = edir.path / name
-        if not path.is_file() or (name in by_name and not by_name[name].pruned):
+        if not (FILE_RE.fullmatch(name) or TMP_RE.fullmatch(name)) or not path.is_file():
+            continue  # not named like a bundle: not ours to judge (operator notes, ...)
+        if name in by_name and not by_name[name].pruned:
             continue
         data = path.read_bytes()
         digest = hashlib.sha256(data).hexdigest()

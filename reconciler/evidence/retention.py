@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 from reconciler.evidence.writer import EvidenceRequest, EvidenceWriter
 from reconciler.store.database import Transaction
 from reconciler.store.evidence_index import IndexRow, all_rows, mark_pruned
-from specs.evidence import PRUNE_CHECK
+from specs.evidence import CHAIN_BREAK_CHECK, PRUNE_CHECK
 from specs.orders import format_rfc3339
 from specs.status import Outcome
 
@@ -101,7 +101,7 @@ def select_prunable(
         if r.sequence not in protected_tail
         and r.created_at < cutoff  # fixed-width RFC 3339 UTC strings compare like times
         and newest_success.get(r.check) != r.sequence
-        and r.check != PRUNE_CHECK
+        and r.check not in (PRUNE_CHECK, CHAIN_BREAK_CHECK)
     ]
 
 

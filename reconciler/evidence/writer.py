@@ -46,7 +46,8 @@ from pydantic_core import to_jsonable_python
 
 from reconciler.evidence.checkpoint import origin_for
 from reconciler.evidence.recovery import Recovery, reconcile_files, set_aside_uncommitted
-from reconciler.evidence.tree import check_appendable, extend_tree
+from reconciler.evidence.merkle import Frontier, evidence_leaf
+from reconciler.evidence.tree import TreeTampered, check_appendable, extend_tree, load_frontier
 from reconciler.store.database import Store, Transaction
 from reconciler.store.evidence_index import (
     EvidenceDir,
@@ -55,6 +56,7 @@ from reconciler.store.evidence_index import (
     insert_rows,
     mark_pruned,
 )
+from reconciler.store.evidence_tree import digests_from, save_tree_state
 from reconciler.trust.dsse import Signer, TrustedKeys, envelope_bytes
 from specs.evidence import (
     CHAIN_BREAK_CHECK,
@@ -163,9 +165,8 @@ class EvidenceWriter:
             rec, rows = reconcile_files(conn, self.dir, TrustedKeys([pub]), origin,
                                         bytes.fromhex(pub), now)
             if rows:
-                check_appendable(conn)  # never rebuild on top of a tree the index lost
                 insert_rows(conn, rows)
-                extend_tree(conn, rows[0].sequence, [r.digest for r in rows])
+                _rebuild_tree(conn, rows, rec)
                 for bundle_id, data in rec.adopted_envelopes:
                     for hook in self.on_stored:  # e.g. the outbox lost with the database
                         hook(conn, bundle_id, data)
@@ -385,3 +386,36 @@ class EvidenceWriter:
             pruned_by=None,
         )
         return row, data
+
+
+def _rebuild_tree(conn: Transaction, rows: Sequence[IndexRow], rec: Recovery) -> None:
+    """Bring the stored Merkle frontier up to the rows just rebuilt.
+
+    The frontier commits with the index rows, so it is ahead of the index only
+    if rows were deleted from an intact database: the rebuilt rows must then
+    reproduce it exactly. If they do not because bundles are lost (a chain
+    break), the tree is recomputed over the index with the lost leaves (the
+    break bundle says so); otherwise the files are not what the tree committed
+    to and nothing is written until someone looks.
+    """
+    stored = load_frontier(conn)
+    if stored.size >= rows[0].sequence:
+        check = Frontier()
+        for seq, digest in digests_from(conn, 1):
+            if seq > stored.size:
+                break
+            check.append(evidence_leaf(digest))
+        if (check.size != stored.size or check.root() != stored.root()) and rec.broken:
+            rec.reasons.append(f"the Merkle tree of {stored.size} leaves covers lost bundles")
+            whole = Frontier()
+            whole.extend(evidence_leaf(d) for _, d in digests_from(conn, 1))
+            save_tree_state(conn, whole.size, whole.to_bytes())
+            return
+        if check.size != stored.size or check.root() != stored.root():
+            raise TreeTampered(
+                f"the evidence index lost rows and the files on disk do not rebuild the "
+                f"Merkle tree of {stored.size} leaves: no evidence is written until this is "
+                "investigated ('compliance-agent evidence verify --all')")
+    fresh = [r for r in rows if r.sequence > stored.size]
+    if fresh:
+        extend_tree(conn, fresh[0].sequence, [r.digest for r in fresh])

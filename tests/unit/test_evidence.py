@@ -251,7 +251,7 @@ def test_outbox_hook_enqueues_atomically(store: Store, tmp_path: Path) -> None:
     assert item.bundle_id == bid
 
 
-def test_orphans_are_removed_at_start(store: Store, tmp_path: Path) -> None:
+def test_unknown_bundle_files_are_quarantined_at_start(store: Store, tmp_path: Path) -> None:
     w = writer(store, tmp_path)
     w.record(check="backup", outcome="success")
     edir = tmp_path / "evidence"
@@ -262,9 +262,9 @@ def test_orphans_are_removed_at_start(store: Store, tmp_path: Path) -> None:
     (edir / ".000000000003-0b8c4b7e-6d0f-4a53-9c1e-1d3f1a2b3c4d.json.tmp").write_bytes(b"{")
     (edir / "README").write_text("operator notes")
     w2 = writer(store, tmp_path)
-    assert sorted(w2.orphans_removed) == sorted(
-        [orphan.name, ".000000000003-0b8c4b7e-6d0f-4a53-9c1e-1d3f1a2b3c4d.json.tmp"]
-    )
+    names = [orphan.name, ".000000000003-0b8c4b7e-6d0f-4a53-9c1e-1d3f1a2b3c4d.json.tmp"]
+    assert sorted(w2.recovery.quarantined) == sorted(names)
+    assert sorted(p.name for p in (edir / "quarantine").iterdir()) == sorted(names)
     assert (edir / "README").exists()
     w2.record(check="backup", outcome="success")
     assert verify_store(store, edir, [AGENT_SIGNER.public_key_hex]).ok
