@@ -284,7 +284,7 @@ def build_service(
         build_integrations,
     )
     from reconciler.evidence.checkpoint import Checkpointer, origin_for
-    from reconciler.evidence.recorder import EvidenceRecorder
+    from reconciler.evidence.recorder import EvidenceCollector, EvidenceRecorder
     from reconciler.evidence.writer import EvidenceIdentity, EvidenceWriter
     from reconciler.store.outbox import Outbox
     from reconciler.store.triggers import TriggerStore
@@ -326,6 +326,7 @@ def build_service(
         listeners=(HttpDateReading(health, link.http_offset_ms), recorder),
         collect_hooks=(_outbox_metrics(outbox),),
     )
+    agent.metrics.registry.register(EvidenceCollector(recorder))
     if with_control_plane:
         link.connect()
     wakeups = order_wakeups(cfg, store, link, agent.metrics)
@@ -465,6 +466,7 @@ def build_daemon(cfg: AgentConfig) -> Daemon:
                     *([svc.wakeups] if svc.wakeups else [])),
         background=(_daily_prune(Pruner(svc.writer, RetentionPolicy.from_config(cfg))),),
         closers=(svc.close,),
+        health_inputs=(svc.recorder,),  # evidence that cannot be written fails the host
     )
 
 

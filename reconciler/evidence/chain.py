@@ -17,8 +17,9 @@ against the SQLite index as well. Problems (each makes the report fail):
 A missing sequence is *explained* (a note, not a problem) only when a signed
 `evidence_prune` bundle lists it, or a signed `evidence_chain_break` bundle
 declares it lost (the chain could not be continued at start:
-reconciler.evidence.recovery; the bundle after a lost one cannot be linked): an index tombstone alone proves nothing,
-anyone with write access to the database can write one. The Merkle tree and
+reconciler.evidence.recovery; the bundle after a lost one cannot be
+linked): an index tombstone alone proves nothing, anyone with write access
+to the database can write one. The Merkle tree and
 its signed checkpoints (reconciler.evidence.logverify) cover the tail.
 """
 
@@ -36,9 +37,9 @@ from reconciler.store.database import Store
 from reconciler.store.evidence_index import IndexRow, all_rows
 from reconciler.trust.dsse import TrustedKeys, TrustError, loads_strict, verify_envelope
 from specs.evidence import (
+    CHAIN_BREAK_CHECK,
     EVIDENCE_PAYLOAD_TYPE,
     PREDICATE_TYPE,
-    CHAIN_BREAK_CHECK,
     PRUNE_CHECK,
     STATEMENT_TYPE,
     EvidenceStatement,

@@ -37,7 +37,6 @@ import logging
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
@@ -107,18 +106,27 @@ class Recovery:
 
     def break_record(self) -> dict[str, Any]:
         """post_state of the signed chain-break bundle."""
-        from reconciler.evidence.retention import ranges
-
         return {
             "reason": self.reason,
             "last_verified_sequence": self.last_sequence,
             "last_verified_digest": self.last_digest,
-            "lost_ranges": ranges(self.lost),
+            "lost_ranges": _ranges(self.lost),
             "lost": [{"sequence": s, "digest": LOST_DIGEST} for s in self.lost],
             "checkpoint": self.checkpoint,
             "adopted_count": len(self.adopted),
             "quarantined": self.quarantined[:100],
         }
+
+
+def _ranges(seqs: list[int]) -> list[list[int]]:
+    """[1,2,3,7] -> [[1,3],[7,7]] (as retention lists its prune ranges)."""
+    out: list[list[int]] = []
+    for s in sorted(seqs):
+        if out and s == out[-1][1] + 1:
+            out[-1][1] = s
+        else:
+            out.append([s, s])
+    return out
 
 
 def _quarantine(edir: EvidenceDir, name: str, recovery: Recovery) -> None:

@@ -45,8 +45,8 @@ from pydantic import BaseModel
 from pydantic_core import to_jsonable_python
 
 from reconciler.evidence.checkpoint import origin_for
-from reconciler.evidence.recovery import Recovery, reconcile_files, set_aside_uncommitted
 from reconciler.evidence.merkle import Frontier, evidence_leaf
+from reconciler.evidence.recovery import Recovery, reconcile_files, set_aside_uncommitted
 from reconciler.evidence.tree import TreeTampered, check_appendable, extend_tree, load_frontier
 from reconciler.store.database import Store, Transaction
 from reconciler.store.evidence_index import (

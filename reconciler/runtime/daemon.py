@@ -5,7 +5,10 @@ Threads: N workers (never two on one key, by the workqueue), the status
 server, and the main thread, which schedules passes and pings the watchdog.
 The watchdog is pinged only while the loop is healthy: if a worker has been
 stuck on one key for longer than the watchdog interval, pings stop and
-systemd restarts the service (a hung loop must not look alive).
+systemd restarts the service (a hung loop must not look alive). The same
+holds while a `HealthInput` given at construction reports a reason (e.g.
+evidence cannot be written: disk full): the host summary is Failed with that
+reason, in `status` and the systemd status line.
 
 A pass runs in phases (`controllers.base.Phase`): the keys of the next phase
 are queued only once every key of the current one has been reconciled, so the
@@ -60,6 +63,13 @@ class DaemonPolicy:
     status_socket: Path | None = None
 
 
+class HealthInput(Protocol):
+    """Something the loop's health depends on besides its workers."""
+
+    def unhealthy_reason(self) -> str | None:
+        """None while fine; else a short reason (starts with a CamelCase word)."""
+
+
 class Companion(Protocol):
     """A part that lives beside the loop (e.g. the control-plane connection)."""
 
@@ -96,8 +106,10 @@ class Daemon:
         companions: Sequence[Companion] = (),
         background: Sequence[Callable[[], None]] = (),
         closers: Sequence[Callable[[], None]] = (),
+        health_inputs: Sequence[HealthInput] = (),
     ) -> None:
         self.agent = agent
+        self.health_inputs = tuple(health_inputs)
         self.policy = policy
         self.notifier = notifier or Notifier()
         self.rng = rng or random.Random()
@@ -244,7 +256,10 @@ class Daemon:
         report.results = list(p.results.values())
         self.agent.finish_pass(report, p.t0, p.c0, dry_run=False)
         self.passes_completed += 1
-        self.notifier.status(report.one_line())
+        reasons = self.unhealthy_reasons()
+        if reasons:
+            report.summary = HostSummary.Failed
+        self.notifier.status("; ".join([report.one_line(), *reasons]))
         for companion in self.companions:
             try:
                 companion.pass_done()
@@ -303,10 +318,23 @@ class Daemon:
             self._finish_pass()
 
     # -- health ----------------------------------------------------------------------
+    def unhealthy_reasons(self) -> list[str]:
+        reasons = []
+        for source in self.health_inputs:
+            try:
+                reason = source.unhealthy_reason()
+            except Exception as e:  # a broken health input is itself unhealthy
+                reason = f"HealthInputError: {type(e).__name__}"
+            if reason:
+                reasons.append(reason)
+        return reasons
+
     def loop_healthy(self) -> bool:
         limit = self.notifier.watchdog_interval or 300.0
         now = time.monotonic()
-        return all(now - since < limit for since in list(self._busy_since.values()))
+        if any(now - since >= limit for since in list(self._busy_since.values())):
+            return False
+        return not self.unhealthy_reasons()
 
     def _maybe_watchdog(self) -> None:
         if self.notifier.watchdog_interval and self.loop_healthy():
@@ -326,4 +354,8 @@ class Daemon:
                             "processing": sorted(self.queue.processing()),
                             "retries": self.queue.retries_total}
         doc["loop_healthy"] = self.loop_healthy()
+        reasons = self.unhealthy_reasons()
+        if reasons:
+            doc["summary"] = HostSummary.Failed.value
+            doc["unhealthy"] = reasons
         return doc

@@ -2,9 +2,10 @@
 
 Files live flat in the evidence directory, one envelope per file, named
 `<sequence:012d>-<bundle_id>.json` so a directory listing sorts like the
-chain. The index row is the authority: a file without a live row is an
-orphan (a crash between file write and commit, or a prune interrupted after
-its commit) and `remove_orphans` deletes it.
+chain. The signed files are the evidence and the index rows a cache of them:
+a file without a row (a crash between file write and commit, a lost
+database) is reconciled at start by reconciler.evidence.recovery, never
+deleted.
 """
 
 from __future__ import annotations
@@ -142,6 +143,14 @@ def list_bundles(
         return [_row(r) for r in rs]
 
 
+def count_check(store: Store, check: str) -> int:
+    """How many bundles (tombstones included) have this check."""
+    with store.begin() as conn:
+        r = conn.execute(text("SELECT count(*) FROM evidence_bundles WHERE check_name = :c"),
+                         {"c": check}).first()
+    return 0 if r is None else int(r[0])
+
+
 def get_bundle(store: Store, ident: str) -> IndexRow | None:
     """Look a bundle up by bundle_id, or by sequence number if `ident` is all digits."""
     with store.begin() as conn:
@@ -247,26 +256,3 @@ class EvidenceDir:
 
     def names(self) -> list[str]:
         return sorted(os.listdir(self.path))
-
-
-def remove_orphans(conn: Connection, edir: EvidenceDir) -> list[str]:
-    """Delete our files that have no live index row, and leftover temp files.
-
-    Call inside a write transaction: writers hold the same lock while a file
-    exists without its row, so nothing in flight can be mistaken for an orphan.
-    Files not named like ours are left alone.
-    """
-    live = {
-        r[0]
-        for r in conn.execute(
-            text("SELECT file_name FROM evidence_bundles WHERE pruned_at IS NULL")
-        )
-    }
-    removed = []
-    for name in edir.names():
-        ours_orphan = (FILE_RE.fullmatch(name) and name not in live) or TMP_RE.fullmatch(name)
-        if ours_orphan and edir.unlink(name):
-            removed.append(name)
-    if removed:
-        edir.sync()
-    return removed

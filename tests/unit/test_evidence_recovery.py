@@ -37,7 +37,7 @@ KEYS = [AGENT_SIGNER.public_key_hex]
 DB_FILES = ("state.db", "state.db-wal", "state.db-shm")
 
 
-class SimulatedCrash(Exception):  # noqa: N818 - a test marker, not a product error
+class SimulatedCrash(Exception):
     pass
 
 CHILD = """
