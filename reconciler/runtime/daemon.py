@@ -7,8 +7,10 @@ The watchdog is pinged only while the loop is healthy: if a worker has been
 stuck on one key for longer than the watchdog interval, pings stop and
 systemd restarts the service (a hung loop must not look alive). The same
 holds while a `HealthInput` given at construction reports a reason (e.g.
-evidence cannot be written: disk full): the host summary is Failed with that
-reason, in `status` and the systemd status line.
+evidence cannot be written: disk full), or while the last
+`WORKER_ERROR_LIMIT` reconciles all raised (the store cannot save their status
+or evidence: a full disk usually fails there first): the host summary is
+Failed with the reason, in `status` and the systemd status line.
 
 A pass runs in phases (`controllers.base.Phase`): the keys of the next phase
 are queued only once every key of the current one has been reconciled, so the
@@ -49,6 +51,11 @@ from specs.resource import ResourceSpec
 from specs.status import HostSummary, Outcome
 
 log = logging.getLogger("compliance_agent.daemon")
+
+
+# Consecutive reconciles that raised (controller faults are contained in
+# runtime.reconcile, so these are store failures) before the loop counts as failed.
+WORKER_ERROR_LIMIT = 3
 
 
 def jittered(interval: float, rng: random.Random, fraction: float = 0.1) -> float:
@@ -110,6 +117,8 @@ class Daemon:
     ) -> None:
         self.agent = agent
         self.health_inputs = tuple(health_inputs)
+        self._worker_errors = 0  # consecutive; reset by any reconcile that completes
+        self._last_worker_error = ""
         self.policy = policy
         self.notifier = notifier or Notifier()
         self.rng = rng or random.Random()
@@ -295,10 +304,15 @@ class Daemon:
             return
         try:
             result = self.agent.reconcile(kind, spec)
-        except Exception:  # runtime.reconcile already contains controller faults
+        except Exception as e:  # runtime.reconcile already contains controller faults
             log.exception("worker error", extra={"resource": kind, "reason": "WorkerError"})
+            with self._lock:
+                self._worker_errors += 1
+                self._last_worker_error = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
             self.queue.add_rate_limited(kind)
             return
+        with self._lock:
+            self._worker_errors = 0
         if result.outcome is Outcome.failed:
             self.queue.add_rate_limited(kind)
         else:
@@ -320,6 +334,11 @@ class Daemon:
     # -- health ----------------------------------------------------------------------
     def unhealthy_reasons(self) -> list[str]:
         reasons = []
+        with self._lock:
+            if self._worker_errors >= WORKER_ERROR_LIMIT:
+                reasons.append(f"ReconcileFailing: the last {self._worker_errors} reconciles "
+                               f"could not save their status or evidence "
+                               f"({self._last_worker_error})")
         for source in self.health_inputs:
             try:
                 reason = source.unhealthy_reason()
