@@ -458,7 +458,7 @@ def reconcile_once(cfg: AgentConfig, dry_run: bool = False) -> PassReport:
 
 def build_daemon(cfg: AgentConfig) -> Daemon:
     svc = build_service(cfg, with_control_plane=False)
-    return Daemon(
+    daemon = Daemon(
         svc.agent, daemon_policy(cfg), wake=svc.wake,
         # in this order after each pass: sign a checkpoint, then deliver it with the
         # pass's bundles; stopped before the closers, while the store is still open
@@ -468,6 +468,8 @@ def build_daemon(cfg: AgentConfig) -> Daemon:
         closers=(svc.close,),
         health_inputs=(svc.recorder,),  # evidence that cannot be written fails the host
     )
+    svc.agent.metrics.registry.register(daemon.health_collector())
+    return daemon
 
 
 PRUNE_INTERVAL = 24 * 3600.0

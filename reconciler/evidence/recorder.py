@@ -150,6 +150,12 @@ def _remaining_summary(res: ReconcileResult) -> str | None:
     return "; ".join(f"{d.reason}: {d.field}" for d in res.remaining)[:2000]
 
 
+_NS = "compliance_agent_evidence"
+# Series names (the counter is exported as ..._total).
+EVIDENCE_METRICS = (f"{_NS}_write_failures", f"{_NS}_write_failures_consecutive",
+                    f"{_NS}_last_write_timestamp_seconds", f"{_NS}_chain_breaks")
+
+
 class EvidenceCollector:
     """Prometheus view of evidence writing: failures, last success, chain breaks."""
 
@@ -160,19 +166,19 @@ class EvidenceCollector:
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
         r = self.recorder
-        ns = "compliance_agent_evidence"
-        yield CounterMetricFamily(f"{ns}_write_failures", "Evidence bundles that could not "
+        failures, consecutive, last_write, breaks_name = EVIDENCE_METRICS
+        yield CounterMetricFamily(failures, "Evidence bundles that could not "
                                   "be written (disk full, read-only, database error).",
                                   value=r.failures)
-        yield GaugeMetricFamily(f"{ns}_write_failures_consecutive", "Evidence writes failed "
+        yield GaugeMetricFamily(consecutive, "Evidence writes failed "
                                 "since the last success.", value=r.consecutive_failures)
         if r.last_success_at is not None:
-            yield GaugeMetricFamily(f"{ns}_last_write_timestamp_seconds", "Wall-clock time of "
+            yield GaugeMetricFamily(last_write, "Wall-clock time of "
                                     "the last evidence bundle written.", value=r.last_success_at)
         try:
             breaks = count_check(r.writer.store, CHAIN_BREAK_CHECK)
         except Exception:  # the store is what failed: the write metrics above say so
             return
-        yield GaugeMetricFamily(f"{ns}_chain_breaks", "Signed chain-break bundles in the "
+        yield GaugeMetricFamily(breaks_name, "Signed chain-break bundles in the "
                                 "chain: starts where the chain could not be continued.",
                                 value=breaks)

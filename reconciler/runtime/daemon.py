@@ -31,12 +31,12 @@ import random
 import signal
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from reconciler.ops.sdnotify import Notifier
 from reconciler.ops.status_server import StatusServer
@@ -49,6 +49,9 @@ from specs.backoff import Backoff
 from specs.baseline import BaselineError
 from specs.resource import ResourceSpec
 from specs.status import HostSummary, Outcome
+
+if TYPE_CHECKING:
+    from prometheus_client.metrics_core import Metric
 
 log = logging.getLogger("compliance_agent.daemon")
 
@@ -367,6 +370,10 @@ class Daemon:
             m.queue_retries.inc(delta)
             self._retries_seen = self.queue.retries_total
 
+    def health_collector(self) -> LoopHealthCollector:
+        """Prometheus view of `unhealthy_reasons` (the composition root registers it)."""
+        return LoopHealthCollector(self)
+
     def live_status(self) -> dict[str, object]:
         doc = self.agent.status_snapshot()
         doc["workqueue"] = {"depth": self.queue.depth(), "waiting": self.queue.waiting(),
@@ -378,3 +385,29 @@ class Daemon:
             doc["summary"] = HostSummary.Failed.value
             doc["unhealthy"] = reasons
         return doc
+
+
+LOOP_HEALTH_METRICS = ("compliance_agent_loop_healthy", "compliance_agent_unhealthy_reason")
+
+
+class LoopHealthCollector:
+    """`compliance_agent_loop_healthy` (0/1) and one `compliance_agent_unhealthy_reason`
+    series per current reason, labelled by its first word (e.g. EvidenceUnwritable)."""
+
+    def __init__(self, daemon: Daemon) -> None:
+        self.daemon = daemon
+
+    def collect(self) -> Iterator[Metric]:
+        from prometheus_client.core import GaugeMetricFamily
+
+        reasons = self.daemon.unhealthy_reasons()
+        healthy_name, reason_name = LOOP_HEALTH_METRICS
+        yield GaugeMetricFamily(healthy_name, "1 while the loop feeds the "
+                                "watchdog: no stuck worker, no unhealthy input.",
+                                value=1.0 if self.daemon.loop_healthy() else 0.0)
+        family = GaugeMetricFamily(reason_name, "1 for each reason "
+                                   "the host summary is Failed by the loop's health.",
+                                   labels=["reason"])
+        for reason in sorted({r.split(":", 1)[0] for r in reasons}):
+            family.add_metric([reason], 1.0)
+        yield family

@@ -162,7 +162,7 @@ def _status(sock: Path) -> dict[str, object]:
 
 
 def _metric(sock: Path, name: str) -> float | None:
-    code, body = unix_get(sock, "/metrics")
+    _, body = unix_get(sock, "/metrics")
     for line in body.decode().splitlines():
         if line.startswith(name + " "):
             return float(line.split()[1])
@@ -189,6 +189,7 @@ def test_real_daemon_disk_full_reports_unwritable_and_recovers(
                  "the daemon to report evidence unwritable")
         doc = _status(sock)
         assert doc["summary"] == "Failed" and doc["loop_healthy"] is False, doc
+        assert _metric(sock, "compliance_agent_loop_healthy") == 0
         # While unhealthy the loop stops feeding the watchdog (systemd would restart it).
         _drain(notify)
         assert not any("WATCHDOG=1" in m for m in _listen(notify, 2.0))
@@ -198,6 +199,7 @@ def test_real_daemon_disk_full_reports_unwritable_and_recovers(
         wait_for(lambda: "unhealthy" not in _status(sock) and len(_files(state)) > count + 1,
                  60, "the daemon to write evidence again")
         assert _metric(sock, "compliance_agent_evidence_write_failures_consecutive") == 0
+        assert _metric(sock, "compliance_agent_loop_healthy") == 1
         assert (_metric(sock, "compliance_agent_evidence_last_write_timestamp_seconds")
                 or 0) > time.time() - 60
     finally:
