@@ -97,6 +97,24 @@ class Recovery:
     adopted_envelopes: list[tuple[str, bytes]] = field(default_factory=list)
 
     @property
+    def changed(self) -> bool:
+        return bool(self.adopted or self.tombstones or self.lost or self.quarantined
+                    or self.retention_finished)
+
+    def summary(self, at: str) -> str:
+        """One line for `evidence verify` (kept in the meta table until the next one)."""
+        parts = [f"{len(self.adopted)} bundle(s) adopted from their signed files",
+                 f"{len(self.tombstones)} tombstone(s) rebuilt from signed records",
+                 f"{len(self.quarantined)} file(s) moved to {QUARANTINE_DIR}/"]
+        if self.retention_finished:
+            parts.append(f"{len(self.retention_finished)} pruned file(s) deleted")
+        if self.broken:
+            parts.append(f"chain broken after seq {self.last_sequence} ({self.reason}), "
+                         f"{len(self.lost)} sequence(s) declared lost")
+        return f"at start {at} the evidence index was reconciled with the files: " + \
+            ", ".join(parts)
+
+    @property
     def broken(self) -> bool:
         return bool(self.reasons)
 
@@ -181,23 +199,24 @@ def _listed(candidates: Iterable[_Candidate]) -> dict[int, tuple[str, IndexRow]]
 def _newest_checkpoint(conn: Transaction, edir: EvidenceDir, origin: str,
                        public_key: bytes) -> Checkpoint | None:
     """The largest checkpoint this agent signed, from the database or its files."""
-    best: Checkpoint | None = None
-    texts: list[str] = []
-    row = latest_checkpoint(conn)
-    if row is not None:
-        texts.append(row.note)
-    cdir = edir.path / CHECKPOINT_DIR
-    if cdir.is_dir():
-        texts += [p.read_text(errors="replace") for p in cdir.iterdir() if p.suffix == ".note"]
-    for text in texts:
+    def valid(text: str) -> Checkpoint | None:
         try:
             note = SignedNote.parse(text)
             verify_note(note, origin, public_key)
-            cp = Checkpoint.parse(note.text)
+            return Checkpoint.parse(note.text)
         except NoteError:
-            continue
-        if best is None or cp.size > best.size:
-            best = cp
+            return None
+
+    row = latest_checkpoint(conn)
+    best = None if row is None else valid(row.note)
+    cdir = edir.path / CHECKPOINT_DIR
+    # Files are named by tree size (zero-padded): the newest valid one is the first
+    # found from the end; one is written per pass, so not all are verified.
+    names = sorted(p.name for p in cdir.glob("*.note")) if cdir.is_dir() else []
+    for name in reversed(names):
+        cp = valid((cdir / name).read_text(errors="replace"))
+        if cp is not None:
+            return cp if best is None or cp.size > best.size else best
     return best
 
 

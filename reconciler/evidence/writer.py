@@ -55,6 +55,7 @@ from reconciler.store.evidence_index import (
     file_name_for,
     insert_rows,
     mark_pruned,
+    save_recovery,
 )
 from reconciler.store.evidence_tree import digests_from, save_tree_state
 from reconciler.trust.dsse import Signer, TrustedKeys, envelope_bytes
@@ -176,6 +177,8 @@ class EvidenceWriter:
                     check=CHAIN_BREAK_CHECK, outcome=Outcome.alert, error=rec.reason,
                     post_state=rec.break_record())],
                     extra=lambda c, bundle_id: mark_pruned(c, lost, now, bundle_id))
+            if rec.changed:
+                save_recovery(conn, rec.summary(now))
         if rec.adopted or rec.tombstones:
             log.warning("evidence index rebuilt from the signed files: %d bundle(s) adopted, "
                         "%d tombstone(s) from prune records", len(rec.adopted),

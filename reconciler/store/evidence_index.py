@@ -143,6 +143,20 @@ def list_bundles(
         return [_row(r) for r in rs]
 
 
+RECOVERY_KEY = "evidence_last_recovery"  # meta table: what the last start rebuilt, JSON
+
+
+def save_recovery(conn: Connection, summary: str) -> None:
+    conn.execute(text("INSERT INTO meta (key, value) VALUES (:k, :v)"
+                      " ON CONFLICT(key) DO UPDATE SET value = excluded.value"),
+                 {"k": RECOVERY_KEY, "v": summary})
+
+
+def last_recovery(conn: Connection) -> str | None:
+    r = conn.execute(text("SELECT value FROM meta WHERE key = :k"), {"k": RECOVERY_KEY}).first()
+    return None if r is None else str(r[0])
+
+
 def count_check(store: Store, check: str) -> int:
     """How many bundles (tombstones included) have this check."""
     with store.begin() as conn:

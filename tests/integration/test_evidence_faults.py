@@ -18,6 +18,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -113,6 +114,19 @@ def test_real_daemon_db_lost_keeps_every_file(tmp_path: Path) -> None:
     data = bytearray(wal.read_bytes())
     data[len(data) // 2:len(data) // 2 + 64] = os.urandom(64)
     wal.write_bytes(bytes(data))
+    _run_until(config, state, log, 2, signal.SIGTERM)
+    _assert_kept_and_not_reused(state, before)
+    assert "evidence index was reconciled with the files" in _verify(config)
+
+    # An older copy of the database restored over the current one (stopped cleanly:
+    # the copy has no WAL), the evidence files left as they are.
+    backup = tmp_path / "state.db.bak"
+    shutil.copy2(state / "state.db", backup)
+    _run_until(config, state, log, 3, signal.SIGTERM)
+    before = _files(state)
+    shutil.copy2(backup, state / "state.db")
+    for name in ("state.db-wal", "state.db-shm"):
+        (state / name).unlink(missing_ok=True)
     _run_until(config, state, log, 2, signal.SIGTERM)
     _assert_kept_and_not_reused(state, before)
     _verify(config)

@@ -113,6 +113,9 @@ def _assert_recovered(tmp: Path, before: dict[str, bytes], *, broken: bool = Fal
         breaks = [r for r in rows.values() if r.check == CHAIN_BREAK_CHECK]
         assert len(breaks) == (1 if broken else 0)
         report = verify_local(w.store, tmp / "ev", KEYS, origin_for(SITE, HOST))
+        # `evidence verify` says what the start did, not only that the chain is whole
+        assert any("evidence index was reconciled with the files" in n
+                   for n in report.notes), report.notes
         if broken:
             assert any("chain break" in n for n in report.notes), report.notes
         else:
