@@ -52,6 +52,7 @@ from reconciler.store.evidence_index import (
     IndexRow,
     all_rows,
     file_name_for,
+    mark_pruned,
 )
 from reconciler.store.evidence_tree import latest_checkpoint
 from reconciler.trust.dsse import TrustedKeys, TrustError, loads_strict, verify_envelope
@@ -292,12 +293,29 @@ def reconcile_files(conn: Transaction, edir: EvidenceDir, keys: TrustedKeys, ori
                 file_name=file_name_for(seq, "lost"), order_id=None,
                 pruned_at=None, pruned_by=None))
         prev = new[-1].digest
+    _apply_adopted_prunes(conn, edir, rows, listed, rec)
     if cp is not None:
         rec.checkpoint = {"tree_size": cp.size, "root": cp.root.hex()}
         _check_checkpoint(conn, rows, new, cp, rec)
     if len(rec.lost) > 1:
         rec.reasons.insert(1, f"{len(rec.lost)} sequence(s) lost in all")
     return rec, new
+
+
+def _apply_adopted_prunes(conn: Transaction, edir: EvidenceDir, rows: list[IndexRow],
+                          listed: dict[int, tuple[str, IndexRow]], rec: Recovery) -> None:
+    """An adopted prune bundle may list bundles the index still has as live rows
+    (the database lost the prune's commit, not the bundles before it): make those
+    tombstones, as the prune did, and finish deleting their files."""
+    for r in rows:
+        entry = listed.get(r.sequence)
+        if r.pruned or entry is None or entry[0] != "pruned" or entry[1].digest != r.digest:
+            continue
+        tomb = entry[1]
+        mark_pruned(conn, [r.sequence], tomb.pruned_at or "", tomb.pruned_by or "")
+        rec.tombstones.append(r.sequence)
+        if edir.unlink(r.file_name):
+            rec.retention_finished.append(r.file_name)
 
 
 def _check_checkpoint(conn: Transaction, rows: list[IndexRow], new: list[IndexRow],

@@ -249,3 +249,26 @@ def test_crash_leftover_file_is_adopted_not_deleted(tmp_path: Path) -> None:
     assert len(after) == 4
     _assert_recovered(tmp_path, after)
     assert set(before) <= set(after)
+
+
+def test_prune_lost_with_the_wal_is_reapplied_from_its_signed_record(tmp_path: Path) -> None:
+    """The database goes back to before a prune whose files are already deleted:
+    the adopted prune bundle turns the live rows into tombstones again."""
+    w = _writer(tmp_path)
+    for i in range(8):
+        w.record(check="fw", outcome="failed", post_state={"i": i})
+    _close(w)
+    backup = tmp_path / "before-prune.db"
+    shutil.copy2(tmp_path / "state.db", backup)
+    w = _writer(tmp_path)
+    result = prune(w, RetentionPolicy(keep_last=3, min_age_days=0),
+                   datetime.now(UTC) + timedelta(days=1))
+    _close(w)
+    before = _files(tmp_path)
+    _delete_db(tmp_path)
+    shutil.copy2(backup, tmp_path / "state.db")
+    _assert_recovered(tmp_path, before)
+    w = _writer(tmp_path)
+    pruned = {r.sequence for r in list_bundles(w.store) if r.pruned}
+    _close(w)
+    assert pruned == set(result.pruned)
