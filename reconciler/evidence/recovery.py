@@ -44,6 +44,7 @@ from pydantic import ValidationError
 from reconciler.evidence.checkpoint import CHECKPOINT_DIR
 from reconciler.evidence.merkle import Frontier, evidence_leaf
 from reconciler.evidence.note import Checkpoint, NoteError, SignedNote, verify_note
+from reconciler.evidence.tree import load_frontier
 from reconciler.store.database import Transaction
 from reconciler.store.evidence_index import (
     FILE_RE,
@@ -51,10 +52,12 @@ from reconciler.store.evidence_index import (
     EvidenceDir,
     IndexRow,
     all_rows,
+    chain_head,
     file_name_for,
+    live_file_names,
     mark_pruned,
 )
-from reconciler.store.evidence_tree import latest_checkpoint
+from reconciler.store.evidence_tree import digests_from, latest_checkpoint
 from reconciler.trust.dsse import TrustedKeys, TrustError, loads_strict, verify_envelope
 from specs.evidence import (
     CHAIN_BREAK_CHECK,
@@ -227,18 +230,16 @@ def reconcile_files(conn: Transaction, edir: EvidenceDir, keys: TrustedKeys, ori
     after the index head (adopted bundles, tombstones, lost sequences), in order.
     The caller inserts them, extends the tree and, if broken, writes the break."""
     rec = Recovery()
-    rows = all_rows(conn)
+    live = live_file_names(conn)
+    head, prev = chain_head(conn)
+    # The common start: every bundle file is indexed. Only the others are read.
+    unknown = [n for n in edir.names() if n not in live
+               and (FILE_RE.fullmatch(n) or TMP_RE.fullmatch(n)) and (edir.path / n).is_file()]
+    rows = all_rows(conn) if unknown else []
     by_name = {r.file_name: r for r in rows}
-    head = rows[-1].sequence if rows else 0
-    prev = rows[-1].digest if rows else None
     candidates: dict[int, _Candidate] = {}
-    for name in edir.names():
-        path = edir.path / name
-        if not (FILE_RE.fullmatch(name) or TMP_RE.fullmatch(name)) or not path.is_file():
-            continue  # not named like a bundle: not ours to judge (operator notes, ...)
-        if name in by_name and not by_name[name].pruned:
-            continue
-        data = path.read_bytes()
+    for name in unknown:
+        data = (edir.path / name).read_bytes()
         digest = hashlib.sha256(data).hexdigest()
         row = by_name.get(name)
         if row is not None and row.pruned and row.digest == digest:
@@ -296,7 +297,7 @@ def reconcile_files(conn: Transaction, edir: EvidenceDir, keys: TrustedKeys, ori
     _apply_adopted_prunes(conn, edir, rows, listed, rec)
     if cp is not None:
         rec.checkpoint = {"tree_size": cp.size, "root": cp.root.hex()}
-        _check_checkpoint(conn, rows, new, cp, rec)
+        _check_checkpoint(conn, head, new, cp, rec)
     if len(rec.lost) > 1:
         rec.reasons.insert(1, f"{len(rec.lost)} sequence(s) lost in all")
     return rec, new
@@ -318,16 +319,25 @@ def _apply_adopted_prunes(conn: Transaction, edir: EvidenceDir, rows: list[Index
             rec.retention_finished.append(r.file_name)
 
 
-def _check_checkpoint(conn: Transaction, rows: list[IndexRow], new: list[IndexRow],
+def _check_checkpoint(conn: Transaction, head: int, new: list[IndexRow],
                       cp: Checkpoint, rec: Recovery) -> None:
-    digests = [r.digest for r in rows] + [r.digest for r in new]
-    if cp.size > len(digests):  # cannot happen: `top` covers the size; kept as a guard
+    """The newest signed checkpoint must be a prefix of the index plus `new`."""
+    if cp.size > head + len(new):  # cannot happen: `top` covers the size; kept as a guard
         rec.reasons.append(f"the signed checkpoint covers {cp.size} bundles, "
-                           f"only {len(digests)} can be rebuilt")
+                           f"only {head + len(new)} can be rebuilt")
         return
-    frontier = Frontier()
-    frontier.extend(evidence_leaf(d) for d in digests[:cp.size])
-    if frontier.root() != cp.root:
+    stored = load_frontier(conn)
+    if stored.size == cp.size and cp.size == head:
+        root = stored.root()  # the common start: signed after the last pass, O(1)
+    else:
+        frontier = Frontier()
+        for seq, digest in digests_from(conn, 1):
+            if seq > cp.size:
+                break
+            frontier.append(evidence_leaf(digest))
+        frontier.extend(evidence_leaf(r.digest) for r in new[:cp.size - frontier.size])
+        root = frontier.root()
+    if root != cp.root:
         if rec.lost and rec.lost[0] <= cp.size:
             rec.reasons.append(f"the signed checkpoint of tree size {cp.size} covers "
                                f"lost sequence(s) from {rec.lost[0]}")
@@ -341,7 +351,7 @@ def set_aside_uncommitted(conn: Transaction, edir: EvidenceDir) -> list[str]:
     quarantine (call under the writer's lock, in a transaction). Whether a failed
     commit reached the disk is not certain, so the files are kept, not deleted;
     their sequences will be reused, so they cannot stay in the chain's directory."""
-    live = {r.file_name for r in all_rows(conn) if not r.pruned}
+    live = live_file_names(conn)
     rec = Recovery()
     for name in edir.names():
         if FILE_RE.fullmatch(name) and name not in live and (edir.path / name).is_file():

@@ -125,6 +125,12 @@ def mark_pruned(conn: Connection, sequences: list[int], pruned_at: str, pruned_b
     )
 
 
+def live_file_names(conn: Connection) -> set[str]:
+    """File names of every bundle whose file should exist (not pruned)."""
+    rs = conn.execute(text("SELECT file_name FROM evidence_bundles WHERE pruned_at IS NULL"))
+    return {str(r[0]) for r in rs}
+
+
 def all_rows(conn: Connection) -> list[IndexRow]:
     rs = conn.execute(text(f"SELECT {COLUMNS} FROM evidence_bundles ORDER BY sequence"))  # noqa: S608
     return [_row(r) for r in rs]

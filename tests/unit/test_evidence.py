@@ -329,7 +329,7 @@ def test_payload_is_canonical_json(store: Store, tmp_path: Path) -> None:
     assert payload == canonical_json(json.loads(payload))
 
 
-def test_failed_commit_leaves_no_file(store: Store, tmp_path: Path) -> None:
+def test_failed_commit_moves_its_file_aside(store: Store, tmp_path: Path) -> None:
     w = writer(store, tmp_path)
     w.record(check="backup", outcome="success")
 
@@ -349,5 +349,7 @@ def test_failed_commit_leaves_no_file(store: Store, tmp_path: Path) -> None:
         w.record(check="backup", outcome="success")
     w.on_stored.pop()
     assert len(list((tmp_path / "evidence").glob("*.json"))) == 1
+    # not deleted: whether a failed COMMIT reached the disk is not certain
+    assert len(list((tmp_path / "evidence" / "quarantine").glob("*.json"))) == 1
     w.record(check="backup", outcome="success")
     assert verify_store(store, tmp_path / "evidence", [AGENT_SIGNER.public_key_hex]).ok
