@@ -284,7 +284,7 @@ def build_service(
         build_integrations,
     )
     from reconciler.evidence.checkpoint import Checkpointer, origin_for
-    from reconciler.evidence.recorder import EvidenceRecorder
+    from reconciler.evidence.recorder import EvidenceCollector, EvidenceRecorder
     from reconciler.evidence.writer import EvidenceIdentity, EvidenceWriter
     from reconciler.store.outbox import Outbox
     from reconciler.store.triggers import TriggerStore
@@ -326,6 +326,7 @@ def build_service(
         listeners=(HttpDateReading(health, link.http_offset_ms), recorder),
         collect_hooks=(_outbox_metrics(outbox),),
     )
+    agent.metrics.registry.register(EvidenceCollector(recorder))
     if with_control_plane:
         link.connect()
     wakeups = order_wakeups(cfg, store, link, agent.metrics)
@@ -457,7 +458,7 @@ def reconcile_once(cfg: AgentConfig, dry_run: bool = False) -> PassReport:
 
 def build_daemon(cfg: AgentConfig) -> Daemon:
     svc = build_service(cfg, with_control_plane=False)
-    return Daemon(
+    daemon = Daemon(
         svc.agent, daemon_policy(cfg), wake=svc.wake,
         # in this order after each pass: sign a checkpoint, then deliver it with the
         # pass's bundles; stopped before the closers, while the store is still open
@@ -465,7 +466,10 @@ def build_daemon(cfg: AgentConfig) -> Daemon:
                     *([svc.wakeups] if svc.wakeups else [])),
         background=(_daily_prune(Pruner(svc.writer, RetentionPolicy.from_config(cfg))),),
         closers=(svc.close,),
+        health_inputs=(svc.recorder,),  # evidence that cannot be written fails the host
     )
+    svc.agent.metrics.registry.register(daemon.health_collector())
+    return daemon
 
 
 PRUNE_INTERVAL = 24 * 3600.0

@@ -25,6 +25,9 @@ EVIDENCE_PAYLOAD_TYPE = "application/vnd.in-toto+json"
 STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
 PREDICATE_TYPE = "https://compliance-agent.dev/evidence/v1"
 PRUNE_CHECK = "evidence_prune"
+# Written when the chain could not be continued at start (reconciler.evidence.recovery):
+# names where the verified chain ended and lists the sequences declared lost.
+CHAIN_BREAK_CHECK = "evidence_chain_break"
 
 # HIPAA Security Rule citations (45 CFR) per check. The first six are fixed
 # by the product; the rest are our reading of the rule:

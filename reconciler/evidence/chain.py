@@ -15,8 +15,11 @@ against the SQLite index as well. Problems (each makes the report fail):
     UnsignedPrune       the index marks a bundle pruned but no signed prune bundle lists it
 
 A missing sequence is *explained* (a note, not a problem) only when a signed
-`evidence_prune` bundle lists it: an index tombstone alone proves nothing,
-anyone with write access to the database can write one. The Merkle tree and
+`evidence_prune` bundle lists it, or a signed `evidence_chain_break` bundle
+declares it lost (the chain could not be continued at start:
+reconciler.evidence.recovery; the bundle after a lost one cannot be
+linked): an index tombstone alone proves nothing, anyone with write access
+to the database can write one. The Merkle tree and
 its signed checkpoints (reconciler.evidence.logverify) cover the tail.
 """
 
@@ -34,6 +37,7 @@ from reconciler.store.database import Store
 from reconciler.store.evidence_index import IndexRow, all_rows
 from reconciler.trust.dsse import TrustedKeys, TrustError, loads_strict, verify_envelope
 from specs.evidence import (
+    CHAIN_BREAK_CHECK,
     EVIDENCE_PAYLOAD_TYPE,
     PREDICATE_TYPE,
     PRUNE_CHECK,
@@ -160,13 +164,22 @@ def verify_chain(
 
     # Digests of bundles whose file is gone, from signed prune bundles only.
     pruned: dict[int, tuple[str, str]] = {}  # seq -> (digest, explained by)
-    for seq, e in by_seq.items():
-        if e.statement.predicate.check != PRUNE_CHECK:
+    lost: set[int] = set()
+    for seq, e in sorted(by_seq.items()):
+        check = e.statement.predicate.check
+        if check not in (PRUNE_CHECK, CHAIN_BREAK_CHECK):
             continue
         post = e.statement.predicate.post_state
-        for item in post.get("pruned", []) if isinstance(post, dict) else []:
+        key, why = (("pruned", f"prune bundle seq {seq}") if check == PRUNE_CHECK else
+                    ("lost", f"chain break bundle seq {seq}"))
+        if check == CHAIN_BREAK_CHECK and isinstance(post, dict):
+            report.notes.append(f"chain break at seq {seq}: {post.get('reason')}; the verified "
+                                f"chain ended at seq {post.get('last_verified_sequence')}")
+        for item in post.get(key, []) if isinstance(post, dict) else []:
             if isinstance(item, dict) and isinstance(item.get("sequence"), int):
-                pruned[item["sequence"]] = (str(item.get("digest")), f"prune bundle seq {seq}")
+                pruned[item["sequence"]] = (str(item.get("digest")), why)
+                if key == "lost":
+                    lost.add(item["sequence"])
     report.digests = {s: d for s, (d, _) in pruned.items()}
     report.digests.update({s: e.digest for s, e in by_seq.items()})
 
@@ -236,8 +249,10 @@ def verify_chain(
                     )
                 )
             continue
-        if seq - 1 in by_seq:
-            expected: str | None = by_seq[seq - 1].digest
+        if seq - 1 in lost:
+            expected: str | None = None  # its digest is unknown: declared lost
+        elif seq - 1 in by_seq:
+            expected = by_seq[seq - 1].digest
         elif seq - 1 in pruned:
             expected = pruned[seq - 1][0]
         elif row is not None and index and seq - 1 in index:
@@ -257,7 +272,8 @@ def verify_chain(
         from reconciler.evidence.retention import ranges
 
         for a, b in ranges(pruned_here):
-            report.notes.append(f"seq {a}-{b} pruned, explained by {pruned[a][1]}")
+            what = "lost" if a in lost else "pruned"
+            report.notes.append(f"seq {a}-{b} {what}, explained by {pruned[a][1]}")
     return report
 
 

@@ -46,6 +46,7 @@ from reconciler.store.evidence_index import (
     all_rows,
     decode_statement,
     file_name_for,
+    last_recovery,
 )
 from reconciler.store.evidence_tree import all_checkpoints
 from reconciler.trust.dsse import TrustedKeys
@@ -192,6 +193,7 @@ def verify_local(
     with store.begin() as conn:
         rows = all_rows(conn)
         stored = all_checkpoints(conn)
+        recovered = last_recovery(conn)
         try:
             frontier: Frontier | None = load_frontier(conn)
             tree_error = None
@@ -208,6 +210,8 @@ def verify_local(
             continue  # reported as Missing by verify_chain
     report = verify_chain(items, tkeys, index)
     report.checked = len(items)
+    if recovered is not None:
+        report.notes.append(recovered)
     if not rows:
         _problem(report, "Empty", "the evidence index holds no bundle")
     names = {r.file_name for r in rows}

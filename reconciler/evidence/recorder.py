@@ -5,6 +5,13 @@ A bundle is written for every condition transition, every action outcome
 reason changes, not on every pass it persists), and a periodic snapshot per
 resource. The write is durable (fsync + commit, outbox row in the same
 transaction) before the reconcile that made it returns.
+
+A write that fails (disk full, read-only filesystem, a broken database) is
+logged, counted and never stops the pass; after `failure_threshold`
+consecutive failures `unhealthy_reason()` says evidence cannot be written,
+which the daemon turns into a Failed host summary and a silent watchdog
+(reconciler.runtime.daemon). One success clears it. `EvidenceCollector`
+exposes the counts to Prometheus.
 """
 
 from __future__ import annotations
@@ -17,6 +24,8 @@ from typing import Any
 
 from reconciler.evidence.writer import EvidenceWriter
 from reconciler.runtime.reconcile import ReconcileResult
+from reconciler.store.evidence_index import count_check
+from specs.evidence import CHAIN_BREAK_CHECK
 
 log = logging.getLogger("compliance_agent.evidence")
 
@@ -28,6 +37,7 @@ class EvidenceRecorder:
         snapshot_interval: float,
         clock_offset_ms: Callable[[], float | None],
         monotonic: Callable[[], float] = time.monotonic,
+        failure_threshold: int = 3,
     ) -> None:
         self.writer = writer
         self.snapshot_interval = snapshot_interval
@@ -39,7 +49,19 @@ class EvidenceRecorder:
         self._holds: dict[str, frozenset[tuple[str, str]]] = {}
         self._force: set[str] = set()
         self._lock = threading.Lock()
-        self.failures = 0
+        self.failure_threshold = max(1, failure_threshold)
+        self.failures = 0  # total, for the metric
+        self.consecutive_failures = 0
+        self.last_error: str | None = None
+        self.last_success_at: float | None = None  # wall-clock seconds, recorded only
+
+    def unhealthy_reason(self) -> str | None:
+        """Why evidence cannot be written now, or None (daemon health input)."""
+        with self._lock:
+            if self.consecutive_failures < self.failure_threshold:
+                return None
+            return (f"EvidenceUnwritable: the last {self.consecutive_failures} evidence writes "
+                    f"failed ({self.last_error})")
 
     def request_snapshot(self, kinds: list[str] | None = None) -> None:
         """Next reconcile of these kinds (all, if None) writes a bundle (collect_evidence)."""
@@ -102,17 +124,61 @@ class EvidenceRecorder:
                 timestamp_start=res.started,
                 timestamp_end=res.finished,
             )
-        except Exception:
+        except Exception as e:
             # Disk full or a broken store: loud, counted, and the pass goes on.
-            self.failures += 1
+            with self._lock:
+                self.failures += 1
+                self.consecutive_failures += 1
+                self.last_error = f"{type(e).__name__}: {str(e)[:200]}"
             log.exception("cannot write evidence", extra={"resource": res.kind,
                                                           "reason": "EvidenceWriteFailed"})
             return
         with self._lock:
             self._last_bundle[res.kind] = self._monotonic()
+            if self.consecutive_failures >= self.failure_threshold:
+                log.warning("evidence is written again after %d failed write(s)",
+                            self.consecutive_failures,
+                            extra={"reason": "EvidenceWritable"})
+            self.consecutive_failures = 0
+            self.last_error = None
+            self.last_success_at = time.time()  # recorded for the metric, never scheduled on
 
 
 def _remaining_summary(res: ReconcileResult) -> str | None:
     if not res.remaining:
         return None
     return "; ".join(f"{d.reason}: {d.field}" for d in res.remaining)[:2000]
+
+
+_NS = "compliance_agent_evidence"
+# Series names (the counter is exported as ..._total).
+EVIDENCE_METRICS = (f"{_NS}_write_failures", f"{_NS}_write_failures_consecutive",
+                    f"{_NS}_last_write_timestamp_seconds", f"{_NS}_chain_breaks")
+
+
+class EvidenceCollector:
+    """Prometheus view of evidence writing: failures, last success, chain breaks."""
+
+    def __init__(self, recorder: EvidenceRecorder) -> None:
+        self.recorder = recorder
+
+    def collect(self) -> Any:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        r = self.recorder
+        failures, consecutive, last_write, breaks_name = EVIDENCE_METRICS
+        yield CounterMetricFamily(failures, "Evidence bundles that could not "
+                                  "be written (disk full, read-only, database error).",
+                                  value=r.failures)
+        yield GaugeMetricFamily(consecutive, "Evidence writes failed "
+                                "since the last success.", value=r.consecutive_failures)
+        if r.last_success_at is not None:
+            yield GaugeMetricFamily(last_write, "Wall-clock time of "
+                                    "the last evidence bundle written.", value=r.last_success_at)
+        try:
+            breaks = count_check(r.writer.store, CHAIN_BREAK_CHECK)
+        except Exception:  # the store is what failed: the write metrics above say so
+            return
+        yield GaugeMetricFamily(breaks_name, "Signed chain-break bundles in the "
+                                "chain: starts where the chain could not be continued.",
+                                value=breaks)

@@ -5,8 +5,9 @@ A bundle is pruned only if ALL hold:
 * it is not among the newest `keep_last` bundles (by sequence);
 * it is older than `min_age_days` (index `created_at`);
 * it is not the newest `outcome=success` bundle of its check;
-* it is not itself an `evidence_prune` bundle: those are kept for good so
-  that exported files alone (no index) always explain every pruned gap.
+* it is not itself an `evidence_prune` or `evidence_chain_break` bundle:
+  those are kept for good so that exported files alone (no index) always
+  explain every gap.
 
 Pruning deletes the file but keeps the index row as a tombstone (`pruned_at`,
 `pruned_by`; its digest keeps the bundle's Merkle leaf), and appends one
@@ -14,7 +15,8 @@ evidence bundle with check `evidence_prune` whose post_state lists every
 pruned bundle (sequence, bundle_id, digest, ...) and the pruned sequence
 ranges. The tombstones and that bundle are committed
 in one transaction; files are deleted after the commit (a crash in between
-leaves files of tombstoned rows, which orphan cleanup removes). So the chain
+leaves files of tombstoned rows, which the next start deletes: their signed
+prune record is committed; reconciler.evidence.recovery). So the chain
 stays verifiable: a gap is explained by a signed prune bundle, and only by
 one (a tombstone alone is an `UnsignedPrune` problem). The listed digest is
 the pruned bundle's Merkle leaf data, so the tree and its checkpoints still
@@ -35,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 from reconciler.evidence.writer import EvidenceRequest, EvidenceWriter
 from reconciler.store.database import Transaction
 from reconciler.store.evidence_index import IndexRow, all_rows, mark_pruned
-from specs.evidence import PRUNE_CHECK
+from specs.evidence import CHAIN_BREAK_CHECK, PRUNE_CHECK
 from specs.orders import format_rfc3339
 from specs.status import Outcome
 
@@ -101,7 +103,7 @@ def select_prunable(
         if r.sequence not in protected_tail
         and r.created_at < cutoff  # fixed-width RFC 3339 UTC strings compare like times
         and newest_success.get(r.check) != r.sequence
-        and r.check != PRUNE_CHECK
+        and r.check not in (PRUNE_CHECK, CHAIN_BREAK_CHECK)
     ]
 
 

@@ -30,6 +30,7 @@ from securesystemslib.signer import Signature, SSlibKey  # type: ignore[attr-def
 EXPORT_TYPE = "application/vnd.compliance-agent.evidence-export+json"
 EVIDENCE_TYPE = "application/vnd.in-toto+json"
 PRUNE_CHECK = "evidence_prune"
+CHAIN_BREAK_CHECK = "evidence_chain_break"
 ROOT = "evidence-export/"
 
 
@@ -186,6 +187,7 @@ def verify(path: Path, public_key_hex: str) -> list[str]:
     digest: dict[int, str] = {}
     prev: dict[int, str | None] = {}
     listed_pruned: dict[int, str] = {}
+    lost: set[int] = set()
     for name, data in sorted(files.items()):
         if not name.startswith("bundles/"):
             continue
@@ -205,11 +207,20 @@ def verify(path: Path, public_key_hex: str) -> list[str]:
         if pred["check"] == PRUNE_CHECK:
             for item in pred["post_state"].get("pruned", []):
                 listed_pruned[int(item["sequence"])] = str(item["digest"])
+        if pred["check"] == CHAIN_BREAK_CHECK:
+            # Declared lost by the agent at a start it could not continue the chain:
+            # the leaf is the listed placeholder digest; nothing links to it.
+            print(f"note: chain break at seq {seq}: {pred['post_state'].get('reason')}")
+            for item in pred["post_state"].get("lost", []):
+                listed_pruned[int(item["sequence"])] = str(item["digest"])
+                lost.add(int(item["sequence"]))
     known = dict(listed_pruned)
     known.update(digest)
     for seq in range(first, last + 1):
         if seq not in known:
             c.fail(f"seq {seq}: missing, and no signed prune bundle lists it")
+        elif seq - 1 in lost:
+            continue  # the bundle before is lost: its digest is unknown
         elif seq in prev and seq > 1 and seq - 1 in known and prev[seq] != known[seq - 1]:
             c.fail(f"seq {seq}: prev_digest does not match the bundle before")
         elif seq == 1 and seq in prev and prev[seq] is not None:

@@ -13,11 +13,19 @@ before returning its bundle_id:
    Merkle tree's frontier (reconciler.evidence.tree), and call every
    `on_stored` hook with the connection (the outbox enqueues there), then commit.
 
-A crash after 2 and before the commit leaves a file without an index row: an
-orphan. Chain state comes only from the index, so the next bundle reuses that
-sequence and the orphan is never part of the chain; `EvidenceWriter()`
-deletes orphans at start (`remove_orphans`). If a hook raises, the
-transaction rolls back and the file is removed: the bundle did not happen.
+The signed files are the evidence and the index a cache of them: at start,
+`EvidenceWriter()` reconciles the index with the files
+(reconciler.evidence.recovery): a file the index lost (a crash after 2 and
+before the commit, a deleted or torn WAL, an older database restored) is
+verified and adopted back into the chain; files that are not our bundles go
+to `quarantine/`; if the chain cannot be continued, a signed chain-break
+bundle says where it ended and why, and no sequence is ever reused. No file
+is deleted except by retention, after its signed prune record.
+
+If `append` itself fails (a hook raises, the disk is full) its transaction
+is still open and will roll back: its files provably never joined the chain
+and are removed. If the COMMIT fails, that is not certain: the files are
+moved to quarantine (`forget_uncommitted`).
 """
 
 from __future__ import annotations
@@ -36,17 +44,23 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel
 from pydantic_core import to_jsonable_python
 
-from reconciler.evidence.tree import check_appendable, extend_tree
+from reconciler.evidence.checkpoint import origin_for
+from reconciler.evidence.merkle import Frontier, evidence_leaf
+from reconciler.evidence.recovery import Recovery, reconcile_files, set_aside_uncommitted
+from reconciler.evidence.tree import TreeTampered, check_appendable, extend_tree, load_frontier
 from reconciler.store.database import Store, Transaction
 from reconciler.store.evidence_index import (
     EvidenceDir,
     IndexRow,
     file_name_for,
     insert_rows,
-    remove_orphans,
+    mark_pruned,
+    save_recovery,
 )
-from reconciler.trust.dsse import Signer, envelope_bytes
+from reconciler.store.evidence_tree import digests_from, save_tree_state
+from reconciler.trust.dsse import Signer, TrustedKeys, envelope_bytes
 from specs.evidence import (
+    CHAIN_BREAK_CHECK,
     EVIDENCE_PAYLOAD_TYPE,
     PREDICATE_TYPE,
     STATEMENT_TYPE,
@@ -141,15 +155,43 @@ class EvidenceWriter:
         self.clock = clock
         self.on_stored = list(on_stored)
         self._lock = threading.Lock()
-        self.orphans_removed = self.cleanup()
+        self.recovery = self.recover()
 
-    def cleanup(self) -> list[str]:
-        """Delete orphan files (see module doc); returns their names."""
+    def recover(self) -> Recovery:
+        """Reconcile the index with the signed files (module doc); loud if the chain broke."""
+        pub = self.signer.public_key_hex
+        origin = origin_for(self.identity.site_id, self.identity.host_id)
+        now = format_rfc3339(self.clock())
         with self._lock, self.store.begin() as conn:
-            removed = remove_orphans(conn, self.dir)
-        if removed:
-            log.info("removed %d orphan evidence file(s) with no index row", len(removed))
-        return removed
+            rec, rows = reconcile_files(conn, self.dir, TrustedKeys([pub]), origin,
+                                        bytes.fromhex(pub), now)
+            if rows:
+                insert_rows(conn, rows)
+                _rebuild_tree(conn, rows, rec)
+                for bundle_id, data in rec.adopted_envelopes:
+                    for hook in self.on_stored:  # e.g. the outbox lost with the database
+                        hook(conn, bundle_id, data)
+            if rec.broken:
+                lost = list(rec.lost)
+                self.append(conn, [EvidenceRequest(
+                    check=CHAIN_BREAK_CHECK, outcome=Outcome.alert, error=rec.reason,
+                    post_state=rec.break_record())],
+                    extra=lambda c, bundle_id: mark_pruned(c, lost, now, bundle_id))
+            if rec.changed:
+                save_recovery(conn, rec.summary(now))
+        if rec.adopted or rec.tombstones:
+            log.warning("evidence index rebuilt from the signed files: %d bundle(s) adopted, "
+                        "%d tombstone(s) from prune records", len(rec.adopted),
+                        len(rec.tombstones), extra={"reason": "EvidenceIndexRebuilt"})
+        if rec.quarantined:
+            log.warning("moved %d file(s) that are not valid bundles of this chain to %s",
+                        len(rec.quarantined), self.dir.path / "quarantine",
+                        extra={"reason": "EvidenceQuarantined"})
+        if rec.broken:
+            log.error("evidence chain broken: %s; verified chain ends at sequence %d; "
+                      "continuing after it in a signed chain-break bundle, every file kept",
+                      rec.reason, rec.last_sequence, extra={"reason": "EvidenceChainBroken"})
+        return rec
 
     def close(self) -> None:
         self.dir.close()
@@ -217,17 +259,20 @@ class EvidenceWriter:
                 raise
 
     def forget_uncommitted(self) -> None:
-        """After a failed commit: delete files whose rows never committed.
+        """After a failed commit: move files whose rows did not commit to quarantine.
 
         `append` already removes its files when it fails itself; this covers a
         failure of the COMMIT after it returned. Best effort: if the database
-        is unusable, the files stay orphans until the next start.
+        is unusable, the files stay until the next start reconciles them.
         """
         try:
             with self.store.begin() as conn:
-                remove_orphans(conn, self.dir)
+                moved = set_aside_uncommitted(conn, self.dir)
+            if moved:
+                log.warning("moved %d uncommitted evidence file(s) to quarantine", len(moved))
         except Exception as e:
-            log.warning("could not remove uncommitted evidence files: %s", type(e).__name__)
+            log.warning("could not set aside uncommitted evidence files: %s",
+                        type(e).__name__)
 
     def append(
         self,
@@ -344,3 +389,36 @@ class EvidenceWriter:
             pruned_by=None,
         )
         return row, data
+
+
+def _rebuild_tree(conn: Transaction, rows: Sequence[IndexRow], rec: Recovery) -> None:
+    """Bring the stored Merkle frontier up to the rows just rebuilt.
+
+    The frontier commits with the index rows, so it is ahead of the index only
+    if rows were deleted from an intact database: the rebuilt rows must then
+    reproduce it exactly. If they do not because bundles are lost (a chain
+    break), the tree is recomputed over the index with the lost leaves (the
+    break bundle says so); otherwise the files are not what the tree committed
+    to and nothing is written until someone looks.
+    """
+    stored = load_frontier(conn)
+    if stored.size >= rows[0].sequence:
+        check = Frontier()
+        for seq, digest in digests_from(conn, 1):
+            if seq > stored.size:
+                break
+            check.append(evidence_leaf(digest))
+        if (check.size != stored.size or check.root() != stored.root()) and rec.broken:
+            rec.reasons.append(f"the Merkle tree of {stored.size} leaves covers lost bundles")
+            whole = Frontier()
+            whole.extend(evidence_leaf(d) for _, d in digests_from(conn, 1))
+            save_tree_state(conn, whole.size, whole.to_bytes())
+            return
+        if check.size != stored.size or check.root() != stored.root():
+            raise TreeTampered(
+                f"the evidence index lost rows and the files on disk do not rebuild the "
+                f"Merkle tree of {stored.size} leaves: no evidence is written until this is "
+                "investigated ('compliance-agent evidence verify --all')")
+    fresh = [r for r in rows if r.sequence > stored.size]
+    if fresh:
+        extend_tree(conn, fresh[0].sequence, [r.digest for r in fresh])

@@ -5,7 +5,12 @@ Threads: N workers (never two on one key, by the workqueue), the status
 server, and the main thread, which schedules passes and pings the watchdog.
 The watchdog is pinged only while the loop is healthy: if a worker has been
 stuck on one key for longer than the watchdog interval, pings stop and
-systemd restarts the service (a hung loop must not look alive).
+systemd restarts the service (a hung loop must not look alive). The same
+holds while a `HealthInput` given at construction reports a reason (e.g.
+evidence cannot be written: disk full), or while the last
+`WORKER_ERROR_LIMIT` reconciles all raised (the store cannot save their status
+or evidence: a full disk usually fails there first): the host summary is
+Failed with the reason, in `status` and the systemd status line.
 
 A pass runs in phases (`controllers.base.Phase`): the keys of the next phase
 are queued only once every key of the current one has been reconciled, so the
@@ -26,12 +31,12 @@ import random
 import signal
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from reconciler.ops.sdnotify import Notifier
 from reconciler.ops.status_server import StatusServer
@@ -45,7 +50,15 @@ from specs.baseline import BaselineError
 from specs.resource import ResourceSpec
 from specs.status import HostSummary, Outcome
 
+if TYPE_CHECKING:
+    from prometheus_client.metrics_core import Metric
+
 log = logging.getLogger("compliance_agent.daemon")
+
+
+# Consecutive reconciles that raised (controller faults are contained in
+# runtime.reconcile, so these are store failures) before the loop counts as failed.
+WORKER_ERROR_LIMIT = 3
 
 
 def jittered(interval: float, rng: random.Random, fraction: float = 0.1) -> float:
@@ -58,6 +71,13 @@ class DaemonPolicy:
     poll_interval: float  # seconds between passes (jittered +-10%)
     workers: int
     status_socket: Path | None = None
+
+
+class HealthInput(Protocol):
+    """Something the loop's health depends on besides its workers."""
+
+    def unhealthy_reason(self) -> str | None:
+        """None while fine; else a short reason (starts with a CamelCase word)."""
 
 
 class Companion(Protocol):
@@ -96,8 +116,12 @@ class Daemon:
         companions: Sequence[Companion] = (),
         background: Sequence[Callable[[], None]] = (),
         closers: Sequence[Callable[[], None]] = (),
+        health_inputs: Sequence[HealthInput] = (),
     ) -> None:
         self.agent = agent
+        self.health_inputs = tuple(health_inputs)
+        self._worker_errors = 0  # consecutive; reset by any reconcile that completes
+        self._last_worker_error = ""
         self.policy = policy
         self.notifier = notifier or Notifier()
         self.rng = rng or random.Random()
@@ -244,7 +268,10 @@ class Daemon:
         report.results = list(p.results.values())
         self.agent.finish_pass(report, p.t0, p.c0, dry_run=False)
         self.passes_completed += 1
-        self.notifier.status(report.one_line())
+        reasons = self.unhealthy_reasons()
+        if reasons:
+            report.summary = HostSummary.Failed
+        self.notifier.status("; ".join([report.one_line(), *reasons]))
         for companion in self.companions:
             try:
                 companion.pass_done()
@@ -280,10 +307,15 @@ class Daemon:
             return
         try:
             result = self.agent.reconcile(kind, spec)
-        except Exception:  # runtime.reconcile already contains controller faults
+        except Exception as e:  # runtime.reconcile already contains controller faults
             log.exception("worker error", extra={"resource": kind, "reason": "WorkerError"})
+            with self._lock:
+                self._worker_errors += 1
+                self._last_worker_error = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
             self.queue.add_rate_limited(kind)
             return
+        with self._lock:
+            self._worker_errors = 0
         if result.outcome is Outcome.failed:
             self.queue.add_rate_limited(kind)
         else:
@@ -303,10 +335,28 @@ class Daemon:
             self._finish_pass()
 
     # -- health ----------------------------------------------------------------------
+    def unhealthy_reasons(self) -> list[str]:
+        reasons = []
+        with self._lock:
+            if self._worker_errors >= WORKER_ERROR_LIMIT:
+                reasons.append(f"ReconcileFailing: the last {self._worker_errors} reconciles "
+                               f"could not save their status or evidence "
+                               f"({self._last_worker_error})")
+        for source in self.health_inputs:
+            try:
+                reason = source.unhealthy_reason()
+            except Exception as e:  # a broken health input is itself unhealthy
+                reason = f"HealthInputError: {type(e).__name__}"
+            if reason:
+                reasons.append(reason)
+        return reasons
+
     def loop_healthy(self) -> bool:
         limit = self.notifier.watchdog_interval or 300.0
         now = time.monotonic()
-        return all(now - since < limit for since in list(self._busy_since.values()))
+        if any(now - since >= limit for since in list(self._busy_since.values())):
+            return False
+        return not self.unhealthy_reasons()
 
     def _maybe_watchdog(self) -> None:
         if self.notifier.watchdog_interval and self.loop_healthy():
@@ -320,10 +370,44 @@ class Daemon:
             m.queue_retries.inc(delta)
             self._retries_seen = self.queue.retries_total
 
+    def health_collector(self) -> LoopHealthCollector:
+        """Prometheus view of `unhealthy_reasons` (the composition root registers it)."""
+        return LoopHealthCollector(self)
+
     def live_status(self) -> dict[str, object]:
         doc = self.agent.status_snapshot()
         doc["workqueue"] = {"depth": self.queue.depth(), "waiting": self.queue.waiting(),
                             "processing": sorted(self.queue.processing()),
                             "retries": self.queue.retries_total}
         doc["loop_healthy"] = self.loop_healthy()
+        reasons = self.unhealthy_reasons()
+        if reasons:
+            doc["summary"] = HostSummary.Failed.value
+            doc["unhealthy"] = reasons
         return doc
+
+
+LOOP_HEALTH_METRICS = ("compliance_agent_loop_healthy", "compliance_agent_unhealthy_reason")
+
+
+class LoopHealthCollector:
+    """`compliance_agent_loop_healthy` (0/1) and one `compliance_agent_unhealthy_reason`
+    series per current reason, labelled by its first word (e.g. EvidenceUnwritable)."""
+
+    def __init__(self, daemon: Daemon) -> None:
+        self.daemon = daemon
+
+    def collect(self) -> Iterator[Metric]:
+        from prometheus_client.core import GaugeMetricFamily
+
+        reasons = self.daemon.unhealthy_reasons()
+        healthy_name, reason_name = LOOP_HEALTH_METRICS
+        yield GaugeMetricFamily(healthy_name, "1 while the loop feeds the "
+                                "watchdog: no stuck worker, no unhealthy input.",
+                                value=1.0 if self.daemon.loop_healthy() else 0.0)
+        family = GaugeMetricFamily(reason_name, "1 for each reason "
+                                   "the host summary is Failed by the loop's health.",
+                                   labels=["reason"])
+        for reason in sorted({r.split(":", 1)[0] for r in reasons}):
+            family.add_metric([reason], 1.0)
+        yield family

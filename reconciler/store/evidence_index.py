@@ -2,9 +2,10 @@
 
 Files live flat in the evidence directory, one envelope per file, named
 `<sequence:012d>-<bundle_id>.json` so a directory listing sorts like the
-chain. The index row is the authority: a file without a live row is an
-orphan (a crash between file write and commit, or a prune interrupted after
-its commit) and `remove_orphans` deletes it.
+chain. The signed files are the evidence and the index rows a cache of them:
+a file without a row (a crash between file write and commit, a lost
+database) is reconciled at start by reconciler.evidence.recovery, never
+deleted.
 """
 
 from __future__ import annotations
@@ -124,6 +125,12 @@ def mark_pruned(conn: Connection, sequences: list[int], pruned_at: str, pruned_b
     )
 
 
+def live_file_names(conn: Connection) -> set[str]:
+    """File names of every bundle whose file should exist (not pruned)."""
+    rs = conn.execute(text("SELECT file_name FROM evidence_bundles WHERE pruned_at IS NULL"))
+    return {str(r[0]) for r in rs}
+
+
 def all_rows(conn: Connection) -> list[IndexRow]:
     rs = conn.execute(text(f"SELECT {COLUMNS} FROM evidence_bundles ORDER BY sequence"))  # noqa: S608
     return [_row(r) for r in rs]
@@ -140,6 +147,28 @@ def list_bundles(
             text(f"SELECT {COLUMNS} FROM evidence_bundles{where} ORDER BY sequence DESC{lim}")  # noqa: S608
         )
         return [_row(r) for r in rs]
+
+
+RECOVERY_KEY = "evidence_last_recovery"  # meta table: what the last start rebuilt, JSON
+
+
+def save_recovery(conn: Connection, summary: str) -> None:
+    conn.execute(text("INSERT INTO meta (key, value) VALUES (:k, :v)"
+                      " ON CONFLICT(key) DO UPDATE SET value = excluded.value"),
+                 {"k": RECOVERY_KEY, "v": summary})
+
+
+def last_recovery(conn: Connection) -> str | None:
+    r = conn.execute(text("SELECT value FROM meta WHERE key = :k"), {"k": RECOVERY_KEY}).first()
+    return None if r is None else str(r[0])
+
+
+def count_check(store: Store, check: str) -> int:
+    """How many bundles (tombstones included) have this check."""
+    with store.begin() as conn:
+        r = conn.execute(text("SELECT count(*) FROM evidence_bundles WHERE check_name = :c"),
+                         {"c": check}).first()
+    return 0 if r is None else int(r[0])
 
 
 def get_bundle(store: Store, ident: str) -> IndexRow | None:
@@ -247,26 +276,3 @@ class EvidenceDir:
 
     def names(self) -> list[str]:
         return sorted(os.listdir(self.path))
-
-
-def remove_orphans(conn: Connection, edir: EvidenceDir) -> list[str]:
-    """Delete our files that have no live index row, and leftover temp files.
-
-    Call inside a write transaction: writers hold the same lock while a file
-    exists without its row, so nothing in flight can be mistaken for an orphan.
-    Files not named like ours are left alone.
-    """
-    live = {
-        r[0]
-        for r in conn.execute(
-            text("SELECT file_name FROM evidence_bundles WHERE pruned_at IS NULL")
-        )
-    }
-    removed = []
-    for name in edir.names():
-        ours_orphan = (FILE_RE.fullmatch(name) and name not in live) or TMP_RE.fullmatch(name)
-        if ours_orphan and edir.unlink(name):
-            removed.append(name)
-    if removed:
-        edir.sync()
-    return removed

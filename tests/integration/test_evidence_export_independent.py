@@ -76,3 +76,27 @@ def test_independent_script_verifies_and_catches_every_changed_byte(
         f.write_bytes(data)
         assert r.returncode == 1, (f.name, r.stdout, r.stderr)
         assert "FAILED" in r.stderr
+
+
+def test_independent_script_accepts_a_declared_chain_break_and_says_so(
+    clean_venv: Path, tmp_path: Path
+) -> None:
+    """A lost bundle (state database and one file gone) is explained by the signed
+    chain-break bundle, for the independent checker too; the export still verifies."""
+    cfg_path = write_config(tmp_path)
+    cfg = load_config(cfg_path)
+    write_seed_file(cfg.signing_key_file, AGENT_SIGNER._key)
+    log = Log(cfg_path, cfg, [datetime(2026, 1, 1, tzinfo=UTC)])
+    log.passes(2)
+    lost = log.file_of(3)
+    for name in ("state.db", "state.db-wal", "state.db-shm"):
+        (cfg.database_path.parent / name).unlink(missing_ok=True)
+    lost.unlink()
+    log.passes(2)  # the writer starts: rebuilds, breaks, continues after seq 6
+    out = tmp_path / "export.tar.gz"
+    assert run(["evidence", "export", "--out", str(out), "--config", str(cfg_path)]) == 0
+    with tarfile.open(out) as tar:
+        tar.extractall(tmp_path / "x", filter="data")
+    r = script(clean_venv, tmp_path / "x" / "evidence-export")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "chain break at seq 7" in r.stdout, r.stdout

@@ -46,7 +46,12 @@ def exported_metric_names() -> set[str]:
     m.observe_status(ResourceStatus(kind="k", conditions=[
         Condition(type=ct, status=ConditionStatus.true, reason="T", last_transition_time=t)
         for ct in ConditionType]))
+    # Registered by the composition root (reconciler.service) beside AgentMetrics.
+    from reconciler.evidence.recorder import EVIDENCE_METRICS
+    from reconciler.runtime.daemon import LOOP_HEALTH_METRICS
+
     names = set(re.findall(r"^# TYPE (\S+)", m.exposition().decode(), re.M))
+    names |= set(EVIDENCE_METRICS) | set(LOOP_HEALTH_METRICS)
     return names | {n + "_total" for n in names}
 
 
@@ -92,6 +97,13 @@ tests:
         values: '0+60x120'
       - series: 'node_textfile_mtime_seconds{{instance="c:9100",file="compliance_agent.prom"}}'
         values: '0x120'
+      # host a's disk fills at minute 50; host c's evidence chain broke at minute 30
+      - series: 'compliance_agent_unhealthy_reason{{instance="a:9100",reason="ReconcileFailing"}}'
+        values: '_x50 1x70'
+      - series: 'compliance_agent_evidence_chain_breaks{{instance="c:9100"}}'
+        values: '0x30 1x90'
+      - series: 'compliance_agent_evidence_chain_breaks{{instance="a:9100"}}'
+        values: '0x120'
     alert_rule_test:
       - eval_time: 60m
         alertname: ComplianceAgentMetricsAbsent
@@ -105,6 +117,14 @@ tests:
         alertname: ComplianceAgentDown
         exp_alerts:
           - exp_labels: {{severity: critical, instance: "a:9100"}}
+      - eval_time: 60m
+        alertname: ComplianceEvidenceUnwritable
+        exp_alerts:
+          - exp_labels: {{severity: critical, instance: "a:9100"}}
+      - eval_time: 60m
+        alertname: ComplianceEvidenceChainBroken
+        exp_alerts:
+          - exp_labels: {{severity: critical, instance: "c:9100"}}
       - eval_time: 60m
         alertname: ComplianceAgentTextfileStale
         exp_alerts:

@@ -251,7 +251,7 @@ def test_outbox_hook_enqueues_atomically(store: Store, tmp_path: Path) -> None:
     assert item.bundle_id == bid
 
 
-def test_orphans_are_removed_at_start(store: Store, tmp_path: Path) -> None:
+def test_unknown_bundle_files_are_quarantined_at_start(store: Store, tmp_path: Path) -> None:
     w = writer(store, tmp_path)
     w.record(check="backup", outcome="success")
     edir = tmp_path / "evidence"
@@ -262,9 +262,9 @@ def test_orphans_are_removed_at_start(store: Store, tmp_path: Path) -> None:
     (edir / ".000000000003-0b8c4b7e-6d0f-4a53-9c1e-1d3f1a2b3c4d.json.tmp").write_bytes(b"{")
     (edir / "README").write_text("operator notes")
     w2 = writer(store, tmp_path)
-    assert sorted(w2.orphans_removed) == sorted(
-        [orphan.name, ".000000000003-0b8c4b7e-6d0f-4a53-9c1e-1d3f1a2b3c4d.json.tmp"]
-    )
+    names = [orphan.name, ".000000000003-0b8c4b7e-6d0f-4a53-9c1e-1d3f1a2b3c4d.json.tmp"]
+    assert sorted(w2.recovery.quarantined) == sorted(names)
+    assert sorted(p.name for p in (edir / "quarantine").iterdir()) == sorted(names)
     assert (edir / "README").exists()
     w2.record(check="backup", outcome="success")
     assert verify_store(store, edir, [AGENT_SIGNER.public_key_hex]).ok
@@ -329,7 +329,7 @@ def test_payload_is_canonical_json(store: Store, tmp_path: Path) -> None:
     assert payload == canonical_json(json.loads(payload))
 
 
-def test_failed_commit_leaves_no_file(store: Store, tmp_path: Path) -> None:
+def test_failed_commit_moves_its_file_aside(store: Store, tmp_path: Path) -> None:
     w = writer(store, tmp_path)
     w.record(check="backup", outcome="success")
 
@@ -349,5 +349,7 @@ def test_failed_commit_leaves_no_file(store: Store, tmp_path: Path) -> None:
         w.record(check="backup", outcome="success")
     w.on_stored.pop()
     assert len(list((tmp_path / "evidence").glob("*.json"))) == 1
+    # not deleted: whether a failed COMMIT reached the disk is not certain
+    assert len(list((tmp_path / "evidence" / "quarantine").glob("*.json"))) == 1
     w.record(check="backup", outcome="success")
     assert verify_store(store, tmp_path / "evidence", [AGENT_SIGNER.public_key_hex]).ok

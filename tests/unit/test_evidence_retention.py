@@ -199,7 +199,8 @@ def test_crash_after_prune_commit_leaves_files_cleaned_at_start(
     for name, data in saved.items():  # as if the unlinks never happened
         (tmp_path / "ev" / name).write_bytes(data)
     w2, _, _ = make_writer(store, tmp_path, keep=1, days=0)
-    assert len(w2.orphans_removed) == 2
+    assert len(w2.recovery.retention_finished) == 2  # signed prune record committed
+    assert not w2.recovery.quarantined
     assert verify_store(store, tmp_path / "ev", KEYS).ok
 
 

@@ -22,6 +22,7 @@ from reconciler.cli.trust import register
 from reconciler.evidence.checkpoint import Checkpointer, origin_for
 from reconciler.evidence.writer import EvidenceIdentity, EvidenceRequest, EvidenceWriter
 from reconciler.store.database import open_store
+from reconciler.store.evidence_index import list_bundles
 from reconciler.trust.keys import write_seed_file
 from specs.config import AgentConfig, load_config
 from tests.unit.test_trust_support import AGENT_SIGNER, HOST, SITE, write_config
@@ -241,15 +242,37 @@ def test_rolled_back_state_directory_against_a_newer_checkpoint(
     assert "SplitView: seq 18" in out_of(capsys)
 
 
-def test_writer_refuses_to_write_over_a_truncated_index(log: Log) -> None:
+def test_truncated_index_is_rebuilt_from_the_files_and_matches_the_tree(log: Log) -> None:
     log.sql("DELETE FROM evidence_bundles WHERE sequence > 10")
     store = open_store(log.db)
     w = EvidenceWriter(store, AGENT_SIGNER, log.edir, EvidenceIdentity(SITE, HOST))
+    assert w.recovery.adopted == [11, 12] and not w.recovery.broken
+    w.record(check="x", outcome="success")
+    w.close()
+    store.close()
+
+
+def test_tail_lost_with_its_rows_breaks_the_chain_without_reusing(log: Log) -> None:
+    log.sql("DELETE FROM evidence_bundles WHERE sequence > 10")
+    for p in sorted(log.edir.glob("00000000001[12]-*.json")):
+        p.unlink()  # rows and files gone, the tree still commits to them
+    store = open_store(log.db)
+    w = EvidenceWriter(store, AGENT_SIGNER, log.edir, EvidenceIdentity(SITE, HOST))
+    assert w.recovery.broken and w.recovery.lost == [11, 12]
+    bid = w.record(check="x", outcome="success")
+    assert next(r.sequence for r in list_bundles(store) if r.bundle_id == bid) == 14
+    w.close()
+    store.close()
+
+
+def test_writer_refuses_files_that_do_not_rebuild_the_tree(log: Log) -> None:
+    log.sql("DELETE FROM evidence_bundles WHERE sequence > 10")
+    log.sql("UPDATE evidence_tree SET frontier = zeroblob(length(frontier))")
+    store = open_store(log.db)
     from reconciler.evidence.tree import TreeTampered
 
-    with pytest.raises(TreeTampered, match="index rows were deleted"):
-        w.record(check="x", outcome="success")
-    w.close()
+    with pytest.raises(TreeTampered, match="do not rebuild the Merkle tree"):
+        EvidenceWriter(store, AGENT_SIGNER, log.edir, EvidenceIdentity(SITE, HOST))
     store.close()
 
 
