@@ -48,6 +48,8 @@ from reconciler.evidence.tree import load_frontier
 from reconciler.store.database import Transaction
 from reconciler.store.evidence_index import (
     FILE_RE,
+    PENDING_RE,
+    PENDING_SUFFIX,
     TMP_RE,
     EvidenceDir,
     IndexRow,
@@ -99,11 +101,12 @@ class Recovery:
     last_digest: str | None = None
     checkpoint: dict[str, Any] | None = None
     adopted_envelopes: list[tuple[str, bytes]] = field(default_factory=list)
+    published: list[str] = field(default_factory=list)  # committed, renamed after a crash
 
     @property
     def changed(self) -> bool:
         return bool(self.adopted or self.tombstones or self.lost or self.quarantined
-                    or self.retention_finished)
+                    or self.retention_finished or self.published)
 
     def summary(self, at: str) -> str:
         """One line for `evidence verify` (kept in the meta table until the next one)."""
@@ -232,6 +235,7 @@ def reconcile_files(conn: Transaction, edir: EvidenceDir, keys: TrustedKeys, ori
     rec = Recovery()
     live = live_file_names(conn)
     head, prev = chain_head(conn)
+    _settle_pending(edir, live, rec)
     # The common start: every bundle file is indexed. Only the others are read.
     unknown = [n for n in edir.names() if n not in live
                and (FILE_RE.fullmatch(n) or TMP_RE.fullmatch(n)) and (edir.path / n).is_file()]
@@ -346,6 +350,22 @@ def _check_checkpoint(conn: Transaction, head: int, new: list[IndexRow],
                                "root than the bundles on disk")
 
 
+def _settle_pending(edir: EvidenceDir, live: set[str], rec: Recovery) -> None:
+    """Files still under their pending name: a committed row means the crash came
+    between the COMMIT and the rename (finish it); no row means the transaction
+    never committed, so the bundle never happened: kept aside, never adopted (an
+    order admitted in it, say, was not admitted)."""
+    for name in edir.names():
+        if not PENDING_RE.fullmatch(name):
+            continue
+        final = name[: -len(PENDING_SUFFIX)]
+        if final in live and not (edir.path / final).exists():
+            edir.publish([final])
+            rec.published.append(final)
+        else:
+            _quarantine(edir, name, rec)
+
+
 def set_aside_uncommitted(conn: Transaction, edir: EvidenceDir) -> list[str]:
     """After a COMMIT that failed: move bundle files without a live index row to
     quarantine (call under the writer's lock, in a transaction). Whether a failed
@@ -354,6 +374,7 @@ def set_aside_uncommitted(conn: Transaction, edir: EvidenceDir) -> list[str]:
     live = live_file_names(conn)
     rec = Recovery()
     for name in edir.names():
-        if FILE_RE.fullmatch(name) and name not in live and (edir.path / name).is_file():
+        if ((FILE_RE.fullmatch(name) and name not in live) or PENDING_RE.fullmatch(name)) \
+                and (edir.path / name).is_file():
             _quarantine(edir, name, rec)
     return rec.quarantined

@@ -30,6 +30,7 @@ moved to quarantine (`forget_uncommitted`).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import threading
@@ -48,8 +49,9 @@ from reconciler.evidence.checkpoint import origin_for
 from reconciler.evidence.merkle import Frontier, evidence_leaf
 from reconciler.evidence.recovery import Recovery, reconcile_files, set_aside_uncommitted
 from reconciler.evidence.tree import TreeTampered, check_appendable, extend_tree, load_frontier
-from reconciler.store.database import Store, Transaction
+from reconciler.store.database import Store, Transaction, after_commit
 from reconciler.store.evidence_index import (
+    PENDING_SUFFIX,
     EvidenceDir,
     IndexRow,
     file_name_for,
@@ -298,11 +300,16 @@ class EvidenceWriter:
         written: list[str] = []
         try:
             for row, data in built:
-                # One fsync pair per file for a single bundle; one syncfs for a batch.
-                self.dir.write(row.file_name, data, sync=not batch)
-                written.append(row.file_name)
+                # Under a pending name until the transaction commits (then published
+                # under the final name): a crash before the COMMIT leaves no file that
+                # recovery could take for a committed bundle. One fsync pair per
+                # file for a single bundle; one syncfs for a batch.
+                self.dir.write(row.file_name + PENDING_SUFFIX, data, sync=not batch)
+                written.append(row.file_name + PENDING_SUFFIX)
             if batch:
                 self.dir.sync_filesystem()
+            after_commit(conn, functools.partial(
+                self.dir.publish, [row.file_name for row, _ in built]))
             insert_rows(conn, [row for row, _ in built])
             extend_tree(conn, built[0][0].sequence, [row.digest for row, _ in built])
             for row, data in built:

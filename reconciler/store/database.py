@@ -13,6 +13,7 @@ history: never edit a shipped one, add a new one.
 from __future__ import annotations
 
 import importlib
+import logging
 import pkgutil
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -32,27 +33,34 @@ from specs.errors import ComplianceAgentError
 Transaction = Connection
 
 
+log = logging.getLogger(__name__)
+
+
 class StoreError(ComplianceAgentError):
     """The state database cannot be opened, migrated or read."""
 
 
+_AFTER_COMMIT = "compliance_agent.after_commit"
+
+
 def after_commit(tx: Transaction, on_commit: Callable[[], None]) -> None:
-    """Run `on_commit` once `tx` commits; never if it rolls back.
+    """Run `on_commit` once `tx` has committed (`Store.begin` runs it after the
+    database's COMMIT returned); never if it rolls back or the commit fails.
 
-    For side effects that must not announce what did not happen (e.g. a copy of
-    an evidence bundle sent to a reseller's tools).
+    For side effects that must not announce what did not happen (a copy of an
+    evidence bundle sent to a reseller's tools, an evidence file published
+    under its final name). SQLAlchemy's own "commit" event fires before the
+    COMMIT is executed, so it cannot be used for this.
     """
-    state = {"cancelled": False}
+    tx.info.setdefault(_AFTER_COMMIT, []).append(on_commit)
 
-    def committed(_conn: Connection) -> None:
-        if not state["cancelled"]:
-            on_commit()
 
-    def rolled_back(_conn: Connection) -> None:
-        state["cancelled"] = True
-
-    event.listen(tx, "commit", committed, once=True)
-    event.listen(tx, "rollback", rolled_back, once=True)
+def _run_after_commit(conn: Connection, callbacks: list[Callable[[], None]]) -> None:
+    for callback in callbacks:
+        try:
+            callback()
+        except Exception:  # the commit stands; one failing callback must not hide the others
+            log.exception("after-commit callback failed")
 
 
 @dataclass(frozen=True)
@@ -118,8 +126,13 @@ class Store:
             if self.readonly:
                 yield conn
                 return
-            with conn.begin():
-                yield conn
+            try:
+                with conn.begin():
+                    yield conn
+            except BaseException:
+                conn.info.pop(_AFTER_COMMIT, None)
+                raise
+            _run_after_commit(conn, conn.info.pop(_AFTER_COMMIT, []))
 
     def migrate(self) -> list[str]:
         """Apply pending migrations; returns the ids applied now."""

@@ -41,6 +41,11 @@ _syncfs = _load_syncfs()
 
 FILE_RE = re.compile(r"^\d{12}-[0-9A-Za-z-]{8,64}\.json$")
 TMP_RE = re.compile(r"^\.\d{12}-[0-9A-Za-z-]{8,64}\.json\.tmp$")
+# A bundle file written in a transaction that has not committed (yet): renamed to
+# its final name only after the COMMIT, so a crash never leaves an uncommitted
+# bundle under a name that recovery would adopt.
+PENDING_SUFFIX = ".pending"
+PENDING_RE = re.compile(r"^\d{12}-[0-9A-Za-z-]{8,64}\.json\.pending$")
 FILE_MODE = 0o640
 
 COLUMNS = (
@@ -248,6 +253,13 @@ class EvidenceDir:
         finally:
             os.close(fd)
         os.rename(tmp, name, src_dir_fd=self._dir_fd, dst_dir_fd=self._dir_fd)
+        os.fsync(self._dir_fd)
+
+    def publish(self, names: list[str]) -> None:
+        """After the commit: give pending files their final names, durably."""
+        for name in names:
+            os.rename(name + PENDING_SUFFIX, name,
+                      src_dir_fd=self._dir_fd, dst_dir_fd=self._dir_fd)
         os.fsync(self._dir_fd)
 
     def sync_filesystem(self) -> None:

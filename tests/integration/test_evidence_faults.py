@@ -34,6 +34,7 @@ from reconciler.store.evidence_index import FILE_RE
 from reconciler.trust.keys import generate_key_file
 from tests.harness.require import require_root, require_tool
 from tests.support.control_plane import REPO_ROOT, wait_for
+from tests.support.fault_report import report
 
 pytestmark = pytest.mark.integration
 
@@ -95,15 +96,22 @@ def _run_until(config: Path, state: Path, log: Path, more: int, sig: int) -> Non
         _stop(proc, sig)
 
 
-def _assert_kept_and_not_reused(state: Path, before: dict[str, bytes]) -> None:
+def _assert_kept_and_not_reused(state: Path, before: dict[str, bytes]) -> str:
+    """Every signed file kept byte for byte, no sequence used twice; the summary line."""
     after = _files(state)
+    kept = sum(1 for name, data in before.items() if after.get(name) == data)
+    seqs = [int(n[:12]) for n in after]
+    duplicates = len(seqs) - len(set(seqs))
+    line = (f"files_before={len(before)} kept={kept} lost={len(before) - kept} "
+            f"files_after={len(after)} duplicates={duplicates}")
     for name, data in before.items():
         assert after.get(name) == data, f"signed evidence file {name} lost"
-    seqs = [int(n[:12]) for n in after]
-    assert len(seqs) == len(set(seqs)), "a sequence number was used twice"
+    assert duplicates == 0, "a sequence number was used twice"
+    return line
 
 
-def test_real_daemon_db_lost_keeps_every_file(tmp_path: Path) -> None:
+def test_real_daemon_db_lost_keeps_every_file(tmp_path: Path, request: pytest.FixtureRequest
+                                               ) -> None:
     state = tmp_path / "state"
     config = _config(tmp_path, state)
     log = tmp_path / "daemon.log"
@@ -115,7 +123,8 @@ def test_real_daemon_db_lost_keeps_every_file(tmp_path: Path) -> None:
     data[len(data) // 2:len(data) // 2 + 64] = os.urandom(64)
     wal.write_bytes(bytes(data))
     _run_until(config, state, log, 2, signal.SIGTERM)
-    _assert_kept_and_not_reused(state, before)
+    report(request.config, "DB loss, WAL scrambled after SIGKILL: "
+           + _assert_kept_and_not_reused(state, before))
     assert "evidence index was reconciled with the files" in _verify(config)
 
     # An older copy of the database restored over the current one (stopped cleanly:
@@ -128,14 +137,16 @@ def test_real_daemon_db_lost_keeps_every_file(tmp_path: Path) -> None:
     for name in ("state.db-wal", "state.db-shm"):
         (state / name).unlink(missing_ok=True)
     _run_until(config, state, log, 2, signal.SIGTERM)
-    _assert_kept_and_not_reused(state, before)
+    report(request.config, "DB loss, older copy restored: "
+           + _assert_kept_and_not_reused(state, before))
     _verify(config)
 
     before = _files(state)
     for name in ("state.db", "state.db-wal", "state.db-shm"):
         (state / name).unlink(missing_ok=True)
     _run_until(config, state, log, 2, signal.SIGTERM)
-    _assert_kept_and_not_reused(state, before)
+    report(request.config, "DB loss, state.db+wal+shm deleted: "
+           + _assert_kept_and_not_reused(state, before))
     print("\n" + _verify(config)[-500:])
     assert "evidence index rebuilt from the signed files" in log.read_text()
 
@@ -184,7 +195,7 @@ def _metric(sock: Path, name: str) -> float | None:
 
 
 def test_real_daemon_disk_full_reports_unwritable_and_recovers(
-        tmp_path: Path, small_tmpfs: Path) -> None:
+        tmp_path: Path, small_tmpfs: Path, request: pytest.FixtureRequest) -> None:
     state = small_tmpfs
     config = _config(tmp_path, state)
     log = tmp_path / "daemon.log"
@@ -216,6 +227,8 @@ def test_real_daemon_disk_full_reports_unwritable_and_recovers(
         assert _metric(sock, "compliance_agent_loop_healthy") == 1
         assert (_metric(sock, "compliance_agent_evidence_last_write_timestamp_seconds")
                 or 0) > time.time() - 60
+        report(request.config, f"disk full (8 MiB tmpfs): reported Failed/unwritable, watchdog "
+               f"withheld, recovered; bundles={len(_files(state))}")
     finally:
         _stop(proc)
         notify.close()

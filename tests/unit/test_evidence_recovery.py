@@ -237,18 +237,40 @@ def test_unknown_files_are_quarantined_not_deleted(tmp_path: Path) -> None:
     assert len(list(quarantine.iterdir())) == 2
 
 
-def test_crash_leftover_file_is_adopted_not_deleted(tmp_path: Path) -> None:
-    """A file written before a commit that never happened is signed evidence too."""
+def test_a_transaction_that_never_committed_leaves_no_bundle_to_adopt(tmp_path: Path) -> None:
+    """A crash before the COMMIT: the bundle never happened (an order admitted in that
+    transaction was not admitted), so recovery must not adopt it into the chain. Its
+    file, still under the pending name, is kept aside in quarantine, never deleted."""
     before = _seed(tmp_path, 3)
     w = _writer(tmp_path)
     with contextlib.suppress(SimulatedCrash), w._lock, w.store.begin() as conn:
-        w.append(conn, [EvidenceRequest(check="backup", outcome="success")])
+        w.append(conn, [EvidenceRequest(check="order", outcome="success",
+                                        post_state={"admitted": True})])
         raise SimulatedCrash  # the file is durable, its row never commits
     _close(w)
-    after = _files(tmp_path)
-    assert len(after) == 4
-    _assert_recovered(tmp_path, after)
-    assert set(before) <= set(after)
+    assert _files(tmp_path) == before  # not published under a bundle name
+    pending = [p.name for p in (tmp_path / "ev").iterdir() if p.name.endswith(".pending")]
+    assert len(pending) == 1
+    w = _writer(tmp_path)
+    rows = list_bundles(w.store)
+    _close(w)
+    assert sorted(r.sequence for r in rows) == [1, 2, 3] and all(r.check == "backup" for r in rows)
+    assert (tmp_path / "ev" / "quarantine" / pending[0]).exists()
+    _assert_recovered(tmp_path, before)
+
+
+def test_a_crash_between_commit_and_rename_publishes_the_committed_bundle(
+        tmp_path: Path) -> None:
+    """The row committed, the process died before the file got its final name: the
+    bundle did happen, so recovery finishes the rename."""
+    before = _seed(tmp_path, 3)
+    newest = max(before)
+    (tmp_path / "ev" / newest).rename(tmp_path / "ev" / (newest + ".pending"))
+    w = _writer(tmp_path)
+    assert newest in w.recovery.published
+    _close(w)
+    assert _files(tmp_path) == before
+    _assert_recovered(tmp_path, before)
 
 
 def test_prune_lost_with_the_wal_is_reapplied_from_its_signed_record(tmp_path: Path) -> None:

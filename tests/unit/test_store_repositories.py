@@ -72,6 +72,34 @@ def test_after_commit_runs_only_for_committed_transactions(db: Path) -> None:
     store.close()
 
 
+def test_after_commit_runs_after_the_commit_not_before_it(db: Path) -> None:
+    """The hook sees the committed data from another connection, and a COMMIT that
+    fails (a deferred constraint) never runs it. SQLAlchemy's own "commit" event
+    fires before the COMMIT executes, which is what this hook must not do."""
+    store = open_store(db)
+    with store.begin() as tx:
+        tx.exec_driver_sql("CREATE TABLE t (v INTEGER)")
+    visible: list[int] = []
+
+    def count_from_another_connection() -> None:
+        with sqlite3.connect(db) as other:
+            visible.append(other.execute("SELECT count(*) FROM t").fetchone()[0])
+
+    with store.begin() as tx:
+        tx.exec_driver_sql("INSERT INTO t VALUES (1)")
+        after_commit(tx, count_from_another_connection)
+    assert visible == [1]
+    ran: list[str] = []
+    with pytest.raises(Exception, match="FOREIGN KEY"), store.begin() as tx:
+        tx.exec_driver_sql("CREATE TEMP TABLE IF NOT EXISTS p (id INTEGER PRIMARY KEY)")
+        tx.exec_driver_sql("CREATE TEMP TABLE IF NOT EXISTS c (pid INTEGER REFERENCES p(id)"
+                           " DEFERRABLE INITIALLY DEFERRED)")
+        tx.exec_driver_sql("INSERT INTO c VALUES (42)")
+        after_commit(tx, lambda: ran.append("announced"))
+    assert ran == []
+    store.close()
+
+
 def test_cli_views_read_a_read_only_store(db: Path) -> None:
     store = open_store(db)
     outbox = Outbox(store)
