@@ -31,6 +31,7 @@ from specs.host import Host
 from specs.resource import ResourceSpec
 from specs.status import HostSummary, Outcome, ResourceStatus
 from specs.version import agent_version
+from specs.watch import WatchTargets
 
 log = logging.getLogger("compliance_agent.agent")
 
@@ -106,6 +107,10 @@ class Agent:
         _, specs = self.desired.current()
         order = {kind: (self.phase_of(kind), self.controllers.rank(kind)) for kind in specs}
         return dict(sorted(specs.items(), key=lambda kv: order[kv[0]]))
+
+    def watch_targets(self, specs: dict[str, ResourceSpec]) -> dict[str, WatchTargets]:
+        """What each kind's observation depends on, for the watches."""
+        return {kind: self.controllers[kind].watch_targets(spec) for kind, spec in specs.items()}
 
     def phase_of(self, kind: str) -> Phase:
         return self.controllers[kind].phase
