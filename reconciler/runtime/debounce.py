@@ -104,23 +104,29 @@ class Debouncer:
         if self._thread is not None:
             self._thread.join(2.0)
 
+    def flush_due(self) -> list[str]:
+        """Emit the keys whose time has come (the thread's step; tests call it too)."""
+        with self._cond:
+            due = self._take_due_locked()
+        for key in due:
+            self.emitted_total += 1
+            try:
+                self._emit(key)
+            except Exception:
+                log.exception("watch hint could not be queued",
+                              extra={"resource": key, "reason": "WatchHintFailed"})
+        return due
+
     def _run(self) -> None:
         while True:
+            if self.flush_due():
+                continue
             with self._cond:
                 if self._stopped:
                     return
-                due = self._take_due_locked()
-                if not due:
-                    nxt = min((d for _, d in self._pending.values()), default=None)
+                nxt = min((d for _, d in self._pending.values()), default=None)
+                if nxt is None or nxt > self._now():
                     self._cond.wait(None if nxt is None else max(0.001, nxt - self._now()))
-                    continue
-            for key in due:
-                self.emitted_total += 1
-                try:
-                    self._emit(key)
-                except Exception:
-                    log.exception("watch hint could not be queued",
-                                  extra={"resource": key, "reason": "WatchHintFailed"})
 
     def _take_due_locked(self) -> list[str]:
         now = self._now()
