@@ -309,3 +309,37 @@ def test_daemon_reconciles_a_changed_file_long_before_the_next_pass(tmp_path: Pa
     finally:
         daemon.stop()
         runner.join(5)
+
+
+# -- wiring: the option, and `status` ----------------------------------------------------
+def test_the_watches_option_is_on_by_default_and_can_be_turned_off(tmp_path: Path) -> None:
+    from reconciler.service import watch_factories
+
+    assert len(watch_factories(make_config(tmp_path))) == 2
+    assert watch_factories(make_config(tmp_path, watches=False)) == []
+
+
+def test_status_shows_the_watches_the_daemon_recorded(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    from reconciler.cli.main import main
+    from reconciler.service import _watch_state_recorder
+    from tests.unit.test_cli_status import write_config
+
+    world = {"state": "active"}
+    write_baseline(tmp_path, {"services": {"units": [{"name": "a.service"}]}})
+    agent = new_agent(make_config(tmp_path), host=NoHost(), actuator=RecordingActuator(world),
+                      controllers={"services": ScriptedController(world)})
+    agent.run_pass()
+    hub = WatchHub([FlakyWatch(lambda _k: None, failures=1)], Debouncer(lambda _k: None))
+    _watch_state_recorder(agent.store)(dict(hub.status()))
+    agent.close()
+    cfg = write_config(tmp_path)
+    assert main(["status", "--config", str(cfg)]) == 0
+    assert "watches: WatchDown flaky: Starting" in capsys.readouterr().out
+    assert main(["status", "-o", "json", "--config", str(cfg)]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["watches"]["condition"]["type"] == "WatchesLive"
+    assert doc["watches"]["watches"][0]["up"] is False
