@@ -84,7 +84,7 @@ class FirewallController(ControllerBase[FirewallSpec, FirewallObserved]):
         self._rejected: dict[tuple[str, tuple[str, ...], tuple[str, ...]], str] = {}
 
     def targets(self, spec: FirewallSpec) -> WatchTargets:
-        return WatchTargets.of(paths=[spec.ruleset_path])
+        return WatchTargets.of(paths=[spec.ruleset_path], nftables=True)
 
     # -- observe -------------------------------------------------------------
 

@@ -81,16 +81,24 @@ def guard_policy(cfg: AgentConfig) -> GuardPolicy:
 
 def watch_factories(cfg: AgentConfig) -> list[WatchFactory]:
     """The watches (`watches: true`): files through inotify (the baseline file asks
-    for a whole pass) and systemd units on the system bus. Each is optional at run
-    time: one that cannot start is reported down and polling covers for it."""
+    for a whole pass), systemd units on the system bus, and the live nftables
+    ruleset when the agent changes the host itself (listening needs the privilege
+    the agent has only without a root actuator). Each is optional at run time: one
+    that cannot start is reported down and polling covers for it."""
     if not cfg.watches:
         return []
     from reconciler.runtime.inotify import InotifyWatch
     from reconciler.runtime.unit_watch import UnitWatch
 
     baseline = str(cfg.baseline_path)
-    return [lambda emit: InotifyWatch(emit, always={baseline: EVERY_KIND}),
-            lambda emit: UnitWatch(emit)]
+    factories: list[WatchFactory] = [
+        lambda emit: InotifyWatch(emit, always={baseline: EVERY_KIND}),
+        lambda emit: UnitWatch(emit)]
+    if cfg.actuator_socket is None:
+        from reconciler.runtime.nft_watch import NftMonitorWatch
+
+        factories.append(lambda emit: NftMonitorWatch(emit))
+    return factories
 
 
 def daemon_policy(cfg: AgentConfig) -> DaemonPolicy:

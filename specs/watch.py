@@ -19,12 +19,13 @@ EVERY_KIND = "*"
 class WatchTargets:
     units: frozenset[str] = frozenset()
     paths: frozenset[str] = frozenset()
+    nftables: bool = False  # the live nftables ruleset
 
     @staticmethod
-    def of(units: list[str] | tuple[str, ...] = (), paths: list[str] | tuple[str, ...] = ()
-           ) -> WatchTargets:
+    def of(units: list[str] | tuple[str, ...] = (), paths: list[str] | tuple[str, ...] = (),
+           nftables: bool = False) -> WatchTargets:
         return WatchTargets(frozenset(u for u in units if u),
-                            frozenset(p for p in paths if p and p.startswith("/")))
+                            frozenset(p for p in paths if p and p.startswith("/")), nftables)
 
 
 NO_TARGETS = WatchTargets()

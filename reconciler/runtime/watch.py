@@ -34,6 +34,9 @@ from specs.watch import WatchTargets
 log = logging.getLogger("compliance_agent.watch")
 
 WATCH_BACKOFF = Backoff(1.0, 60.0)  # between failed sessions of one watch
+# A session must have stayed live this long for the backoff to start over: a source
+# that connects and drops at once (no permission, say) backs off to the cap.
+STABLE_SECONDS = 10.0
 
 Emit = Callable[[str], None]
 
@@ -94,6 +97,7 @@ class SupervisedWatch(ABC):
         self._health = WatchHealth(name, up=False, reason="Starting", since=time.time())
         self._thread: threading.Thread | None = None
         self._went_live = False
+        self._live_at = 0.0
 
     @property
     def name(self) -> str:
@@ -169,6 +173,7 @@ class SupervisedWatch(ABC):
         """The session is connected and subscribed."""
         was_up = self.health().up
         self._went_live = True
+        self._live_at = time.monotonic()
         self._set_health(up=True, reason="Live", message=message, failures=0)
         if not was_up:
             log.info("watch live", extra={"reason": "WatchLive", "detail": self._name})
@@ -201,7 +206,8 @@ class SupervisedWatch(ABC):
             except Exception as e:  # a watch must never take the loop down
                 if self._stop.is_set():
                     return
-                failures = 1 if self._went_live else failures + 1  # live: backoff anew
+                stable = self._went_live and time.monotonic() - self._live_at >= STABLE_SECONDS
+                failures = 1 if stable else failures + 1
                 reason = "Lost" if isinstance(e, WatchLost | OSError | ConnectionError) \
                     else "Unavailable"
                 self._set_health(up=False, reason=reason, message=f"{type(e).__name__}: {e}",

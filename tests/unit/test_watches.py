@@ -315,7 +315,11 @@ def test_daemon_reconciles_a_changed_file_long_before_the_next_pass(tmp_path: Pa
 def test_the_watches_option_is_on_by_default_and_can_be_turned_off(tmp_path: Path) -> None:
     from reconciler.service import watch_factories
 
-    assert len(watch_factories(make_config(tmp_path))) == 2
+    names = [make(lambda _k: None).name for make in watch_factories(make_config(tmp_path))]
+    assert names == ["files", "units", "nftables"]
+    behind_actuator = make_config(tmp_path, actuatorSocket=str(tmp_path / "actuator.sock"))
+    assert [make(lambda _k: None).name for make in watch_factories(behind_actuator)] == [
+        "files", "units"]  # nft monitor needs the privilege only the actuator has
     assert watch_factories(make_config(tmp_path, watches=False)) == []
 
 
