@@ -119,6 +119,17 @@ class Agent:
     def reconcile(self, kind: str, spec: ResourceSpec, dry_run: bool = False) -> ReconcileResult:
         return self.runtime.reconcile(kind, spec, dry_run=dry_run)
 
+    def backoff_remaining(self, result: ReconcileResult) -> float | None:
+        """Seconds until the first of the result's planned actions leaves its
+        per-action backoff; None if none of them is backing off."""
+        now = self.clock()
+        waits = []
+        for action in result.planned:
+            until = self.status_store.backoff_until(f"{result.kind}/{action.key}", now)
+            if until is not None and until > now:
+                waits.append((until - now).total_seconds())
+        return min(waits) if waits else None
+
     def forget_kinds_except(self, kinds: set[str]) -> None:
         """A kind that left the baseline: its status and its metric series go."""
         for kind in self.status_store.forget_kinds_except(kinds):

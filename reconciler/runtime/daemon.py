@@ -361,6 +361,8 @@ class Daemon:
             self.queue.add_rate_limited(kind)
         else:
             self.queue.forget(kind)
+            if result.outcome is Outcome.deferred and self.watch_hub.watches:
+                self._retry_when_backoff_ends(kind, result)
         finish = False
         wave: list[str] = []
         with self._lock:
@@ -374,6 +376,19 @@ class Daemon:
             self.queue.add(key)
         if finish:
             self._finish_pass()
+
+    def _retry_when_backoff_ends(self, kind: str, result: ReconcileResult) -> None:
+        """With watches, a drift held by its action's backoff is looked at again when
+        the backoff ends, not at the next pass: the watch saw it at once, and it
+        will not hint again while the unit stays down. The backoff grows with each
+        attempt, so this cannot spin; beyond the next pass, the pass will do."""
+        try:
+            delay = self.agent.backoff_remaining(result)
+        except Exception:
+            log.exception("cannot read the action backoff", extra={"resource": kind})
+            return
+        if delay is not None and delay < self.policy.poll_interval:
+            self.queue.add_after(kind, delay + 0.05)
 
     # -- health ----------------------------------------------------------------------
     def unhealthy_reasons(self) -> list[str]:
