@@ -194,7 +194,11 @@ def main() -> int:
         run(work / "warm-up", False, lambda _d: None)
         idle: dict[str, tuple[float, int]] = {}
         for label, on in (("polling only", False), ("watches on", True)):
-            def measure(_d: Daemon, label: str = label) -> None:
+            def measure(d: Daemon, label: str = label) -> None:
+                # after the start-up resync of the watches has been reconciled
+                wait_for(lambda: not d.hints.pending() and not d.queue.processing()
+                         and d.queue.depth() == 0)
+                time.sleep(1.0)
                 r0, c0 = rss_kib(), time.process_time()
                 time.sleep(IDLE_SECONDS)
                 idle[label] = (time.process_time() - c0, rss_kib() - r0)
