@@ -32,6 +32,7 @@ from specs.drift import Drift, Remedy
 from specs.host import Host, HostError
 from specs.kinds.av_edr import AvEdrSpec
 from specs.kinds.services import ServicesSpec
+from specs.watch import WatchTargets
 
 Clock = Callable[[], datetime]
 
@@ -104,6 +105,13 @@ class AvEdrController(ControllerBase[AvEdrSpec, AvEdrObserved]):
 
     def backoff(self, spec: AvEdrSpec) -> tuple[float, float]:
         return spec.restart_backoff_base, max(spec.restart_backoff_cap, spec.restart_backoff_base)
+
+    def targets(self, spec: AvEdrSpec) -> WatchTargets:
+        units = [u.name for u in spec.units] + ([spec.updater_unit] if spec.updater_unit else [])
+        paths = [spec.engine_path] if spec.engine_path else []
+        for db in spec.signature_dbs:  # a '.cvd' may be replaced by its '.cld' sibling
+            paths += [db, db[:-4] + ".cld"] if db.endswith(".cvd") else [db]
+        return WatchTargets.of(units=units, paths=paths)
 
     def observe(self, host: Host, spec: AvEdrSpec) -> AvEdrObserved:
         return AvEdrObserved(

@@ -25,6 +25,9 @@ The rest of the contract has defaults in ``ControllerBase``:
 * ``backoff(spec)``: ``(base, cap)`` seconds of the per-action backoff the
   runtime applies when an action ran and its drift came back; default
   ``DEFAULT_BACKOFF``.
+* ``targets(spec)``: the units and files ``observe`` reads, so that a watch
+  can queue the kind as soon as one changes (a hint only: the next reconcile
+  reads everything again); default none.
 * ``phase``: when the kind runs within a pass. Every kind of a phase is
   reconciled before any kind of a later phase starts, with any number of
   workers. A kind whose reading the guards of other kinds judge (the clock)
@@ -49,6 +52,7 @@ from specs.drift import Drift
 from specs.errors import ComplianceAgentError
 from specs.host import Host
 from specs.resource import ResourceSpec
+from specs.watch import NO_TARGETS, WatchTargets
 
 SpecT = TypeVar("SpecT", bound=ResourceSpec)
 ObservedT = TypeVar("ObservedT", bound=BaseModel)
@@ -84,6 +88,8 @@ class Controller(Protocol[SpecT, ObservedT]):
 
     def backoff(self, spec: SpecT) -> tuple[float, float]: ...
 
+    def targets(self, spec: SpecT) -> WatchTargets: ...
+
 
 class ReconcileSteps(Protocol):
     """The runtime's part, generic over whichever controller it is given."""
@@ -101,6 +107,8 @@ class KindController(Protocol):
     def phase(self) -> Phase: ...
 
     def run_with(self, steps: ReconcileSteps, spec: ResourceSpec) -> None: ...
+
+    def watch_targets(self, spec: ResourceSpec) -> WatchTargets: ...
 
 
 class ControllerBase(ABC, Generic[SpecT, ObservedT]):
@@ -124,6 +132,13 @@ class ControllerBase(ABC, Generic[SpecT, ObservedT]):
 
     def backoff(self, spec: SpecT) -> tuple[float, float]:
         return DEFAULT_BACKOFF
+
+    def targets(self, spec: SpecT) -> WatchTargets:
+        return NO_TARGETS
+
+    def watch_targets(self, spec: ResourceSpec) -> WatchTargets:
+        """`targets` for the loop, which holds specs of every kind."""
+        return self.targets(spec) if isinstance(spec, self.spec_type) else NO_TARGETS
 
     def run_with(self, steps: ReconcileSteps, spec: ResourceSpec) -> None:
         if not isinstance(spec, self.spec_type):

@@ -33,6 +33,7 @@ from specs.drift import Drift, Remedy
 from specs.errors import ComplianceAgentError
 from specs.host import CommandTimeout, Host, HostError
 from specs.kinds.egress import EgressSpec
+from specs.watch import WatchTargets
 
 Family = Literal["v4", "v6"]
 FAMILIES: tuple[Family, ...] = ("v4", "v6")
@@ -221,6 +222,9 @@ def _summary(elements: list[str], limit: int = 16) -> str:
 class EgressController(ControllerBase[EgressSpec, EgressObserved]):
     spec_type = EgressSpec
     kind = "egress"
+
+    def targets(self, spec: EgressSpec) -> WatchTargets:
+        return WatchTargets.of(nftables=True)  # its sets live in the ruleset
 
     def observe(self, host: Host, spec: EgressSpec) -> EgressObserved:
         jobs = [(name, fam) for name in spec.hosts for fam in FAMILIES]

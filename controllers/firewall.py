@@ -43,6 +43,7 @@ from specs.actions import Action, ApplyNftRuleset
 from specs.drift import Drift, Remedy
 from specs.host import Host, HostError
 from specs.kinds.firewall import FirewallSpec
+from specs.watch import WatchTargets
 
 LIST_TIMEOUT = 15.0
 SANDBOX_TIMEOUT = 60.0
@@ -81,6 +82,9 @@ class FirewallController(ControllerBase[FirewallSpec, FirewallObserved]):
         self._expected: dict[tuple[str, tuple[str, ...], tuple[str, ...]],
                              tuple[str, dict[str, Any]]] = {}
         self._rejected: dict[tuple[str, tuple[str, ...], tuple[str, ...]], str] = {}
+
+    def targets(self, spec: FirewallSpec) -> WatchTargets:
+        return WatchTargets.of(paths=[spec.ruleset_path], nftables=True)
 
     # -- observe -------------------------------------------------------------
 

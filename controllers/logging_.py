@@ -40,6 +40,7 @@ from specs.drift import Drift, Remedy
 from specs.host import Host, HostError
 from specs.kinds.logging_ import CANARY_IDENTIFIER, LoggingSpec
 from specs.kinds.services import ServicesSpec, UnitSpec
+from specs.watch import WatchTargets
 
 POLL_INTERVAL = 0.05  # seconds between read-backs of the canary
 # What journalctl (systemd 252) says when the agent may not read the system journal.
@@ -128,6 +129,9 @@ class LoggingController(ControllerBase[LoggingSpec, LoggingObserved]):
 
     def backoff(self, spec: LoggingSpec) -> tuple[float, float]:
         return spec.restart_backoff_base, max(spec.restart_backoff_cap, spec.restart_backoff_base)
+
+    def targets(self, spec: LoggingSpec) -> WatchTargets:
+        return WatchTargets.of(units=[spec.journald_unit, *(f.unit for f in spec.forwarders)])
 
     # -- observe -----------------------------------------------------------------
 

@@ -30,6 +30,7 @@ from specs.drift import Drift, Remedy
 from specs.host import Host, HostError
 from specs.kinds.patching import PatchingSpec, is_store_path, store_hash
 from specs.resource import Trigger
+from specs.watch import WatchTargets
 
 PROFILES_DIR = "/nix/var/nix/profiles"
 PROFILE = f"{PROFILES_DIR}/system"
@@ -125,6 +126,10 @@ class PatchingController(ControllerBase[PatchingSpec, PatchingObserved]):
 
     def __init__(self, clock: Clock | None = None) -> None:
         self.clock: Clock = clock or (lambda: datetime.now(UTC))
+
+    def targets(self, spec: PatchingSpec) -> WatchTargets:
+        # the links a switch or a reboot replaces; a watch sees the rename in /run
+        return WatchTargets.of(paths=["/run/current-system", "/run/booted-system"])
 
     def backoff(self, spec: PatchingSpec) -> tuple[float, float]:
         """(base, cap) seconds between attempts of the same rebuild (runtime per-action backoff)."""

@@ -52,6 +52,7 @@ from specs.actions import Action, EnableUnit, RestartUnit, StartUnit
 from specs.drift import Drift, Remedy
 from specs.host import Host, HostError
 from specs.kinds.services import ServicesSpec, UnitSpec
+from specs.watch import WatchTargets
 
 SHOW_PROPERTIES: tuple[str, ...] = (
     "Id",
@@ -299,6 +300,9 @@ class ServicesController(ControllerBase[ServicesSpec, ServicesObserved]):
                 for name, s in observed.units.items()
             }
         }
+
+    def targets(self, spec: ServicesSpec) -> WatchTargets:
+        return WatchTargets.of(units=_unique(spec.units))
 
     def backoff(self, spec: ServicesSpec) -> tuple[float, float]:
         """Per-unit restart backoff (base, cap) in seconds, applied by the runtime."""

@@ -39,7 +39,7 @@ let
     "maintenanceWindow" "allowDisruptiveOutsideWindow" "evidenceRetention"
     "pruneRetentionDays" "ntpMaxSkewMs" "rebuildHealthCheckTimeout" "rmmWebhookUrl"
     "syslogTarget" "syslogCaFile" "webhookSecretFile" "logLevel" "stateDirectory" "statusSocket"
-    "actuatorSocket" "metricsTextfile" "egressTable" "workers"
+    "actuatorSocket" "metricsTextfile" "egressTable" "workers" "watches"
     "evidenceSnapshotInterval"
   ];
   agentSettings = lib.genAttrs agentOptionNames (name: cfg.${name})
@@ -386,6 +386,18 @@ in
       type = types.ints.between 1 16;
       default = 2;
       description = "Concurrent reconcile workers.";
+    };
+
+    watches = mkOption {
+      type = types.bool;
+      default = true;
+      description = ''
+        Reconcile a resource as soon as a systemd unit or a file it depends on
+        changes (unit signals on the system bus, inotify on the baseline,
+        ruleset, AV engine and signature files and /run/current-system),
+        instead of waiting for the next pass. The periodic pass stays; a watch
+        that fails degrades to polling and retries. false: polling only.
+      '';
     };
 
     evidenceSnapshotInterval = mkOption {

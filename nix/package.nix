@@ -45,6 +45,7 @@ python3Packages.buildPythonApplication {
     sqlalchemy
     prometheus-client
     cryptography
+    jeepney
   ];
 
   # Everything tests/unit imports beyond the dependencies (dnslib: the DNS

@@ -40,11 +40,13 @@ from reconciler.runtime.desired import (
 from reconciler.runtime.guards import GuardPolicy
 from reconciler.runtime.reconcile import ReconcileListener
 from reconciler.runtime.registry import ControllerRegistry
+from reconciler.runtime.watch import WatchFactory
 from reconciler.store.database import Store, open_store
 from specs.baseline import Baseline
 from specs.config import AgentConfig
 from specs.errors import ComplianceAgentError
 from specs.host import Host
+from specs.watch import EVERY_KIND
 from specs.window import MaintenanceWindow
 
 if TYPE_CHECKING:
@@ -61,6 +63,7 @@ log = logging.getLogger("compliance_agent.service")
 
 # The kind whose result carries the NTP reading the clock guard judges.
 CLOCK_KIND = "time"
+WATCHES_STATE_KEY = "watches"
 
 
 class StartupError(ComplianceAgentError):
@@ -74,6 +77,28 @@ def guard_policy(cfg: AgentConfig) -> GuardPolicy:
         allow_outside_window=cfg.allow_disruptive_outside_window,
         max_skew_ms=cfg.ntp_max_skew_ms,
     )
+
+
+def watch_factories(cfg: AgentConfig) -> list[WatchFactory]:
+    """The watches (`watches: true`): files through inotify (the baseline file asks
+    for a whole pass), systemd units on the system bus, and the live nftables
+    ruleset when the agent changes the host itself (listening needs the privilege
+    the agent has only without a root actuator). Each is optional at run time: one
+    that cannot start is reported down and polling covers for it."""
+    if not cfg.watches:
+        return []
+    from reconciler.runtime.inotify import InotifyWatch
+    from reconciler.runtime.unit_watch import UnitWatch
+
+    baseline = str(cfg.baseline_path)
+    factories: list[WatchFactory] = [
+        lambda emit: InotifyWatch(emit, always={baseline: EVERY_KIND}),
+        lambda emit: UnitWatch(emit)]
+    if cfg.actuator_socket is None:
+        from reconciler.runtime.nft_watch import NftMonitorWatch
+
+        factories.append(lambda emit: NftMonitorWatch(emit))
+    return factories
 
 
 def daemon_policy(cfg: AgentConfig) -> DaemonPolicy:
@@ -467,9 +492,19 @@ def build_daemon(cfg: AgentConfig) -> Daemon:
         background=(_daily_prune(Pruner(svc.writer, RetentionPolicy.from_config(cfg))),),
         closers=(svc.close,),
         health_inputs=(svc.recorder,),  # evidence that cannot be written fails the host
+        watches=watch_factories(cfg),
+        watch_state=_watch_state_recorder(svc.agent.store),
     )
     svc.agent.metrics.registry.register(daemon.health_collector())
     return daemon
+
+
+def _watch_state_recorder(store: Store) -> Callable[[dict[str, object]], None]:
+    """`status` reads the watches' health from the meta table (it does not ask the daemon)."""
+    from reconciler.store.meta import MetaStore
+
+    meta = MetaStore(store)
+    return lambda state: meta.put(WATCHES_STATE_KEY, json.dumps(state))
 
 
 PRUNE_INTERVAL = 24 * 3600.0

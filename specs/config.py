@@ -176,6 +176,10 @@ class AgentConfig(BaseModel):
         description="nftables 'inet' table holding the egress allowlist sets.",
     )
     workers: int = Field(2, ge=1, le=16, description="Concurrent reconcile workers.")
+    watches: bool = Field(
+        True, description="Reconcile a kind as soon as a unit or file it depends on changes "
+        "(systemd bus, inotify); the periodic pass stays. False: polling only."
+    )
     evidence_snapshot_interval: PositiveSeconds = Field(
         3600, description="Seconds between periodic evidence snapshots per resource."
     )

@@ -29,6 +29,7 @@ DEFAULT_STATUS_SOCKET = Path("/run/compliance-agent/status.sock")
 DEFAULT_STATE_DIRECTORY = Path("/var/lib/compliance-agent")
 SOCKET_TIMEOUT = 2.0
 WAKEUPS_KEY = "order_wakeups"  # reconciler.delivery.wakeup.WATCH_STATE_KEY
+WATCHES_KEY = "watches"  # reconciler.service.WATCHES_STATE_KEY
 AGENT_USER = "compliance-agent"
 
 
@@ -78,20 +79,28 @@ def ask_daemon(cfg: RawConfig) -> dict[str, Any] | None:
 
 
 def add_store_extras(doc: dict[str, Any], cfg: RawConfig) -> None:
-    """Evidence queue and order wake-ups from the state database, when readable."""
+    """Evidence queue, order wake-ups and (when the daemon did not say it live) the
+    unit/file watches from the state database, when readable."""
     conn = peek.open_readonly(cfg.database_path)
     if conn is None:
         return
     try:
         doc["evidence_queue"] = peek.outbox_stats(conn, time.time())
         raw = peek.meta_value(conn, WAKEUPS_KEY)
+        raw_watches = None if "watches" in doc else peek.meta_value(conn, WATCHES_KEY)
     finally:
         conn.close()
+    doc["order_wakeups"] = _json_object(raw)
+    if "watches" not in doc:
+        doc["watches"] = _json_object(raw_watches)
+
+
+def _json_object(raw: str | None) -> dict[str, Any] | None:
     try:
-        wakeups = json.loads(raw) if raw else None
+        value = json.loads(raw) if raw else None
     except ValueError:
-        wakeups = None
-    doc["order_wakeups"] = wakeups if isinstance(wakeups, dict) else None
+        value = None
+    return value if isinstance(value, dict) else None
 
 
 def history(cfg: RawConfig, kind: str, limit: int) -> list[dict[str, Any]] | None:

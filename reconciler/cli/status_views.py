@@ -112,6 +112,11 @@ def _tail(doc: dict[str, Any], now: datetime) -> str:
     wakeups = doc.get("order_wakeups")
     if wakeups:
         tail += f"; order wake-ups: {wakeups.get('state')}"
+    watches = doc.get("watches")
+    if watches and isinstance(watches.get("condition"), dict):
+        cond = watches["condition"]
+        tail += ("; watches: live" if cond.get("status") == "True"
+                 else f"; watches: {cond.get('reason')} {cond.get('message', '')}".rstrip())
     if doc.get("loop_healthy") is False:
         tail += "; daemon loop UNHEALTHY (see journalctl -u compliance-agent)"
     return tail

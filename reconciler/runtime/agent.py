@@ -31,6 +31,7 @@ from specs.host import Host
 from specs.resource import ResourceSpec
 from specs.status import HostSummary, Outcome, ResourceStatus
 from specs.version import agent_version
+from specs.watch import WatchTargets
 
 log = logging.getLogger("compliance_agent.agent")
 
@@ -107,12 +108,27 @@ class Agent:
         order = {kind: (self.phase_of(kind), self.controllers.rank(kind)) for kind in specs}
         return dict(sorted(specs.items(), key=lambda kv: order[kv[0]]))
 
+    def watch_targets(self, specs: dict[str, ResourceSpec]) -> dict[str, WatchTargets]:
+        """What each kind's observation depends on, for the watches."""
+        return {kind: self.controllers[kind].watch_targets(spec) for kind, spec in specs.items()}
+
     def phase_of(self, kind: str) -> Phase:
         return self.controllers[kind].phase
 
     # -- one resource / one pass ---------------------------------------------
     def reconcile(self, kind: str, spec: ResourceSpec, dry_run: bool = False) -> ReconcileResult:
         return self.runtime.reconcile(kind, spec, dry_run=dry_run)
+
+    def backoff_remaining(self, result: ReconcileResult) -> float | None:
+        """Seconds until the first of the result's planned actions leaves its
+        per-action backoff; None if none of them is backing off."""
+        now = self.clock()
+        waits = []
+        for action in result.planned:
+            until = self.status_store.backoff_until(f"{result.kind}/{action.key}", now)
+            if until is not None and until > now:
+                waits.append((until - now).total_seconds())
+        return min(waits) if waits else None
 
     def forget_kinds_except(self, kinds: set[str]) -> None:
         """A kind that left the baseline: its status and its metric series go."""

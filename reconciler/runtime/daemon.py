@@ -22,6 +22,13 @@ Everything else is given at construction: the policy (poll interval, workers,
 status socket), `companions` (started after READY, told when a pass is done,
 stopped before the store closes: the control-plane connection), `background`
 jobs run on the scheduling thread, and `closers` run last at shutdown.
+
+`watches` are factories of event sources (runtime/watch.py), each given the
+daemon's hint callable at construction. A hint is debounced per key
+(runtime/debounce.py) and then queues the key like a retry would: the worker
+reconciles the kind from the specs of the last pass, reading the host again;
+the baseline file's key (`specs.watch.EVERY_KIND`) asks for a whole pass. Each
+pass gives the watches the targets of the current specs.
 """
 
 from __future__ import annotations
@@ -42,13 +49,16 @@ from reconciler.ops.sdnotify import Notifier
 from reconciler.ops.status_server import StatusServer
 from reconciler.runtime.agent import Agent, PassReport
 from reconciler.runtime.conditions import host_summary
+from reconciler.runtime.debounce import Debouncer
 from reconciler.runtime.reconcile import ReconcileResult
 from reconciler.runtime.registry import UnknownKindError
+from reconciler.runtime.watch import WatchCollector, WatchFactory, WatchHub
 from reconciler.runtime.workqueue import ShutDown, WorkQueue
 from specs.backoff import Backoff
 from specs.baseline import BaselineError
 from specs.resource import ResourceSpec
 from specs.status import HostSummary, Outcome
+from specs.watch import EVERY_KIND
 
 if TYPE_CHECKING:
     from prometheus_client.metrics_core import Metric
@@ -71,6 +81,8 @@ class DaemonPolicy:
     poll_interval: float  # seconds between passes (jittered +-10%)
     workers: int
     status_socket: Path | None = None
+    debounce: float = 0.2  # seconds a key's watch hints must be quiet before it is queued
+    echo_window: float = 2.0  # seconds after a remediation whose hints are its own echo
 
 
 class HealthInput(Protocol):
@@ -117,6 +129,8 @@ class Daemon:
         background: Sequence[Callable[[], None]] = (),
         closers: Sequence[Callable[[], None]] = (),
         health_inputs: Sequence[HealthInput] = (),
+        watches: Sequence[WatchFactory] = (),
+        watch_state: Callable[[dict[str, object]], None] | None = None,
     ) -> None:
         self.agent = agent
         self.health_inputs = tuple(health_inputs)
@@ -139,6 +153,13 @@ class Daemon:
         self._retries_seen = 0
         self.status_server: StatusServer | None = None
         self.passes_completed = 0
+        self.hints = Debouncer(self._hinted, quiet=policy.debounce,
+                               max_delay=max(1.0, policy.debounce), echo=policy.echo_window)
+        self.watch_hub = WatchHub([make(self.hints.hint) for make in watches], self.hints)
+        if self.watch_hub.watches:
+            agent.metrics.registry.register(WatchCollector(self.watch_hub))
+        self._watch_state = watch_state  # where `status` reads the watches' health from
+        self._watch_state_written: dict[str, object] | None = None
 
     # -- lifecycle -------------------------------------------------------------
     def install_signal_handlers(self) -> None:
@@ -174,6 +195,7 @@ class Daemon:
                 companion.start()
             except Exception:
                 log.exception("companion failed to start", extra={"reason": "CompanionError"})
+        self.watch_hub.start()
         log.info("started", extra={"detail": f"poll {self.policy.poll_interval}s, "
                                              f"{self.policy.workers} workers"})
         try:
@@ -186,6 +208,7 @@ class Daemon:
                 w.join(max(0.0, deadline - time.monotonic()))
             if self.status_server is not None:
                 self.status_server.stop()
+            self.watch_hub.stop()
             self.agent.metrics.up.set(0)
             self.agent.write_metrics()
             for hook in [*(c.stop for c in reversed(self.companions)), *self.closers]:
@@ -218,11 +241,22 @@ class Daemon:
                     log.exception("background job failed", extra={"reason": "BackgroundError"})
             self._maybe_watchdog()
             self._update_queue_metrics()
+            self._record_watch_state()
             self.stop_event.wait(min(tick, max(0.05, next_pass - time.monotonic())))
 
     def request_pass(self) -> None:
         """Run a pass as soon as possible (e.g. after an order was admitted)."""
         self.wake_event.set()
+
+    def _hinted(self, key: str) -> None:
+        """A debounced watch hint: queue the kind (its spec of the last pass), or a pass."""
+        if key == EVERY_KIND:
+            self.request_pass()
+            return
+        with self._lock:
+            known = key in self._specs
+        if known:
+            self.queue.add(key)
 
     def _start_pass(self) -> None:
         try:
@@ -233,6 +267,8 @@ class Daemon:
             self.notifier.status(f"Failed: {e}")
             return
         self.agent.forget_kinds_except(set(specs))
+        if self.watch_hub.watches:
+            self.watch_hub.set_targets(self.agent.watch_targets(specs))
         by_phase: dict[int, list[str]] = {}
         for kind in specs:
             by_phase.setdefault(self.agent.phase_of(kind), []).append(kind)
@@ -305,8 +341,11 @@ class Daemon:
             return
         if held:
             return
+        self.hints.begin(kind)
+        acted = False
         try:
             result = self.agent.reconcile(kind, spec)
+            acted = bool(result.executed)
         except Exception as e:  # runtime.reconcile already contains controller faults
             log.exception("worker error", extra={"resource": kind, "reason": "WorkerError"})
             with self._lock:
@@ -314,12 +353,16 @@ class Daemon:
                 self._last_worker_error = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
             self.queue.add_rate_limited(kind)
             return
+        finally:
+            self.hints.end(kind, acted)
         with self._lock:
             self._worker_errors = 0
         if result.outcome is Outcome.failed:
             self.queue.add_rate_limited(kind)
         else:
             self.queue.forget(kind)
+            if result.outcome is Outcome.deferred and self.watch_hub.watches:
+                self._retry_when_backoff_ends(kind, result)
         finish = False
         wave: list[str] = []
         with self._lock:
@@ -333,6 +376,19 @@ class Daemon:
             self.queue.add(key)
         if finish:
             self._finish_pass()
+
+    def _retry_when_backoff_ends(self, kind: str, result: ReconcileResult) -> None:
+        """With watches, a drift held by its action's backoff is looked at again when
+        the backoff ends, not at the next pass: the watch saw it at once, and it
+        will not hint again while the unit stays down. The backoff grows with each
+        attempt, so this cannot spin; beyond the next pass, the pass will do."""
+        try:
+            delay = self.agent.backoff_remaining(result)
+        except Exception:
+            log.exception("cannot read the action backoff", extra={"resource": kind})
+            return
+        if delay is not None and delay < self.policy.poll_interval:
+            self.queue.add_after(kind, delay + 0.05)
 
     # -- health ----------------------------------------------------------------------
     def unhealthy_reasons(self) -> list[str]:
@@ -374,12 +430,29 @@ class Daemon:
         """Prometheus view of `unhealthy_reasons` (the composition root registers it)."""
         return LoopHealthCollector(self)
 
+    def _record_watch_state(self) -> None:
+        if self._watch_state is None:
+            return
+        state = self.watch_hub.status()
+        # only `up`/`reason` changes are worth a write; counters are in the metrics
+        brief: dict[str, object] = {
+            "condition": state["condition"],
+            "watches": [{k: w[k] for k in ("name", "up", "reason", "message", "since")}
+                        for w in state["watches"]]}
+        if brief != self._watch_state_written:
+            try:
+                self._watch_state(brief)
+                self._watch_state_written = brief
+            except Exception:
+                log.exception("cannot record the watches' state")
+
     def live_status(self) -> dict[str, object]:
         doc = self.agent.status_snapshot()
         doc["workqueue"] = {"depth": self.queue.depth(), "waiting": self.queue.waiting(),
                             "processing": sorted(self.queue.processing()),
                             "retries": self.queue.retries_total}
         doc["loop_healthy"] = self.loop_healthy()
+        doc["watches"] = self.watch_hub.status()
         reasons = self.unhealthy_reasons()
         if reasons:
             doc["summary"] = HostSummary.Failed.value
