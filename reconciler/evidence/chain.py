@@ -34,7 +34,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from reconciler.store.database import Store
-from reconciler.store.evidence_index import IndexRow, all_rows
+from reconciler.store.evidence_index import IndexRow, all_rows, sequence_ranges
 from reconciler.trust.dsse import TrustedKeys, TrustError, loads_strict, verify_envelope
 from specs.evidence import (
     CHAIN_BREAK_CHECK,
@@ -269,9 +269,8 @@ def verify_chain(
                 )
             )
     if pruned_here:
-        from reconciler.evidence.retention import ranges
 
-        for a, b in ranges(pruned_here):
+        for a, b in sequence_ranges(pruned_here):
             what = "lost" if a in lost else "pruned"
             report.notes.append(f"seq {a}-{b} {what}, explained by {pruned[a][1]}")
     return report

@@ -58,6 +58,7 @@ from reconciler.store.evidence_index import (
     file_name_for,
     live_file_names,
     mark_pruned,
+    sequence_ranges,
 )
 from reconciler.store.evidence_tree import digests_from, latest_checkpoint
 from reconciler.trust.dsse import TrustedKeys, TrustError, loads_strict, verify_envelope
@@ -135,23 +136,12 @@ class Recovery:
             "reason": self.reason,
             "last_verified_sequence": self.last_sequence,
             "last_verified_digest": self.last_digest,
-            "lost_ranges": _ranges(self.lost),
+            "lost_ranges": sequence_ranges(self.lost),
             "lost": [{"sequence": s, "digest": LOST_DIGEST} for s in self.lost],
             "checkpoint": self.checkpoint,
             "adopted_count": len(self.adopted),
             "quarantined": self.quarantined[:100],
         }
-
-
-def _ranges(seqs: list[int]) -> list[list[int]]:
-    """[1,2,3,7] -> [[1,3],[7,7]] (as retention lists its prune ranges)."""
-    out: list[list[int]] = []
-    for s in sorted(seqs):
-        if out and s == out[-1][1] + 1:
-            out[-1][1] = s
-        else:
-            out.append([s, s])
-    return out
 
 
 def _quarantine(edir: EvidenceDir, name: str, recovery: Recovery) -> None:

@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 from reconciler.evidence.writer import EvidenceRequest, EvidenceWriter
 from reconciler.store.database import Transaction
-from reconciler.store.evidence_index import IndexRow, all_rows, mark_pruned
+from reconciler.store.evidence_index import IndexRow, all_rows, mark_pruned, sequence_ranges
 from specs.evidence import CHAIN_BREAK_CHECK, PRUNE_CHECK
 from specs.orders import format_rfc3339
 from specs.status import Outcome
@@ -69,21 +69,10 @@ class PruneResult:
     def to_json(self) -> dict[str, Any]:
         return {
             "pruned_count": len(self.pruned),
-            "pruned_ranges": ranges(self.pruned),
+            "pruned_ranges": sequence_ranges(self.pruned),
             "prune_bundles": self.prune_bundles,
             "files_removed": self.files_removed,
         }
-
-
-def ranges(seqs: list[int]) -> list[list[int]]:
-    """[1,2,3,7,8] -> [[1,3],[7,8]]."""
-    out: list[list[int]] = []
-    for s in sorted(seqs):
-        if out and s == out[-1][1] + 1:
-            out[-1][1] = s
-        else:
-            out.append([s, s])
-    return out
 
 
 def select_prunable(
@@ -164,7 +153,7 @@ def prune(writer: EvidenceWriter, policy: RetentionPolicy, now: datetime) -> Pru
                                 "prune_retention_days": policy.min_age_days,
                             },
                             "pruned_count": len(batch),
-                            "pruned_ranges": ranges(seqs),
+                            "pruned_ranges": sequence_ranges(seqs),
                             "pruned": listing,
                         },
                     )

@@ -288,3 +288,14 @@ class EvidenceDir:
 
     def names(self) -> list[str]:
         return sorted(os.listdir(self.path))
+
+
+def sequence_ranges(seqs: list[int]) -> list[list[int]]:
+    """[1,2,3,7,8] -> [[1,3],[7,8]]: how prune records and recovery notes list sequences."""
+    out: list[list[int]] = []
+    for s in sorted(seqs):
+        if out and s == out[-1][1] + 1:
+            out[-1][1] = s
+        else:
+            out.append([s, s])
+    return out

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 
 from reconciler.evidence.chain import verify_chain, verify_store
-from reconciler.evidence.retention import Pruner, RetentionPolicy, ranges, select_prunable
+from reconciler.evidence.retention import Pruner, RetentionPolicy, select_prunable
 from reconciler.evidence.writer import EvidenceIdentity, EvidenceWriter
 from reconciler.store.database import Store, open_store
-from reconciler.store.evidence_index import IndexRow, list_bundles
+from reconciler.store.evidence_index import IndexRow, list_bundles, sequence_ranges
 from specs.evidence import PRUNE_CHECK
 from tests.unit.test_trust_support import AGENT_SIGNER, HOST, SITE, T0
 
@@ -100,8 +100,8 @@ def test_select_skips_tombstones() -> None:
 
 
 def test_ranges() -> None:
-    assert ranges([5, 1, 2, 3, 7, 8]) == [[1, 3], [5, 5], [7, 8]]
-    assert ranges([]) == []
+    assert sequence_ranges([5, 1, 2, 3, 7, 8]) == [[1, 3], [5, 5], [7, 8]]
+    assert sequence_ranges([]) == []
 
 
 def test_prune_end_to_end(store: Store, tmp_path: Path) -> None:
