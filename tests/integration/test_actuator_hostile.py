@@ -481,7 +481,16 @@ def test_fuzzed_requests_never_change_the_host(rig: Rig) -> None:
     import gzip  # noqa: F401
 
     import hypothesis.extra
+
+    # The child drops to uid 65534, which may not read the checkout or its venv (a CI
+    # clone can live in a 0700 directory): import before the fork what the fuzz
+    # would otherwise import lazily in the child.
+    import hypothesis.internal.conjecture.optimiser
+    import hypothesis.internal.conjecture.shrinker
     import hypothesis.strategies  # noqa: F401
+
+    import reconciler.actuator.protocol  # noqa: F401
+
     out = as_agent(lambda: _fuzz(rig.socket), timeout=600)
     assert out["examples"] >= 200, out
     assert out["bad"] == [], out["bad"][:5]
