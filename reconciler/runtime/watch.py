@@ -98,6 +98,7 @@ class SupervisedWatch(ABC):
         self._thread: threading.Thread | None = None
         self._went_live = False
         self._live_at = 0.0
+        self._retargeted = False  # the last session ended for new targets
 
     @property
     def name(self) -> str:
@@ -172,12 +173,17 @@ class SupervisedWatch(ABC):
     def live(self, message: str = "") -> None:
         """The session is connected and subscribed."""
         was_up = self.health().up
+        retargeted, self._retargeted = self._retargeted, False
         self._went_live = True
         self._live_at = time.monotonic()
         self._set_health(up=True, reason="Live", message=message, failures=0)
         if not was_up:
             log.info("watch live", extra={"reason": "WatchLive", "detail": self._name})
             self.resync("WatchLive")  # whatever changed while it was down
+        elif retargeted:
+            # Between the old session and this one nothing watched the new targets:
+            # a change in that gap would be lost without this look.
+            self.resync("WatchRetargeted")
 
     def fell_behind(self, message: str) -> None:
         """Events were dropped (a queue overflowed): stay up, but look at everything."""
@@ -202,6 +208,7 @@ class SupervisedWatch(ABC):
                 self.session()
                 if self._stop.is_set():
                     return
+                self._retargeted = True
                 continue  # new targets: a fresh session
             except Exception as e:  # a watch must never take the loop down
                 if self._stop.is_set():
