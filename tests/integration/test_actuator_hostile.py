@@ -40,11 +40,12 @@ from nacl.signing import SigningKey
 
 from tests.harness.netns import NetNamespace
 from tests.harness.require import require_root, require_tool
+from tests.harness.unprivileged import NOBODY, run_as
 
 pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
-NOBODY = 65534
+
 RULESET = "table inet h_fw {\n\tchain input {\n\t\ttype filter hook input priority 0; policy accept;\n\t}\n}\n"
 OLD_TARGET = "/nix/store/" + "a" * 32 + "-nixos-system-h1-24.05"
 TARGET = "/nix/store/" + "b" * 32 + "-nixos-system-h1-24.11"
@@ -160,34 +161,9 @@ class Rig:
             json.dumps(body).encode(), BASELINE_PAYLOAD_TYPE))
 
 
-def as_agent(call: Callable[[], Any], uid: int = NOBODY, timeout: float = 120) -> Any:
-    """Run `call` in a forked child that dropped to `uid`; its JSON-able return value."""
-    read_fd, write_fd = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # child: never return into pytest
-        code = 0
-        try:
-            os.close(read_fd)
-            os.setgroups([])
-            os.setgid(uid)
-            os.setuid(uid)
-            try:
-                out = {"value": call()}
-            except BaseException as e:  # report, never hang the parent
-                out = {"raised": f"{type(e).__name__}: {e}"}
-            os.write(write_fd, json.dumps(out, default=str).encode())
-        except BaseException:
-            code = 1
-        finally:
-            os._exit(code)
-    os.close(write_fd)
-    with os.fdopen(read_fd, "rb") as r:
-        data = r.read()
-    _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0 and data, "attacker child failed"
-    out = json.loads(data)
-    assert "raised" not in out, out["raised"]
-    return out["value"]
+def as_agent(call: Callable[[], Any], uid: int = NOBODY) -> Any:
+    """`call` as the compromised agent (uid 65534 unless told otherwise)."""
+    return run_as(uid, call)
 
 
 def send(path: Path, body: bytes | None, *, header: bytes | None = None,
@@ -491,7 +467,7 @@ def test_fuzzed_requests_never_change_the_host(rig: Rig) -> None:
 
     import reconciler.actuator.protocol  # noqa: F401
 
-    out = as_agent(lambda: _fuzz(rig.socket), timeout=600)
+    out = as_agent(lambda: _fuzz(rig.socket))
     assert out["examples"] >= 200, out
     assert out["bad"] == [], out["bad"][:5]
     assert rig.host_state() == before

@@ -31,6 +31,7 @@ from reconciler.actuator.protocol import Refusal
 from specs.actions import Action, ApplyNftRuleset, RestartUnit, StartUnit, UpdateEgressSet
 from tests.harness.netns import NetNamespace
 from tests.harness.require import require_root, require_tool
+from tests.harness.unprivileged import run_as
 
 pytestmark = pytest.mark.integration
 
@@ -123,34 +124,17 @@ def _poll(ok: Callable[[], bool], *, what: str, proc: subprocess.Popen[bytes],
 
 
 def as_uid(uid: int, call: Callable[[], Any]) -> dict[str, Any]:
-    """Run `call` in a forked child that has dropped to `uid`; its outcome as a dict."""
-    read_fd, write_fd = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # child: never return into pytest
-        code = 0
+    """Run `call` as `uid`; its outcome (result, refusal or error) as a dict."""
+
+    def outcome() -> dict[str, Any]:
         try:
-            os.close(read_fd)
-            os.setgroups([])
-            os.setgid(uid)
-            os.setuid(uid)
-            try:
-                result = call()
-                out = {"ok": True, "result": result.model_dump(mode="json")}
-            except ActuatorRefused as e:
-                out = {"ok": False, "reason": str(e.reason), "message": e.message}
-            except Exception as e:
-                out = {"ok": False, "error": f"{type(e).__name__}: {e}"}
-            os.write(write_fd, json.dumps(out).encode())
-        except BaseException:
-            code = 1
-        finally:
-            os._exit(code)
-    os.close(write_fd)
-    with os.fdopen(read_fd, "rb") as r:
-        data = r.read()
-    _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0 and data, "client child failed"
-    return json.loads(data)  # type: ignore[no-any-return]
+            return {"ok": True, "result": call().model_dump(mode="json")}
+        except ActuatorRefused as e:
+            return {"ok": False, "reason": str(e.reason), "message": e.message}
+        except Exception as e:
+            return {"ok": False, "error": f"{type(e).__name__}: {e}"}
+
+    return run_as(uid, outcome)  # type: ignore[no-any-return]
 
 
 @pytest.fixture

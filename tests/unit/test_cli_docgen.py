@@ -3,13 +3,11 @@ every command is in them, and the bash script completes what the parser accepts.
 
 from __future__ import annotations
 
-import shutil
 import subprocess
-
-import pytest
 
 from reconciler.cli.docgen import bash, fish, man, nodes, tree, zsh
 from reconciler.cli.main import build_parser
+from tests.harness.require import require_tool
 
 ROOT = tree(build_parser())
 PATHS = [" ".join(n.path) for n in nodes(ROOT)[1:]]
@@ -24,9 +22,7 @@ def complete_bash(line: str) -> list[str]:
         "_compliance_agent\n"
         'printf "%s\\n" "${COMPREPLY[@]}"\n'
     )
-    bash_path = shutil.which("bash")
-    if bash_path is None:
-        pytest.skip("no bash")
+    bash_path = require_tool("bash")  # skips locally without it, fails in CI
     proc = subprocess.run([bash_path, "--norc", "-c", script], capture_output=True, text=True,
                           timeout=30, check=True)
     return [w for w in proc.stdout.splitlines() if w]

@@ -14,6 +14,7 @@ from nacl.signing import SigningKey
 
 from reconciler.cli.main import main
 from reconciler.trust.keys import write_seed_file
+from tests.harness.require import require_root
 from tests.support.tls import make_tls
 from tests.unit.test_trust_support import write_config
 
@@ -99,8 +100,7 @@ def test_owner_is_judged_for_the_agents_user_not_the_caller(
 ) -> None:
     """Checked as root for a daemon that runs as another user: a root-owned key is
     refused (the daemon could not read it), and the fix never says chown to root."""
-    if os.geteuid() != 0:
-        pytest.skip("needs root to hand a file to another user")
+    require_root()  # hands a file to another user; skips locally without root, fails in CI
     code, doc = check(good, capsys, "--user", "nobody")
     owners = [f for f in doc["findings"] if "owned by root" in f["problem"]]
     assert code == 2 and {f["option"] for f in owners} == {"signingKeyFile", "clientKeyFile"}
