@@ -17,7 +17,7 @@ import json
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from reconciler.cli.common import (
     CONFIG_HELP,
@@ -27,6 +27,10 @@ from reconciler.cli.common import (
     emit,
 )
 from specs.config import AgentConfig, ConfigError, load_config
+
+if TYPE_CHECKING:
+    from reconciler.store.database import Store
+    from reconciler.trust.dsse import Signer
 
 EXIT_OK, EXIT_PROBLEMS, EXIT_ERROR, EXIT_NOT_ADMITTED = 0, 1, 2, 3
 
@@ -45,6 +49,23 @@ def _config_error(e: ConfigError) -> int:
     for p in e.problems:
         print(f"  {p}", file=sys.stderr)
     return EXIT_ERROR
+
+
+def _signing_context(path: str | None) -> tuple[AgentConfig, Signer, Store] | int:
+    """The config, the agent's signing key and the state database (read-write), for
+    the commands that sign evidence; or the exit code of an error already printed."""
+    from reconciler.store.database import StoreError, open_store
+    from reconciler.trust.keys import KeyFileError, load_signing_key
+
+    try:
+        cfg = _config(path)
+        signer = load_signing_key(cfg.signing_key_file)
+        store = open_store(cfg.database_path)
+    except ConfigError as e:
+        return _config_error(e)
+    except (KeyFileError, StoreError) as e:
+        return _err(str(e))
+    return cfg, signer, store
 
 
 # -- keygen ------------------------------------------------------------------------
@@ -293,17 +314,11 @@ def _verify_offline(
 def cmd_evidence_checkpoint(args: argparse.Namespace) -> int:
     from reconciler.evidence.checkpoint import Checkpointer, origin_for
     from reconciler.evidence.tree import TreeTampered
-    from reconciler.store.database import StoreError, open_store
-    from reconciler.trust.keys import KeyFileError, load_signing_key
 
-    try:
-        cfg = _config(args.config)
-        signer = load_signing_key(cfg.signing_key_file)
-        store = open_store(cfg.database_path)
-    except ConfigError as e:
-        return _config_error(e)
-    except (KeyFileError, StoreError) as e:
-        return _err(str(e))
+    ctx = _signing_context(args.config)
+    if isinstance(ctx, int):
+        return ctx
+    cfg, signer, store = ctx
     cp = Checkpointer(store, signer, cfg.evidence_directory, origin_for(cfg.site_id, cfg.host_id),
                       clock=lambda: datetime.now(UTC))
     try:
@@ -325,23 +340,18 @@ def cmd_evidence_checkpoint(args: argparse.Namespace) -> int:
 
 def cmd_evidence_export(args: argparse.Namespace) -> int:
     from reconciler.evidence.export import ExportError, write_export
-    from reconciler.store.database import StoreError, open_store
-    from reconciler.trust.keys import KeyFileError, load_signing_key
     from specs.orders import parse_rfc3339_utc
 
     try:
-        cfg = _config(args.config)
         since = parse_rfc3339_utc(args.since) if args.since else None
         until = parse_rfc3339_utc(args.until) if args.until else None
-        signer = load_signing_key(cfg.signing_key_file)
-        # Read-write: the export signs a checkpoint first if the tree grew since the last.
-        store = open_store(cfg.database_path)
-    except ConfigError as e:
-        return _config_error(e)
     except ValueError as e:
         return _err(f"--since/--until: {e}")
-    except (KeyFileError, StoreError) as e:
-        return _err(str(e))
+    # Read-write: the export signs a checkpoint first if the tree grew since the last.
+    ctx = _signing_context(args.config)
+    if isinstance(ctx, int):
+        return ctx
+    cfg, signer, store = ctx
     try:
         summary = write_export(store, cfg.evidence_directory, signer, Path(args.out),
                                since=since, until=until)
@@ -360,17 +370,11 @@ def cmd_evidence_prune(args: argparse.Namespace) -> int:
     from reconciler.evidence.checkpoint import Checkpointer, origin_for
     from reconciler.evidence.retention import Pruner, RetentionPolicy
     from reconciler.evidence.writer import EvidenceIdentity, EvidenceWriter
-    from reconciler.store.database import StoreError, open_store
-    from reconciler.trust.keys import KeyFileError, load_signing_key
 
-    try:
-        cfg = _config(args.config)
-        signer = load_signing_key(cfg.signing_key_file)
-        store = open_store(cfg.database_path)
-    except ConfigError as e:
-        return _config_error(e)
-    except (KeyFileError, StoreError) as e:
-        return _err(str(e))
+    ctx = _signing_context(args.config)
+    if isinstance(ctx, int):
+        return ctx
+    cfg, signer, store = ctx
     on_stored = []
     if not args.no_queue:
         # Prune evidence is evidence: it goes to the control plane like any other.
