@@ -64,6 +64,7 @@ python3Packages.buildPythonApplication {
   # part of the package, so neither its source nor its dependencies are here.
   disabledTestPaths = [
     "tests/unit/test_control_plane_checkpoints.py"
+    "tests/unit/test_control_plane_storage_open.py"
     "tests/unit/test_demo_compose.py"
     "tests/unit/test_demo_nats.py"
     # checks the repository's docs/, which the package source leaves out

@@ -89,10 +89,25 @@ class Storage:
         self.path = path
         self._lock = threading.Lock()
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("PRAGMA busy_timeout=5000")
+        self._switch_to_wal()
+        self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(SCHEMA)
+
+    def _switch_to_wal(self) -> None:
+        # `serve` may open a new file while an `order` command does the same.
+        # Switching a fresh database to WAL needs an exclusive lock, and SQLite
+        # answers "locked" at once (no busy handler) when two openers collide;
+        # the switch is idempotent, so retry it for a bounded time.
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                self._db.execute("PRAGMA journal_mode=WAL")
+                return
+            except sqlite3.OperationalError as e:
+                if "locked" not in str(e) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.02)
 
     def close(self) -> None:
         with self._lock:
@@ -125,8 +140,17 @@ class Storage:
                     rid = "rcpt_" + secrets.token_hex(12)
                     self._db.execute(
                         "INSERT INTO evidence VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                        (it.bundle_id, rid, it.site_id, it.host_id, it.sequence,
-                         it.prev_digest, it.digest, now, it.envelope),
+                        (
+                            it.bundle_id,
+                            rid,
+                            it.site_id,
+                            it.host_id,
+                            it.sequence,
+                            it.prev_digest,
+                            it.digest,
+                            now,
+                            it.envelope,
+                        ),
                     )
                     out.append((rid, True, None))
                 self._db.execute("COMMIT")
@@ -159,11 +183,14 @@ class Storage:
 
     # -- checkpoints ----------------------------------------------------------------
 
-    def checkpoint(self, site_id: str, host_id: str, tree_size: int | None = None
-                   ) -> StoredCheckpoint | None:
+    def checkpoint(
+        self, site_id: str, host_id: str, tree_size: int | None = None
+    ) -> StoredCheckpoint | None:
         """The host's checkpoint of that size, or its largest one."""
-        q = ("SELECT tree_size, root_hash, cosigned_note FROM checkpoints WHERE site_id = ?"
-             " AND host_id = ?")
+        q = (
+            "SELECT tree_size, root_hash, cosigned_note FROM checkpoints WHERE site_id = ?"
+            " AND host_id = ?"
+        )
         args: tuple[Any, ...] = (site_id, host_id)
         if tree_size is None:
             q += " ORDER BY tree_size DESC LIMIT 1"
@@ -181,8 +208,9 @@ class Storage:
                 (site_id, host_id, cp.tree_size, cp.root_hash, cp.cosigned_note, time.time()),
             )
 
-    def add_split_view(self, site_id: str, host_id: str, reason: str, known: str,
-                       received: str) -> int:
+    def add_split_view(
+        self, site_id: str, host_id: str, reason: str, known: str, received: str
+    ) -> int:
         with self._lock:
             cur = self._db.execute(
                 "INSERT INTO split_views (site_id, host_id, reason, known_note, received_note,"
@@ -195,15 +223,18 @@ class Storage:
         with self._lock:
             rows = self._db.execute(
                 "SELECT id, site_id, host_id, reason, known_note, received_note FROM split_views"
-                " ORDER BY id").fetchall()
-        return [{"id": r[0], "host": f"{r[1]}/{r[2]}", "reason": r[3], "known": r[4],
-                 "received": r[5]} for r in rows]
+                " ORDER BY id"
+            ).fetchall()
+        return [
+            {"id": r[0], "host": f"{r[1]}/{r[2]}", "reason": r[3], "known": r[4], "received": r[5]}
+            for r in rows
+        ]
 
     def checkpoint_heads(self) -> dict[str, int]:
         with self._lock:
             rows = self._db.execute(
-                "SELECT site_id, host_id, MAX(tree_size) FROM checkpoints GROUP BY site_id,"
-                " host_id").fetchall()
+                "SELECT site_id, host_id, MAX(tree_size) FROM checkpoints GROUP BY site_id, host_id"
+            ).fetchall()
         return {f"{r[0]}/{r[1]}": int(r[2]) for r in rows}
 
     # -- orders and baselines -------------------------------------------------------
@@ -231,7 +262,8 @@ class Storage:
             top = self._db.execute("SELECT COALESCE(MAX(id), 0) FROM orders").fetchone()[0]
             rows = self._db.execute(
                 "SELECT DISTINCT site_id, host_id FROM orders WHERE id > ? AND id <= ?",
-                (after, top)).fetchall()
+                (after, top),
+            ).fetchall()
         return int(top), [(str(r[0]), str(r[1])) for r in rows]
 
     def evidence_after(self, rowid: int, limit: int = 200) -> list[tuple[int, StoredEvidence]]:
@@ -240,9 +272,12 @@ class Storage:
             rows = self._db.execute(
                 "SELECT rowid, bundle_id, site_id, host_id, sequence, prev_digest, digest,"
                 " envelope FROM evidence WHERE rowid > ? ORDER BY rowid LIMIT ?",
-                (rowid, limit)).fetchall()
-        return [(int(r[0]), StoredEvidence(r[1], r[2], r[3], r[4], r[5], r[6], bytes(r[7])))
-                for r in rows]
+                (rowid, limit),
+            ).fetchall()
+        return [
+            (int(r[0]), StoredEvidence(r[1], r[2], r[3], r[4], r[5], r[6], bytes(r[7])))
+            for r in rows
+        ]
 
     def put_baseline(
         self, site_id: str, host_id: str, version: int, envelope: bytes, etag: str
