@@ -10,11 +10,15 @@ on next to polling only.
 * idle: the daemon with the same baseline for IDLE_SECONDS, watches off, then on;
   CPU seconds (scaled to an hour) and RSS growth of this process.
 
-Run: `python -m bench.bench_watches` (root: it boots a container).
+Run: `python -m bench.bench_watches` (root: it boots a container). For a real
+hour of idle, run the two idle measurements side by side in two processes:
+`python -m bench.bench_watches --idle-only polling --idle-seconds 3600` and the
+same with `watches`.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 import tempfile
@@ -135,7 +139,25 @@ def queued_latencies(work: Path) -> dict[str, list[float]]:
     return out
 
 
-def main() -> int:
+def print_idle(idle: dict[str, tuple[float, int]], seconds: float) -> None:
+    for label, (cpu, rss) in idle.items():
+        print(f"idle, {label:13s}: CPU {cpu:.3f} s in {seconds:.0f} s at pollInterval "
+              f"{IDLE_POLL} s (= {cpu * 3600 / seconds:.1f} s/hour), "
+              f"RSS growth {rss / 1024:.1f} MiB")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="bench.bench_watches")
+    parser.add_argument("--idle-seconds", type=float, default=IDLE_SECONDS,
+                        help="length of each idle measurement (default %(default)s)")
+    parser.add_argument("--idle-only", choices=("polling", "watches"),
+                        help="measure only this idle case, nothing else")
+    args = parser.parse_args(argv)
+    idle_seconds: float = args.idle_seconds
+    idle_cases = [("polling only", False), ("watches on", True)]
+    if args.idle_only:
+        idle_cases = [c for c in idle_cases if c[1] == (args.idle_only == "watches")]
+
     from reconciler.actuator.local import LocalActuator
     from reconciler.ops.sdnotify import Notifier
     from reconciler.runtime.daemon import Daemon, DaemonPolicy
@@ -193,18 +215,21 @@ def main() -> int:
         # one-time imports (controllers, the store) count for neither
         run(work / "warm-up", False, lambda _d: None)
         idle: dict[str, tuple[float, int]] = {}
-        for label, on in (("polling only", False), ("watches on", True)):
+        for label, on in idle_cases:
             def measure(d: Daemon, label: str = label) -> None:
                 # after the start-up resync of the watches has been reconciled
                 wait_for(lambda: not d.hints.pending() and not d.queue.processing()
                          and d.queue.depth() == 0)
                 time.sleep(1.0)
                 r0, c0 = rss_kib(), time.process_time()
-                time.sleep(IDLE_SECONDS)
+                time.sleep(idle_seconds)
                 idle[label] = (time.process_time() - c0, rss_kib() - r0)
             r_before = rss_kib()
             run(work / f"idle-{int(on)}", on, measure, poll=IDLE_POLL)
             idle[label] = (idle[label][0], rss_kib() - r_before)
+        if args.idle_only:
+            print_idle(idle, idle_seconds)
+            return 0
 
         # -- drift: unit killed, file changed
         detect_unit: list[float] = []
@@ -257,10 +282,7 @@ def main() -> int:
     print(line("file changed: detection", detect_file))
     for name, values in queued_latencies(work).items():
         print(line(name, values))
-    for label, (cpu, rss) in idle.items():
-        print(f"idle, {label:13s}: CPU {cpu:.3f} s in {IDLE_SECONDS:.0f} s at pollInterval "
-              f"{IDLE_POLL} s (= {cpu * 3600 / IDLE_SECONDS:.1f} s/hour), "
-              f"RSS growth {rss / 1024:.1f} MiB")
+    print_idle(idle, idle_seconds)
     print("(poll interval 3600 s; without watches detection waits for the next pass: "
           "up to pollInterval, 60 s by default)")
     return 0 if detect_unit and detect_file else 1
