@@ -41,14 +41,21 @@ def is_backup_read(argv: Sequence[str]) -> bool:
 
 def allowed_backup_read(argv: Sequence[str], spec: BackupSpec | None) -> bool:
     """True when `argv` is one of the reads the baseline's backup spec implies."""
+    return backup_read_timeout(argv, spec) is not None
+
+
+def backup_read_timeout(argv: Sequence[str], spec: BackupSpec | None) -> float | None:
+    """The time the baseline gives this read (the job's `check_timeout` for its
+    repository check, `command_timeout` for the listing and the canary dump), or
+    None when `argv` is not one of the reads the backup spec implies."""
     args = list(argv)
     if spec is None or len(args) < 2:
-        return False
+        return None
     for job in spec.jobs:
         if args == snapshots_argv(job):
-            return True
+            return job.command_timeout
         if job.check_interval is not None and args == check_argv(job):
-            return True
+            return job.check_timeout
         test = job.restore_test
         if test is None:
             continue
@@ -59,5 +66,5 @@ def allowed_backup_read(argv: Sequence[str], spec: BackupSpec | None) -> bool:
                 continue
             ref = ref[len(prefix):]
         if SNAPSHOT_REF_RE.fullmatch(ref) and args == dump_argv(job, ref, test.canary_path):
-            return True
-    return False
+            return job.command_timeout
+    return None

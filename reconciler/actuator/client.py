@@ -38,6 +38,7 @@ from pydantic import ValidationError
 from reconciler.actuator.backup_reads import is_backup_read
 from reconciler.actuator.policy import DEVICE_READS, is_sandbox_request
 from reconciler.actuator.protocol import (
+    MAX_BACKUP_READ_TIMEOUT,
     MAX_OBSERVE_TIMEOUT,
     MAX_REPLY_BYTES,
     ActuatorReply,
@@ -61,6 +62,7 @@ log = logging.getLogger(__name__)
 # A rebuild (switch + health check + maybe rollback) can take minutes; the
 # actuator bounds every command itself, so this is only a backstop.
 DEFAULT_TIMEOUT = 1800.0
+REPLY_MARGIN = 30.0  # seconds past a read's own timeout for root to reply
 # How long a rebuild request is re-sent after the actuator went away mid-request
 # (the switch restarted it; systemd brings it back, and it resumes the transaction).
 REBUILD_REATTACH_WINDOW = 300.0
@@ -167,7 +169,9 @@ class ActuatorClient:
 
     def observe(self, argv: Sequence[str], timeout: float = 30.0) -> Completed:
         """Run one allowlisted read-only command as root; ActuatorRefused if not allowlisted."""
-        reply = self._roundtrip(ObserveRequest(observe=list(argv), timeout=timeout))
+        request = ObserveRequest(observe=list(argv), timeout=timeout)
+        # Wait for the reply at least as long as root may run the command.
+        reply = self._roundtrip(request, wait=max(self.timeout, timeout + REPLY_MARGIN))
         if reply.status == "ok" and reply.completed is not None:
             return reply.completed
         reason = reply.reason or Refusal.InternalError
@@ -187,10 +191,12 @@ class ActuatorClient:
         raise ActuatorProtocolError(f"actuator error ({reason}): {reply.message}")
 
     def _roundtrip(
-        self, request: ActuatorRequest | ObserveRequest | OfferBaselineRequest
+        self,
+        request: ActuatorRequest | ObserveRequest | OfferBaselineRequest,
+        wait: float | None = None,
     ) -> ActuatorReply:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
+        sock.settimeout(self.timeout if wait is None else wait)
         try:
             try:
                 sock.connect(str(self.socket_path))
@@ -278,7 +284,10 @@ class PrivilegedReadHost:
         if not needs_privilege(argv):
             return self.local.run(argv, timeout, stdin=stdin)
         try:
-            return self.client.observe(argv, min(timeout, MAX_OBSERVE_TIMEOUT))
+            # A backup read may take its job's time (a repository check takes
+            # minutes; root caps it by its own baseline); other reads are quick.
+            cap = MAX_BACKUP_READ_TIMEOUT if is_backup_read(argv) else MAX_OBSERVE_TIMEOUT
+            return self.client.observe(argv, min(timeout, cap))
         except ActuatorRefused as e:
             return Completed(argv=list(argv), exit_code=126, stdout="", stderr=str(e),
                              duration=0.0)

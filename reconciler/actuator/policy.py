@@ -40,9 +40,18 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from datetime import datetime
 from typing import Any, Protocol
 
-from reconciler.actuator.backup_reads import allowed_backup_read, is_backup_read
+from reconciler.actuator.backup_reads import (
+    allowed_backup_read,
+    backup_read_timeout,
+    is_backup_read,
+)
 from reconciler.actuator.devices import BlockDevices
-from reconciler.actuator.protocol import PolicyDecision, Refusal
+from reconciler.actuator.protocol import (
+    MAX_BACKUP_READ_TIMEOUT,
+    MAX_OBSERVE_TIMEOUT,
+    PolicyDecision,
+    Refusal,
+)
 from specs.actions import (
     UNIT_RE,
     Action,
@@ -223,6 +232,26 @@ class ActuatorPolicy:
             "encryption spec names, the backup spec's snapshot listing, check and canary "
             "dump of one of its jobs)",
         )
+
+    @staticmethod
+    def observe_timeout(
+        argv: list[str], requested: float, baseline: Baseline
+    ) -> float | PolicyDecision:
+        """The time root gives an admitted read, or why not. A backup read gets
+        what the agent asked, at most what its job in the verified baseline
+        allows (the agent's number never raises it; the two baselines may
+        differ for a pass). Any other read is quick: asking more than the
+        short cap is refused."""
+        allowed = backup_read_timeout(argv, baseline.backup) if is_backup_read(argv) else None
+        if allowed is not None:
+            return min(requested, allowed, MAX_BACKUP_READ_TIMEOUT)
+        if requested > MAX_OBSERVE_TIMEOUT:
+            return PolicyDecision(
+                Refusal.InvalidParams,
+                f"timeout {requested:g} s: reads other than the backup spec's may take at "
+                f"most {MAX_OBSERVE_TIMEOUT:g} s",
+            )
+        return requested
 
     def _target_allowed(self, action: Action, baseline: Baseline) -> PolicyDecision | None:
         if isinstance(action, StartUnit | RestartUnit | EnableUnit | RunBackup):

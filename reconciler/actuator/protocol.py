@@ -45,6 +45,9 @@ HEADER = struct.Struct(">I")
 MAX_REQUEST_BYTES = 2 * 1024 * 1024  # a signed baseline envelope (payload <= 1 MiB, base64)
 MAX_REPLY_BYTES = 8 * 1024 * 1024  # records carry capped output tails only
 MAX_OBSERVE_TIMEOUT = 30.0  # seconds; reads are quick, and a slow one must not hold root long
+# ...except a backup read, which may take the time its job in the verified baseline
+# gives it (a repository check takes minutes), up to this ceiling; one at a time.
+MAX_BACKUP_READ_TIMEOUT = 86_400.0
 KNOWN_ACTIONS = frozenset(
     cls.model_fields["type"].default for cls in get_args(get_args(Action)[0])
 )
@@ -100,7 +103,7 @@ class ObserveRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     observe: list[str] = Field(min_length=1, max_length=16)
-    timeout: float = Field(10.0, gt=0, le=MAX_OBSERVE_TIMEOUT)
+    timeout: float = Field(10.0, gt=0, le=MAX_BACKUP_READ_TIMEOUT)
 
 
 class OfferBaselineRequest(BaseModel):

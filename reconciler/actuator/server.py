@@ -57,6 +57,7 @@ from reconciler.actuator.devices import BlockDevices
 from reconciler.actuator.local import LocalActuator
 from reconciler.actuator.policy import ActuatorPolicy, Resolver, SystemResolver
 from reconciler.actuator.protocol import (
+    MAX_OBSERVE_TIMEOUT,
     MAX_REQUEST_BYTES,
     ActuatorReply,
     FrameError,
@@ -121,6 +122,9 @@ class RequestHandler:
         self.allowed_uids = allowed_uids
         self.rebuilds = rebuilds  # the journaled rebuild transactions `actuator` runs
         self.change_lock = threading.Lock()
+        # Reads longer than the short cap (backup checks) run one at a time, so a
+        # compromised agent cannot hold every connection slot with them.
+        self.long_reads = threading.BoundedSemaphore(1)
 
     def resume(self) -> None:
         """Finish a rebuild transaction an earlier actuator process left open (a
@@ -207,10 +211,21 @@ class RequestHandler:
         argv = self.policy.check_observe(request.observe, baseline, nft_sandbox.script_argv())
         if isinstance(argv, PolicyDecision):
             return refused(argv)
+        timeout = self.policy.observe_timeout(request.observe, request.timeout, baseline)
+        if isinstance(timeout, PolicyDecision):
+            return refused(timeout)
+        long_read = timeout > MAX_OBSERVE_TIMEOUT
+        if long_read and not self.long_reads.acquire(blocking=False):
+            return refused(PolicyDecision(
+                Refusal.Busy, "another long read (a backup repository check) is running; "
+                "retry when it has finished"))
         try:
-            done = self.observer.run(argv, timeout=request.timeout)
+            done = self.observer.run(argv, timeout=timeout)
         except HostError as e:  # timeout or missing tool: the agent sees it as a host error
             return ActuatorReply(status="error", reason=Refusal.InternalError, message=str(e))
+        finally:
+            if long_read:
+                self.long_reads.release()
         # Report the argv the agent asked for, so its parsers and evidence stay unchanged.
         shown = done.model_copy(update={"argv": request.observe})
         return ActuatorReply(status="ok", completed=shown)

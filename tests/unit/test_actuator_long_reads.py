@@ -1,0 +1,148 @@
+"""Backup reads through the root actuator get the job's own time, not the 30 s read cap.
+
+Under the NixOS module the agent cannot read the backup password files, so
+`restic check` / `borg check` run in the actuator. A repository check of a
+real clinic's repository takes minutes; capped at the 30 s meant for quick
+reads (nft listings, LUKS headers) it timed out on every pass and the
+repository was never verified. The actuator now allows a backup read the
+timeout the baseline it verified itself gives that job (`check_timeout` for
+the check, `command_timeout` for the listing and the canary dump), every
+other read keeps the short cap, and only one long read runs at a time so a
+compromised agent cannot hold the actuator's connection slots with them.
+
+The host is a recording stand-in (what the actuator would run and with which
+timeout); the socket, framing, policy and server threads are the real ones.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import pytest
+
+from controllers.backup import check_argv, snapshots_argv
+from reconciler.actuator.client import ActuatorClient, ActuatorRefused, PrivilegedReadHost
+from reconciler.actuator.protocol import MAX_OBSERVE_TIMEOUT, Refusal
+from reconciler.actuator.server import ActuatorServer
+from specs.host import Completed
+from specs.kinds.backup import BackupJob
+from tests.unit.test_actuator_server import Env, RecordingHost
+
+JOB = BackupJob(
+    name="nightly",
+    repository="/srv/restic/nightly",
+    password_file="/run/keys/restic",
+    check_timeout=5400.0,
+    command_timeout=300.0,
+)
+
+
+class TimedHost(RecordingHost):
+    """Remembers the timeout of each command; can hold a command until released."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.timeouts: list[float] = []
+        self.hold = threading.Event()
+        self.holding = threading.Event()
+        self.hold.set()
+
+    def run(
+        self, argv: Sequence[str], timeout: float = 30.0, *, stdin: bytes | None = None
+    ) -> Completed:
+        self.timeouts.append(timeout)
+        if "check" in argv:
+            self.holding.set()
+            assert self.hold.wait(20)
+        return super().run(argv, timeout, stdin=stdin)
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> Iterator[Env]:
+    e = Env(tmp_path)
+    e.host = TimedHost()
+    body = json.loads(e.baseline.read_text())
+    body["backup"] = {"jobs": [json.loads(JOB.model_dump_json())]}
+    e.baseline.write_text(json.dumps(body))
+    yield e
+
+
+@pytest.fixture
+def server(env: Env) -> Iterator[ActuatorServer]:
+    srv = env.server()
+    stop = threading.Event()
+
+    def loop() -> None:
+        while not stop.is_set():
+            srv.serve_one(0.1)
+
+    t = threading.Thread(target=loop, daemon=True)
+    t.start()
+    yield srv
+    stop.set()
+    t.join(10)
+    srv.join(10)
+    srv.listener.close()
+
+
+def host_of(env: Env) -> TimedHost:
+    assert isinstance(env.host, TimedHost)
+    return env.host
+
+
+def test_repository_check_gets_the_jobs_check_timeout(env: Env, server: ActuatorServer) -> None:
+    host = PrivilegedReadHost(RecordingHost(), ActuatorClient(env.socket))
+    done = host.run(check_argv(JOB), timeout=JOB.check_timeout)
+    assert done.exit_code == 0
+    assert host_of(env).timeouts == [5400.0]
+
+
+def test_snapshot_listing_gets_the_jobs_command_timeout(env: Env, server: ActuatorServer) -> None:
+    host = PrivilegedReadHost(RecordingHost(), ActuatorClient(env.socket))
+    host.run(snapshots_argv(JOB), timeout=JOB.command_timeout)
+    assert host_of(env).timeouts == [300.0]
+
+
+def test_a_backup_read_never_gets_more_than_the_baseline_allows(
+    env: Env, server: ActuatorServer
+) -> None:
+    ActuatorClient(env.socket).observe(check_argv(JOB), timeout=80_000.0)
+    assert host_of(env).timeouts == [5400.0]
+
+
+def test_other_reads_keep_the_short_cap(env: Env, server: ActuatorServer) -> None:
+    with pytest.raises(ActuatorRefused) as info:
+        ActuatorClient(env.socket).observe(["nft", "-j", "list", "ruleset"], timeout=3000.0)
+    assert info.value.reason is Refusal.InvalidParams
+    host = PrivilegedReadHost(RecordingHost(), ActuatorClient(env.socket))
+    host.run(["nft", "-j", "list", "ruleset"], timeout=3000.0)
+    assert host_of(env).timeouts == [MAX_OBSERVE_TIMEOUT]
+
+
+def test_one_long_read_at_a_time_and_quick_reads_still_pass(
+    env: Env, server: ActuatorServer
+) -> None:
+    timed = host_of(env)
+    timed.hold.clear()
+    client = ActuatorClient(env.socket)
+    first = threading.Thread(
+        target=lambda: client.observe(check_argv(JOB), timeout=JOB.check_timeout), daemon=True
+    )
+    first.start()
+    try:
+        assert timed.holding.wait(10)
+        with pytest.raises(ActuatorRefused) as info:
+            client.observe(check_argv(JOB), timeout=JOB.check_timeout)
+        assert info.value.reason is Refusal.Busy
+        assert "repository check" in str(info.value) or "long read" in str(info.value)
+        quick = client.observe(["nft", "-j", "list", "ruleset"])
+        assert quick.exit_code == 0
+    finally:
+        timed.hold.set()
+        first.join(10)
+    # the slot is free again once the first check finished
+    client.observe(check_argv(JOB), timeout=JOB.check_timeout)
+    assert timed.timeouts.count(5400.0) == 2
