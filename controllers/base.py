@@ -77,6 +77,10 @@ class Controller(Protocol[SpecT, ObservedT]):
     kind: str
     phase: Phase
     spec_type: type[SpecT]
+    # Action types the actuator may finish after their request was lost (a
+    # journaled transaction across restarts): each reconcile collects such a
+    # result first, so its steps reach the evidence even when nothing is planned.
+    transactional_actions: frozenset[str]
 
     def observe(self, host: Host, spec: SpecT) -> ObservedT: ...
 
@@ -117,6 +121,7 @@ class ControllerBase(ABC, Generic[SpecT, ObservedT]):
     kind: str = ""
     phase: Phase = Phase.changes
     spec_type: type[SpecT]
+    transactional_actions: frozenset[str] = frozenset()
 
     @abstractmethod
     def observe(self, host: Host, spec: SpecT) -> ObservedT: ...

@@ -123,6 +123,7 @@ def pinned_revision(flake_ref: str) -> str | None:
 class PatchingController(ControllerBase[PatchingSpec, PatchingObserved]):
     spec_type = PatchingSpec
     kind = "patching"
+    transactional_actions = frozenset({"NixosRebuild"})
 
     def __init__(self, clock: Clock | None = None) -> None:
         self.clock: Clock = clock or (lambda: datetime.now(UTC))

@@ -43,6 +43,7 @@ from reconciler.actuator.protocol import (
     MAX_REPLY_BYTES,
     ActuatorReply,
     ActuatorRequest,
+    CollectFinishedRequest,
     FrameError,
     ObserveRequest,
     OfferBaselineRequest,
@@ -134,6 +135,24 @@ class ActuatorClient:
             failed = skipped_result(action, "failed", str(e), step_start)
             return failed.model_copy(update={"error": str(e)})
 
+    def collect_finished(self, action_type: str) -> ActionResult | None:
+        if action_type != "NixosRebuild":  # the one action finished across restarts
+            return None
+        try:
+            reply = self._roundtrip(CollectFinishedRequest(collect_finished=action_type))
+        except ActuatorError as e:
+            log.warning("asking the actuator for a finished %s: %s", action_type, e)
+            return None
+        if reply.status != "ok":
+            # An actuator older than this request refuses it: it has nothing to hand over.
+            log.info("actuator does not hand over finished %s results (%s: %s)",
+                     action_type, reply.reason, reply.message)
+            return None
+        if reply.result is not None:
+            log.info("collected a %s that finished while the agent was away: %s",
+                     action_type, "kept" if reply.result.ok else reply.result.outcome)
+        return reply.result
+
     def _execute(self, action: Action, step_start: int) -> ActionResult:
         request = ActuatorRequest(action=action, step_start=step_start)
         try:
@@ -192,7 +211,7 @@ class ActuatorClient:
 
     def _roundtrip(
         self,
-        request: ActuatorRequest | ObserveRequest | OfferBaselineRequest,
+        request: ActuatorRequest | ObserveRequest | OfferBaselineRequest | CollectFinishedRequest,
         wait: float | None = None,
     ) -> ActuatorReply:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

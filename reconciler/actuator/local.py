@@ -63,6 +63,11 @@ class LocalActuator:
             monotonic=monotonic,
         )
 
+    def collect_finished(self, action_type: str) -> ActionResult | None:
+        # In-process, `execute` hands every result over itself, and a process that
+        # dies takes its in-memory transaction with it: nothing is ever left over.
+        return None
+
     def execute(self, action: Action, step_start: int = 1) -> ActionResult:
         if isinstance(action, NixosRebuild):
             return self.rebuilds.execute(action, step_start)

@@ -13,7 +13,11 @@ Requests, told apart by their one top-level key:
   devices itself);
 * `{"offer_baseline": "<DSSE envelope JSON>"}`: a signed baseline the agent
   fetched; the actuator verifies it itself and keeps it only if it is newer
-  than anything it has accepted before.
+  than anything it has accepted before;
+* `{"collect_finished": "NixosRebuild"}`: the result of a rebuild transaction
+  the actuator finished but never handed to the agent (the agent was down
+  when it ended, and, seeing its target running, will not ask for it again);
+  `result` is null when there is none. Delivered once, like any result.
 
 Reply: `{"status": "ok" | "refused" | "error", "reason": CamelCase | null,
 "message": str, ...}`. `refused` means the actuator's own policy said no and
@@ -112,7 +116,14 @@ class OfferBaselineRequest(BaseModel):
     offer_baseline: str = Field(min_length=2, max_length=MAX_REQUEST_BYTES)
 
 
-Request = ActuatorRequest | ObserveRequest | OfferBaselineRequest
+class CollectFinishedRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    # the one action the actuator finishes across its own restarts (a journaled transaction)
+    collect_finished: Literal["NixosRebuild"]
+
+
+Request = ActuatorRequest | ObserveRequest | OfferBaselineRequest | CollectFinishedRequest
 
 
 class ActuatorReply(BaseModel):
@@ -181,6 +192,8 @@ def parse_request(body: bytes) -> Request | PolicyDecision:
         return _validate(ObserveRequest, data, "observe")
     if "offer_baseline" in data:
         return _validate(OfferBaselineRequest, data, "offer_baseline")
+    if "collect_finished" in data:
+        return _validate(CollectFinishedRequest, data, "collect_finished")
     if not isinstance(data.get("action"), dict):
         return PolicyDecision(
             Refusal.MalformedRequest,
@@ -196,7 +209,12 @@ def parse_request(body: bytes) -> Request | PolicyDecision:
 
 
 def _validate(
-    model: type[ActuatorRequest] | type[ObserveRequest] | type[OfferBaselineRequest],
+    model: (
+        type[ActuatorRequest]
+        | type[ObserveRequest]
+        | type[OfferBaselineRequest]
+        | type[CollectFinishedRequest]
+    ),
     data: dict[str, object],
     what: str,
 ) -> Request | PolicyDecision:

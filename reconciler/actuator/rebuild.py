@@ -175,6 +175,17 @@ class RebuildTransactions:
                  tx.txid, tx.action.target, tx.phase)
         return self._drive(tx).result
 
+    def undelivered(self) -> ActionResult | None:
+        """The result of a finished transaction that never reached the agent, if any."""
+        try:
+            tx = self.journal.load()
+        except TransactionJournalError as e:
+            log.error("rebuild transaction journal: %s", e)
+            return None
+        if tx is None or tx.phase is not Phase.done or tx.delivered:
+            return None
+        return tx.result
+
     def acknowledge(self, result: ActionResult) -> None:
         """`result` reached the agent: a later request starts a new transaction."""
         with self._journal_lock:

@@ -28,6 +28,12 @@ class ActionResult(BaseModel):
 class Actuator(Protocol):
     def execute(self, action: Action, step_start: int = 1) -> ActionResult: ...
 
+    def collect_finished(self, action_type: str) -> ActionResult | None:
+        """A result of `action_type` that finished after its request was lost (the
+        agent was down when it ended), handed over once; None when there is none
+        or it cannot be asked now (never raises: the next reconcile asks again)."""
+        ...
+
 
 def dry_run_result(action: Action, step_start: int = 1, detail: str = "dry run") -> ActionResult:
     """What would run, recorded without touching the host."""

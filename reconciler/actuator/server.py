@@ -60,6 +60,7 @@ from reconciler.actuator.protocol import (
     MAX_OBSERVE_TIMEOUT,
     MAX_REQUEST_BYTES,
     ActuatorReply,
+    CollectFinishedRequest,
     FrameError,
     ObserveRequest,
     OfferBaselineRequest,
@@ -174,6 +175,10 @@ class RequestHandler:
         try:
             if isinstance(request, OfferBaselineRequest):
                 return self._offer(request), "offer_baseline"
+            if isinstance(request, CollectFinishedRequest):
+                # the agent's own past action's outcome: no baseline needed to hand it back
+                found = self.rebuilds.undelivered() if self.rebuilds is not None else None
+                return ActuatorReply(status="ok", result=found), "collect_finished"
             baseline = self.baselines.applicable()
             what = (
                 "observe:" + " ".join(request.observe)[:120]

@@ -185,6 +185,14 @@ class _Steps:
     def __call__(self, ctrl: Controller[SpecT, ObservedT], spec: SpecT, /) -> None:
         rt, res, kind = self.rt, self.res, self.res.kind
         self.backoff = base, cap = ctrl.backoff(spec)
+        step = 1
+        if not res.dry_run:
+            # First, what finished while we were away (then observe what it left).
+            for action_type in sorted(ctrl.transactional_actions):
+                late = rt.actuator.collect_finished(action_type)
+                if late is not None:
+                    res.results.append(late)
+                    step = max([step, *(r.step + 1 for r in late.records)])
         try:
             observed = ctrl.observe(rt.host, spec)
         except Exception as e:
@@ -199,7 +207,6 @@ class _Steps:
         res.facts = dict(ctrl.facts(spec, observed))
 
         acted = False
-        step = 1
         admitted = frozenset(t.order_id for t in spec.triggers)
         for action in res.planned:
             backoff_key = f"{kind}/{action.key}"

@@ -494,3 +494,97 @@ def test_client_does_not_resend_other_actions_nor_past_the_window(tmp_path: Path
         client.execute(NixosRebuild(target=BAD))
     server.join(10)
     assert now[0] == pytest.approx(30.0)  # gave up at the window, not before
+
+
+class ObservedNixModel(NixModel):
+    """The model, also answering what the patching controller reads to observe."""
+
+    def run(self, argv: Sequence[str], timeout: float = 30.0) -> Completed:
+        a = list(argv)
+        if a[0] == "find":
+            out = "".join(f"system-{n}-link\t{p}\t0\n" for n, p in self.generations.items())
+            return Completed(argv=a, exit_code=0, stdout=out, stderr="", duration=0.01)
+        if a == ["nixos-version", "--json"]:
+            return Completed(argv=a, exit_code=0, stdout='{"nixosVersion": "26.05"}',
+                             stderr="", duration=0.01)
+        return super().run(argv, timeout)
+
+
+def test_a_kept_rebuild_the_agent_never_heard_of_is_collected_by_its_next_reconcile(
+    tmp_path: Path,
+) -> None:
+    """The agent died mid-rebuild; the actuator finished it (kept, healthy). On its
+    return the agent sees the target running, so it plans nothing and would never
+    ask for that rebuild again: its steps stayed only in the actuator's journal.
+    The next patching reconcile collects them (once) into its result."""
+    from controllers.patching import PatchingController
+    from reconciler.actuator.client import ActuatorClient
+    from reconciler.service import new_agent
+    from specs.kinds.patching import PatchingSpec
+    from tests.unit.conftest import make_config, write_baseline
+
+    host = ObservedNixModel()
+    server, journal = _actuator_server(tmp_path, host, GOOD)
+    assert _request(server, GOOD, hang_up=True) is None
+    tx = TransactionJournal(journal).load()
+    assert tx is not None and tx.result is not None and tx.result.ok and not tx.delivered
+    assert host.current == GOOD
+
+    agent_dir = tmp_path / "agent-home"
+    agent_dir.mkdir()
+    write_baseline(agent_dir, {"patching": {"target": GOOD}})
+    agent = new_agent(
+        make_config(agent_dir), host=host,
+        actuator=ActuatorClient(Path(server.listener.getsockname())),
+        controllers={"patching": PatchingController()},
+    )
+    spec = PatchingSpec(target=GOOD)
+
+    served = threading.Thread(target=lambda: (server.serve_one(5), server.join(10)))
+    served.start()
+    res = agent.reconcile("patching", spec)
+    served.join(15)
+    assert res.drifts == [] and res.planned == []
+    assert res.executed == [tx.result]
+    assert [r.step for r in res.action_records] == [r.step for r in tx.result.records]
+    assert TransactionJournal(journal).load().delivered  # type: ignore[union-attr]
+
+    # collected once: the next reconcile finds nothing more
+    served = threading.Thread(target=lambda: (server.serve_one(5), server.join(10)))
+    served.start()
+    again = agent.reconcile("patching", spec)
+    served.join(15)
+    assert again.executed == [] and again.results == []
+    server.listener.close()
+
+
+def _raw(server: Any, body: bytes) -> ActuatorReply:
+    from reconciler.actuator.protocol import encode_frame
+
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(10)
+        s.connect(server.listener.getsockname())
+        s.sendall(encode_frame(body))
+        assert server.serve_one(5)
+        server.join(10)
+        return ActuatorReply.model_validate_json(recv_frame(s, 1 << 22))
+
+
+def test_collect_finished_hands_over_nothing_else(tmp_path: Path) -> None:
+    from reconciler.actuator.protocol import Refusal
+
+    host = NixModel()
+    server, journal = _actuator_server(tmp_path, host, BAD)
+    # nothing finished: ok, no result
+    empty = _raw(server, b'{"collect_finished": "NixosRebuild"}')
+    assert empty.status == "ok" and empty.result is None
+    # only the journaled action, and nothing more in the request
+    for body in (b'{"collect_finished": "RestartUnit"}',
+                 b'{"collect_finished": "NixosRebuild", "target": "/nix/store/x"}'):
+        bad = _raw(server, body)
+        assert bad.status == "refused" and bad.reason is Refusal.InvalidParams
+    # a delivered result is not handed out again
+    _request(server, BAD)
+    assert TransactionJournal(journal).load().delivered  # type: ignore[union-attr]
+    assert _raw(server, b'{"collect_finished": "NixosRebuild"}').result is None
+    server.listener.close()

@@ -101,6 +101,9 @@ class RecordingActuator:
                            exit_code=0, duration_sec=0.01, result="ok")
         return ActionResult(action=action, records=[rec], ok=True)
 
+    def collect_finished(self, action_type: str) -> ActionResult | None:
+        return None
+
 
 class Clock:
     def __init__(self, now: datetime) -> None:
