@@ -192,6 +192,7 @@ class _Steps:
                 late = rt.actuator.collect_finished(action_type)
                 if late is not None:
                     res.results.append(late)
+                    res.verdicts.append([])  # judged when it was requested; keeps pairs aligned
                     step = max([step, *(r.step + 1 for r in late.records)])
         try:
             observed = ctrl.observe(rt.host, spec)

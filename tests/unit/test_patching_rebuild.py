@@ -546,6 +546,7 @@ def test_a_kept_rebuild_the_agent_never_heard_of_is_collected_by_its_next_reconc
     served.join(15)
     assert res.drifts == [] and res.planned == []
     assert res.executed == [tx.result]
+    assert res.verdicts == [[]]  # paired with its result: no guard judged it in this pass
     assert [r.step for r in res.action_records] == [r.step for r in tx.result.records]
     assert TransactionJournal(journal).load().delivered  # type: ignore[union-attr]
 
