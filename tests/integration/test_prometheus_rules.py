@@ -52,7 +52,26 @@ def exported_metric_names() -> set[str]:
 
     names = set(re.findall(r"^# TYPE (\S+)", m.exposition().decode(), re.M))
     names |= set(EVIDENCE_METRICS) | set(LOOP_HEALTH_METRICS)
+    names |= _optional_collector_names()
     return names | {n + "_total" for n in names}
+
+
+def _optional_collector_names() -> set[str]:
+    """The watches' and the NATS wake-ups' collectors, as the daemon registers them."""
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from reconciler.delivery.wakeup import TokenBucket, WakeupCollector, WakeupWatcher
+    from reconciler.runtime.debounce import Debouncer
+    from reconciler.runtime.inotify import InotifyWatch
+    from reconciler.runtime.watch import WatchCollector, WatchHub
+
+    registry = CollectorRegistry()
+    debouncer = Debouncer(lambda _key: None)
+    registry.register(WatchCollector(WatchHub([InotifyWatch(debouncer.hint)], debouncer)))
+    watcher = WakeupWatcher(connect=lambda: None, subject="orders.s.h",  # type: ignore[arg-type,return-value]
+                            request_poll=lambda: None, bucket=TokenBucket(5, 60))
+    registry.register(WakeupCollector(watcher))
+    return set(re.findall(r"^# TYPE (\S+)", generate_latest(registry).decode(), re.M))
 
 
 def test_shipped_alert_rules_pass_promtool() -> None:
@@ -104,6 +123,23 @@ tests:
         values: '0x30 1x90'
       - series: 'compliance_agent_evidence_chain_breaks{{instance="a:9100"}}'
         values: '0x120'
+      # host a's unit watch is down from minute 30, its file watch live; host c's
+      # nftables watch flaps (down 10 minutes at a time: not long enough to page)
+      - series: 'compliance_agent_watch_up{{instance="a:9100",watch="units"}}'
+        values: '1x30 0x90'
+      - series: 'compliance_agent_watch_up{{instance="a:9100",watch="files"}}'
+        values: '1x120'
+      - series: 'compliance_agent_watch_up{{instance="c:9100",watch="nftables"}}'
+        values: '1x20 0x10 1x10 0x10 1x70'
+      # host c's NATS wake-ups back off from minute 20; host a's stay connected
+      - series: 'compliance_agent_order_wakeup_watch_state{{instance="c:9100",state="backoff"}}'
+        values: '0x20 1x100'
+      - series: 'compliance_agent_order_wakeup_watch_state{{instance="c:9100",state="connected"}}'
+        values: '1x20 0x100'
+      - series: 'compliance_agent_order_wakeup_watch_state{{instance="a:9100",state="connected"}}'
+        values: '1x120'
+      - series: 'compliance_agent_order_wakeup_watch_state{{instance="a:9100",state="backoff"}}'
+        values: '0x120'
     alert_rule_test:
       - eval_time: 60m
         alertname: ComplianceAgentMetricsAbsent
@@ -125,6 +161,14 @@ tests:
         alertname: ComplianceEvidenceChainBroken
         exp_alerts:
           - exp_labels: {{severity: critical, instance: "c:9100"}}
+      - eval_time: 60m
+        alertname: ComplianceWatchDown
+        exp_alerts:
+          - exp_labels: {{severity: info, instance: "a:9100", watch: units}}
+      - eval_time: 60m
+        alertname: ComplianceOrderWakeupsDown
+        exp_alerts:
+          - exp_labels: {{severity: info, instance: "c:9100", state: backoff}}
       - eval_time: 60m
         alertname: ComplianceAgentTextfileStale
         exp_alerts:
