@@ -297,6 +297,7 @@ class ActuatorServer:
         self.listener = listener
         self.handler = handler
         self.streams = streams or WatchStreams()
+        self._max_connections = max_connections
         self._slots = threading.BoundedSemaphore(max_connections)
         self._threads: set[threading.Thread] = set()
         self._threads_lock = threading.Lock()
@@ -312,8 +313,8 @@ class ActuatorServer:
         if not self._slots.acquire(blocking=False):
             with conn:
                 peer = peer_credentials(conn)
-                busy = PolicyDecision(Refusal.Busy, f"{MAX_CONNECTIONS} requests in progress; "
-                                      "retry shortly")
+                busy = PolicyDecision(Refusal.Busy, f"{self._max_connections} requests in "
+                                      "progress; retry shortly")
                 self._reply(conn, self.handler.handle(peer, None, FrameError(busy.reason,
                                                                              busy.message)))
             return True

@@ -81,13 +81,12 @@ class ActuatorProcess:
                 str(self.config), "--allow-user", self.allow_user, "--socket", str(self.socket),
                 "--state-directory", str(self.workdir / "actuator-state")]
         with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(
+            proc = self.proc = subprocess.Popen(
                 ["ip", "netns", "exec", self.ns.name, *argv], cwd=self.code,
                 stdout=subprocess.DEVNULL, stderr=log,
                 env={**os.environ, "PYTHONPATH": str(self.code)})
-        assert wait_for(lambda: self.socket.exists() or self.proc.poll() is not None), \
-            self.log()
-        assert self.proc.poll() is None, self.log()
+        assert wait_for(lambda: self.socket.exists() or proc.poll() is not None), self.log()
+        assert proc.poll() is None, self.log()
         os.chown(self.socket, 0, NOBODY)
         os.chmod(self.socket, 0o660)
 
