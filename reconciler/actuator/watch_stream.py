@@ -136,10 +136,10 @@ class WatchStreams:
         try:
             return self._run(conn)
         finally:
+            self._slots.release()  # before the count: "none open" means a slot is free
             with self._lock:
                 self._open -= 1
                 self._lock.notify_all()
-            self._slots.release()
 
     def stop(self, timeout: float = STOP_TIMEOUT) -> None:
         """End every stream (`ended: ActuatorStopping`) and wait for their monitors to

@@ -26,6 +26,7 @@ import pytest
 
 from reconciler.actuator.client import ActuatorClient, ActuatorRefused
 from reconciler.actuator.protocol import Refusal, encode_frame, recv_frame
+from reconciler.actuator.watch_stream import monitor_subscribed
 from reconciler.ops.sdnotify import Notifier
 from reconciler.runtime.actuator_nft_watch import ActuatorNftWatch
 from reconciler.runtime.daemon import Daemon, DaemonPolicy
@@ -476,3 +477,18 @@ def test_an_older_actuator_without_watches_shows_the_watch_down_and_backs_off(
         watch.stop()
         act.stop()
         print(act.log())
+
+
+def test_the_ready_check_sees_real_nft_join_the_nftables_group(ns: NetNamespace) -> None:
+    """"Ready" waits for this (not for a fixed time): a real `nft monitor` in the
+    namespace joins the group within the deadline; a process that never listens does not."""
+    idle = subprocess.Popen(["ip", "netns", "exec", ns.name, "sleep", "60"])
+    monitor = subprocess.Popen(["ip", "netns", "exec", ns.name, "nft", "-j", "monitor",
+                                "ruleset"], stdout=subprocess.DEVNULL)
+    try:
+        assert wait_for(lambda: monitor_subscribed(monitor.pid))
+        assert not monitor_subscribed(idle.pid)
+    finally:
+        for proc in (idle, monitor):
+            proc.kill()
+            proc.wait(10)

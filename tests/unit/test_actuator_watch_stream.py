@@ -54,8 +54,21 @@ def wait_for(cond: Callable[[], bool], timeout: float = DEADLINE) -> bool:
     return cond()
 
 
-def children_running(marker: str) -> list[int]:
-    """Our child processes (zombies included) whose command line names `marker`."""
+def children_running(marker: str, count: int = 1) -> list[int]:
+    """Our child processes whose command line names `marker`, once there are `count`
+    (a child just spawned may not show its command line yet; a zombie never does:
+    `reaped` checks a known pid)."""
+    found: list[int] = []
+
+    def look() -> bool:
+        found[:] = _children(marker)
+        return len(found) == count
+
+    wait_for(look)
+    return found
+
+
+def _children(marker: str) -> list[int]:
     found = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -67,9 +80,14 @@ def children_running(marker: str) -> list[int]:
                 cmdline = f.read()
         except OSError:
             continue
-        if ppid == os.getpid() and (marker.encode() in cmdline or not cmdline):
+        if ppid == os.getpid() and marker.encode() in cmdline:
             found.append(int(entry))
     return found
+
+
+def reaped(pid: int) -> bool:
+    """Gone from the process table: killed *and* waited for (a zombie still shows)."""
+    return not os.path.exists(f"/proc/{pid}")
 
 
 class Rig:
@@ -142,25 +160,26 @@ def test_ready_then_data_free_coalesced_notices_then_the_monitors_exit(rig: Rig)
     assert frame(sock) == {"changed": None, "ended": "MonitorExited",
                            "message": "nft monitor exited with 0"}
     assert wait_for(lambda: rig.ends == ["MonitorExited"])
-    assert not os.path.exists(f"/proc/{child}"), "reaped"
+    assert reaped(child)
 
 
 def test_a_client_that_hangs_up_ends_the_stream_and_its_monitor_at_once(rig: Rig) -> None:
     sock = rig.open()
     assert frame(sock) is not None
-    assert len(children_running(str(rig.fifo))) == 1
+    [child] = children_running(str(rig.fifo))
     sock.close()  # nothing changes in the ruleset: the hang-up alone must end it
     assert wait_for(lambda: rig.ends == ["ClientGone"])
-    assert children_running(str(rig.fifo)) == []
+    assert reaped(child)
     assert rig.streams.open_streams() == 0
 
 
 def test_a_client_that_talks_after_its_request_is_cut_off(rig: Rig) -> None:
     sock = rig.open()
     assert frame(sock) is not None
+    [child] = children_running(str(rig.fifo))
     sock.sendall(b"more")
     assert wait_for(lambda: rig.ends == ["ClientSentData"])
-    assert children_running(str(rig.fifo)) == []
+    assert reaped(child)
 
 
 def test_a_stream_beyond_the_limit_is_refused_and_starts_nothing(rig: Rig) -> None:
@@ -171,7 +190,7 @@ def test_a_stream_beyond_the_limit_is_refused_and_starts_nothing(rig: Rig) -> No
     assert refused is not None and refused["status"] == "refused"
     assert refused["reason"] == "Busy" and "1 watch stream(s) already open" in refused["message"]
     assert wait_for(lambda: rig.ends == ["Busy"])
-    assert len(children_running(str(rig.fifo))) == 1
+    assert len(_children(str(rig.fifo))) == 1
     first.close()
     assert wait_for(lambda: rig.streams.open_streams() == 0)
     third = rig.open()
@@ -184,12 +203,14 @@ def test_stop_ends_every_stream_and_reaps_its_monitor(tmp_path: Path) -> None:
     socks = [rig.open(), rig.open()]
     for s in socks:
         assert frame(s) is not None
-    assert len(children_running(str(rig.fifo))) == 2
+    children = children_running(str(rig.fifo), count=2)
+    assert len(children) == 2
     rig.streams.stop()  # returns once both ended
-    assert sorted(rig.ends) == ["ActuatorStopping", "ActuatorStopping"]
+    assert rig.streams.open_streams() == 0
+    assert wait_for(lambda: sorted(rig.ends) == ["ActuatorStopping", "ActuatorStopping"])
     for s in socks:
         assert frame(s) == {"changed": None, "ended": "ActuatorStopping", "message": ""}
-    assert children_running(str(rig.fifo)) == []
+    assert all(reaped(c) for c in children)
     late = rig.open()
     got = frame(late)
     assert got is not None and got["reason"] == "Busy" and "stopping" in got["message"]
