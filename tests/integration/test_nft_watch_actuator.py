@@ -14,7 +14,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -33,9 +32,10 @@ from reconciler.runtime.daemon import Daemon, DaemonPolicy
 from reconciler.service import new_agent, watch_factories
 from specs.config import parse_config
 from specs.watch import WatchTargets
+from tests.harness.actuator_process import ActuatorProcess, write_config
 from tests.harness.netns import NetNamespace
 from tests.harness.require import require_root, require_tool
-from tests.harness.unprivileged import NOBODY, run_as
+from tests.harness.unprivileged import run_as
 
 pytestmark = pytest.mark.integration
 
@@ -53,72 +53,6 @@ def wait_for(cond: Callable[[], bool], timeout: float = DEADLINE) -> bool:
             return True
         time.sleep(0.02)
     return cond()
-
-
-class ActuatorProcess:
-    """`python -m reconciler.actuator.server` as root in `ns`, on `workdir/actuator.sock`
-    (0660 root:65534, like the module's socket unit), logging to a file."""
-
-    def __init__(self, ns: NetNamespace, workdir: Path, config: Path, *,
-                 allow_user: str = "nobody", code: Path = REPO) -> None:
-        self.ns = ns
-        self.workdir = workdir
-        self.config = config
-        self.allow_user = allow_user
-        self.code = code  # the checkout whose actuator runs (an older one, say)
-        self.socket = workdir / "actuator.sock"
-        self.log_path = workdir / "actuator.log"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    def start(self) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            self.socket.unlink()
-        argv = [sys.executable, "-m", "reconciler.actuator.server", "--config",
-                str(self.config), "--allow-user", self.allow_user, "--socket", str(self.socket),
-                "--state-directory", str(self.workdir / "actuator-state")]
-        with open(self.log_path, "ab") as log:
-            proc = self.proc = subprocess.Popen(
-                ["ip", "netns", "exec", self.ns.name, *argv], cwd=self.code,
-                stdout=subprocess.DEVNULL, stderr=log,
-                env={**os.environ, "PYTHONPATH": str(self.code)})
-        assert wait_for(lambda: self.socket.exists() or proc.poll() is not None), self.log()
-        assert proc.poll() is None, self.log()
-        os.chown(self.socket, 0, NOBODY)
-        os.chmod(self.socket, 0o660)
-
-    def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(10)
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-
-def write_config(workdir: Path, baseline: dict[str, Any], **extra: Any) -> Path:
-    (workdir / "baseline.json").write_text(json.dumps(
-        {"version": 1, "policy_version": "1", **baseline}))
-    config = workdir / "config.json"
-    config.write_text(json.dumps({
-        "siteId": "s", "hostId": "h", "deploymentMode": "direct",
-        "baselinePath": str(workdir / "baseline.json"),
-        "clientCertFile": "/run/secrets/c", "clientKeyFile": "/run/secrets/k",
-        "signingKeyFile": "/run/secrets/s", "caCertFile": "/etc/ca.pem",
-        "mcpPublicKeys": ["ab" * 32], "stateDirectory": str(workdir / "agent-state"),
-        "statusSocket": None, "actuatorSocket": str(workdir / "actuator.sock"),
-        **extra,
-    }))
-    return config
 
 
 @pytest.fixture
