@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from reconciler.actuator import server as server_module
 from reconciler.actuator.client import ActuatorClient, ActuatorRefused
 from reconciler.actuator.protocol import (
     ActuatorReply,
@@ -254,7 +255,11 @@ def test_the_watch_request_parses_and_unknown_kinds_are_named() -> None:
 
 
 # -- through the server: a stream holds no request slot --------------------------------------
-def test_an_open_stream_leaves_the_request_slots_to_requests(env: Env, tmp_path: Path) -> None:
+def test_an_open_stream_leaves_the_request_slots_to_requests(
+    env: Env, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """...and outlives the request timeout: a quiet ruleset is not a slow client."""
+    monkeypatch.setattr(server_module, "CONNECTION_TIMEOUT", 0.3)
     fifo = tmp_path / "changes.fifo"
     os.mkfifo(fifo)
     handler = env.server().handler
@@ -276,6 +281,7 @@ def test_an_open_stream_leaves_the_request_slots_to_requests(env: Env, tmp_path:
             # (the previous request's thread gives its slot back just after replying)
             assert wait_for(lambda: server.in_flight() == 1), "only the stream is in flight"
             assert client.observe(["nft", "-j", "list", "ruleset"]).exit_code == 0
+        time.sleep(1.0)  # bounded: more than three request timeouts of quiet
         writer = os.open(fifo, os.O_WRONLY)
         os.write(writer, b"change\n")
         assert stream.next() == WatchNotice(changed="ruleset")
