@@ -68,11 +68,14 @@ def line(name: str, values: list[float]) -> str:
 def queued_latencies(work: Path) -> dict[str, list[float]]:
     """Watch + debouncer only (no controller for these here): the time from the change
     until the kind is handed to the workqueue. nft runs in a throwaway netns."""
+    from reconciler.actuator.client import ActuatorClient
+    from reconciler.runtime.actuator_nft_watch import ActuatorNftWatch
     from reconciler.runtime.debounce import Debouncer
     from reconciler.runtime.inotify import InotifyWatch
     from reconciler.runtime.nft_watch import NftMonitorWatch
     from reconciler.runtime.watch import SupervisedWatch
     from specs.watch import WatchTargets
+    from tests.harness.actuator_process import ActuatorProcess, write_config
     from tests.harness.netns import NetNamespace
 
     queued: list[tuple[float, str]] = []
@@ -136,6 +139,24 @@ def queued_latencies(work: Path) -> dict[str, list[float]]:
 
         measure(nft, debouncer, "firewall", {"nft rule added: queued": rule_added,
                                              "nft ruleset flushed: queued": flushed})
+
+        # The same through the root actuator (the NixOS deployment): its own nft
+        # monitor in the namespace, notices over its socket to ActuatorNftWatch.
+        (work / "actuator").mkdir()
+        config = write_config(work / "actuator", {})
+        actuator = ActuatorProcess(ns, work / "actuator", config)
+        actuator.start()
+        try:
+            debouncer = Debouncer(record)
+            streamed = ActuatorNftWatch(debouncer.hint, client=ActuatorClient(actuator.socket))
+            streamed.set_targets({"firewall": WatchTargets.of(nftables=True)})
+            ns.check(["nft", "add", "table", "inet", "filter"])
+            ns.check(["nft", "add", "chain", "inet", "filter", "input"])
+            measure(streamed, debouncer, "firewall", {
+                "nft rule added (actuator): queued": rule_added,
+                "nft flushed (actuator): queued": flushed})
+        finally:
+            actuator.stop()
     return out
 
 

@@ -82,8 +82,9 @@ def guard_policy(cfg: AgentConfig) -> GuardPolicy:
 def watch_factories(cfg: AgentConfig) -> list[WatchFactory]:
     """The watches (`watches: true`): files through inotify (the baseline file asks
     for a whole pass), systemd units on the system bus, and the live nftables
-    ruleset when the agent changes the host itself (listening needs the privilege
-    the agent has only without a root actuator). Each is optional at run time: one
+    ruleset: `nft monitor` run by the agent when it changes the host itself, or
+    the root actuator's change notices when it has one (listening needs the
+    privilege only the actuator has then). Each is optional at run time: one
     that cannot start is reported down and polling covers for it."""
     if not cfg.watches:
         return []
@@ -98,6 +99,13 @@ def watch_factories(cfg: AgentConfig) -> list[WatchFactory]:
         from reconciler.runtime.nft_watch import NftMonitorWatch
 
         factories.append(lambda emit: NftMonitorWatch(emit))
+    else:
+        from reconciler.actuator.client import ActuatorClient
+        from reconciler.runtime.actuator_nft_watch import ActuatorNftWatch
+
+        socket_path = cfg.actuator_socket
+        factories.append(lambda emit: ActuatorNftWatch(
+            emit, client=ActuatorClient(socket_path)))
     return factories
 
 

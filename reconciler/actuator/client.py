@@ -19,6 +19,9 @@ a small hierarchy:
 * `ActuatorProtocolError`: the reply was not a valid reply (a bug or a
   version mismatch).
 
+`ActuatorClient.watch_nftables()` opens a watch stream (`NoticeStream`):
+change notices of the live ruleset, carrying no ruleset data.
+
 `PrivilegedReadHost` is the `specs.host.Host` to hand the controllers in the
 privilege-separated deployment: the few reads that need root (listing
 nftables, the baseline-ruleset sandbox) go through the actuator, everything
@@ -27,6 +30,7 @@ else runs locally as the agent's own user.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import socket
 import time
@@ -39,6 +43,7 @@ from reconciler.actuator.backup_reads import is_backup_read
 from reconciler.actuator.policy import DEVICE_READS, is_sandbox_request
 from reconciler.actuator.protocol import (
     MAX_BACKUP_READ_TIMEOUT,
+    MAX_NOTICE_BYTES,
     MAX_OBSERVE_TIMEOUT,
     MAX_REPLY_BYTES,
     ActuatorReply,
@@ -48,6 +53,8 @@ from reconciler.actuator.protocol import (
     ObserveRequest,
     OfferBaselineRequest,
     Refusal,
+    WatchNotice,
+    WatchRequest,
     recv_frame,
     send_json,
 )
@@ -68,6 +75,9 @@ REPLY_MARGIN = 30.0  # seconds past a read's own timeout for root to reply
 # (the switch restarted it; systemd brings it back, and it resumes the transaction).
 REBUILD_REATTACH_WINDOW = 300.0
 REATTACH_BACKOFF = Backoff(base=0.5, cap=10.0)
+# The actuator says "ready" once nft listens (within ~2 s); a slower answer is a failure.
+WATCH_READY_TIMEOUT = 15.0
+MAX_WATCH_REPLY_BYTES = 64 * 1024  # the first frame: "ready", or a refusal and its message
 
 
 class ActuatorError(ComplianceAgentError):
@@ -209,6 +219,41 @@ class ActuatorClient:
             raise ActuatorRefused(reason, reply.message)
         raise ActuatorProtocolError(f"actuator error ({reason}): {reply.message}")
 
+    def watch_nftables(self, ready_timeout: float = WATCH_READY_TIMEOUT) -> NoticeStream:
+        """Open a stream of nftables change notices; returns once the actuator's monitor
+        listens. ActuatorRefused if the actuator will not (an older actuator refuses
+        the request kind: `UnknownRequest`, or `MalformedRequest` before that kind
+        of refusal existed; `Busy`: another stream is open), ActuatorUnavailable if
+        it cannot be reached, ActuatorProtocolError for an error reply."""
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(ready_timeout)
+            try:
+                sock.connect(str(self.socket_path))
+            except OSError as e:
+                raise ActuatorUnavailable(self.socket_path, e.strerror or str(e)) from None
+            with contextlib.suppress(OSError):  # a refusal may come before the read
+                send_json(sock, WatchRequest(watch="nftables"))
+            try:
+                body = recv_frame(sock, MAX_WATCH_REPLY_BYTES)
+            except (FrameError, OSError) as e:
+                raise ActuatorWentAway(self.socket_path,
+                                       f"no answer to the watch request: {e}") from None
+            try:
+                reply = ActuatorReply.model_validate_json(body)
+            except ValidationError as e:
+                raise ActuatorProtocolError(f"invalid reply from actuator: {e}") from None
+            if reply.status == "ok" and reply.watching == "nftables":
+                sock.settimeout(None)  # notices come when the ruleset changes: maybe never
+                return NoticeStream(sock, self.socket_path)
+            reason = reply.reason or Refusal.InternalError
+            if reply.status == "refused":
+                raise ActuatorRefused(reason, reply.message)
+            raise ActuatorProtocolError(f"actuator error ({reason}): {reply.message}")
+        except BaseException:
+            sock.close()
+            raise
+
     def _roundtrip(
         self,
         request: ActuatorRequest | ObserveRequest | OfferBaselineRequest | CollectFinishedRequest,
@@ -241,6 +286,34 @@ class ActuatorClient:
             return ActuatorReply.model_validate_json(body)
         except ValidationError as e:
             raise ActuatorProtocolError(f"invalid reply from actuator: {e}") from None
+
+
+class NoticeStream:
+    """An open watch stream: `next()` blocks until the next notice; `interrupt()`
+    (from another thread) makes a blocked `next()` raise; `close()` when done."""
+
+    def __init__(self, sock: socket.socket, socket_path: Path) -> None:
+        self._sock = sock
+        self.socket_path = socket_path
+
+    def next(self) -> WatchNotice:
+        """The next notice; ActuatorWentAway when the stream closed without an `ended`
+        notice (the actuator died, or `interrupt()`), ActuatorProtocolError for junk."""
+        try:
+            body = recv_frame(self._sock, MAX_NOTICE_BYTES)
+        except (FrameError, OSError) as e:
+            raise ActuatorWentAway(self.socket_path, f"watch stream closed: {e}") from None
+        try:
+            return WatchNotice.model_validate_json(body)
+        except ValidationError as e:
+            raise ActuatorProtocolError(f"invalid watch notice from actuator: {e}") from None
+
+    def interrupt(self) -> None:
+        with contextlib.suppress(OSError):
+            self._sock.shutdown(socket.SHUT_RDWR)
+
+    def close(self) -> None:
+        self._sock.close()
 
 
 class BaselinePublisher:

@@ -18,6 +18,15 @@ Requests, told apart by their one top-level key:
   the actuator finished but never handed to the agent (the agent was down
   when it ended, and, seeing its target running, will not ask for it again);
   `result` is null when there is none. Delivered once, like any result.
+* `{"watch": "nftables"}`: a stream of change notices of the live ruleset
+  (`reconciler.actuator.watch_stream`): the first reply frame says the monitor
+  is listening (`"watching": "nftables"`) or why not, then each further frame
+  is a `WatchNotice` (`{"changed": "ruleset"}`, never any ruleset data) until
+  one says `ended` or the connection closes. The agent sends nothing more.
+
+A request of a kind this actuator does not know (one from a newer agent) is
+refused with `UnknownRequest`; actuators older than that refused it with
+`MalformedRequest`, and the agent treats both as "not available here".
 
 Reply: `{"status": "ok" | "refused" | "error", "reason": CamelCase | null,
 "message": str, ...}`. `refused` means the actuator's own policy said no and
@@ -76,6 +85,8 @@ class Refusal(StrEnum):
     RebuildTargetNotInBaseline = "RebuildTargetNotInBaseline"
     OutsideMaintenanceWindow = "OutsideMaintenanceWindow"
     ObservationNotAllowed = "ObservationNotAllowed"
+    UnknownRequest = "UnknownRequest"  # a request kind this actuator does not know
+    WatchUnavailable = "WatchUnavailable"  # the monitor could not be started
     # offer_baseline: the DSSE reasons of reconciler.trust.dsse, plus these
     UnknownKey = "UnknownKey"
     BadSignature = "BadSignature"
@@ -123,7 +134,15 @@ class CollectFinishedRequest(BaseModel):
     collect_finished: Literal["NixosRebuild"]
 
 
-Request = ActuatorRequest | ObserveRequest | OfferBaselineRequest | CollectFinishedRequest
+class WatchRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    watch: Literal["nftables"]
+
+
+Request = (ActuatorRequest | ObserveRequest | OfferBaselineRequest | CollectFinishedRequest
+           | WatchRequest)
+REQUEST_KINDS = ("action", "observe", "offer_baseline", "collect_finished", "watch")
 
 
 class ActuatorReply(BaseModel):
@@ -135,6 +154,30 @@ class ActuatorReply(BaseModel):
     result: ActionResult | None = None
     completed: Completed | None = None
     baseline_version: int | None = None
+    watching: Literal["nftables"] | None = None  # a watch stream is open; notices follow
+
+
+class WatchEnd(StrEnum):
+    """Why the actuator ended a watch stream (its last frame)."""
+
+    MonitorExited = "MonitorExited"  # nft monitor exited (message: its exit code)
+    ActuatorStopping = "ActuatorStopping"
+
+
+class WatchNotice(BaseModel):
+    """One frame of a watch stream after the first: a change happened (what it was
+    is not said: the agent reads the state again through its own reads), or the
+    stream ends. Coalesced by the actuator: at most one per `NOTICE_INTERVAL`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    changed: Literal["ruleset"] | None = None
+    ended: WatchEnd | None = None
+    message: str = Field("", max_length=300)
+
+
+MAX_NOTICE_BYTES = 4096  # a notice is a few dozen bytes; anything larger is not one
+NOTICE_INTERVAL = 0.1  # seconds: the actuator sends at most one notice per interval
 
 
 class FrameError(ComplianceAgentError):
@@ -194,10 +237,20 @@ def parse_request(body: bytes) -> Request | PolicyDecision:
         return _validate(OfferBaselineRequest, data, "offer_baseline")
     if "collect_finished" in data:
         return _validate(CollectFinishedRequest, data, "collect_finished")
+    if "watch" in data:
+        return _validate(WatchRequest, data, "watch")
+    if "action" not in data and len(data) == 1:
+        kind = str(next(iter(data)))[:64]
+        return PolicyDecision(
+            Refusal.UnknownRequest,
+            f"request kind {kind!r} is not known to this actuator (it knows "
+            f"{', '.join(REQUEST_KINDS)}); it may be older than the agent",
+        )
     if not isinstance(data.get("action"), dict):
         return PolicyDecision(
             Refusal.MalformedRequest,
-            'request must be {"action": {...}}, {"observe": [...]} or {"offer_baseline": ...}',
+            'request must be {"action": {...}}, {"observe": [...]}, {"offer_baseline": ...}, '
+            '{"collect_finished": ...} or {"watch": "nftables"}',
         )
     kind = data["action"].get("type")
     if kind not in KNOWN_ACTIONS:
@@ -214,6 +267,7 @@ def _validate(
         | type[ObserveRequest]
         | type[OfferBaselineRequest]
         | type[CollectFinishedRequest]
+        | type[WatchRequest]
     ),
     data: dict[str, object],
     what: str,

@@ -16,6 +16,12 @@ This process is that gate. Per connection it:
    (fixed argv, no shell) and replies with the `ActionResult`, or with a
    refusal and its stable reason.
 
+A `{"watch": "nftables"}` request turns its connection into a stream of
+change notices (reconciler.actuator.watch_stream): the connection gives its
+request slot back and holds one of the few watch slots instead, and is not
+subject to the request timeout; SIGTERM ends the streams (their `nft monitor`
+children killed and reaped) before the process exits.
+
 A NixosRebuild is a journaled transaction (reconciler.actuator.rebuild): when
 the actuator starts, it resumes one an earlier process left open (the switch
 restarted this unit, or it was killed) in the background while it serves; a
@@ -40,6 +46,7 @@ import contextlib
 import logging
 import os
 import pwd
+import signal
 import socket
 import struct
 import sys
@@ -66,6 +73,7 @@ from reconciler.actuator.protocol import (
     OfferBaselineRequest,
     PolicyDecision,
     Refusal,
+    WatchRequest,
     parse_request,
     recv_frame,
     refused,
@@ -74,6 +82,7 @@ from reconciler.actuator.protocol import (
 from reconciler.actuator.rebuild import RebuildTransactions
 from reconciler.actuator.result import Actuator
 from reconciler.actuator.transaction import JOURNAL_FILE, TransactionJournal
+from reconciler.actuator.watch_stream import WatchStreams
 from specs.baseline import Baseline
 from specs.config import AgentConfig
 from specs.host import Host, HostError
@@ -179,6 +188,9 @@ class RequestHandler:
                 # the agent's own past action's outcome: no baseline needed to hand it back
                 found = self.rebuilds.undelivered() if self.rebuilds is not None else None
                 return ActuatorReply(status="ok", result=found), "collect_finished"
+            if isinstance(request, WatchRequest):  # admitted; the server runs the stream
+                return ActuatorReply(status="ok", watching=request.watch), \
+                    f"watch:{request.watch}"
             baseline = self.baselines.applicable()
             what = (
                 "observe:" + " ".join(request.observe)[:120]
@@ -280,10 +292,12 @@ class ActuatorServer:
 
     def __init__(
         self, listener: socket.socket, handler: RequestHandler,
-        max_connections: int = MAX_CONNECTIONS,
+        max_connections: int = MAX_CONNECTIONS, streams: WatchStreams | None = None,
     ) -> None:
         self.listener = listener
         self.handler = handler
+        self.streams = streams or WatchStreams()
+        self._max_connections = max_connections
         self._slots = threading.BoundedSemaphore(max_connections)
         self._threads: set[threading.Thread] = set()
         self._threads_lock = threading.Lock()
@@ -299,8 +313,8 @@ class ActuatorServer:
         if not self._slots.acquire(blocking=False):
             with conn:
                 peer = peer_credentials(conn)
-                busy = PolicyDecision(Refusal.Busy, f"{MAX_CONNECTIONS} requests in progress; "
-                                      "retry shortly")
+                busy = PolicyDecision(Refusal.Busy, f"{self._max_connections} requests in "
+                                      "progress; retry shortly")
                 self._reply(conn, self.handler.handle(peer, None, FrameError(busy.reason,
                                                                              busy.message)))
             return True
@@ -312,6 +326,7 @@ class ActuatorServer:
         return True
 
     def _serve(self, conn: socket.socket) -> None:
+        holds_slot = True
         try:
             with conn:
                 peer = peer_credentials(conn)
@@ -326,10 +341,17 @@ class ActuatorServer:
                         frame_error = FrameError(Refusal.MalformedRequest,
                                                  f"reading request: {e}")
                 reply = self.handler.handle(peer, body, frame_error)
-                if self._reply(conn, reply):
+                if reply.status == "ok" and reply.watching is not None:
+                    self._slots.release()  # a stream never holds a request's slot
+                    holds_slot = False
+                    end = self.streams.serve(conn)
+                    log.info("watch ended peer_uid=%d peer_pid=%d end=%s",
+                             peer.uid, peer.pid, end)
+                elif self._reply(conn, reply):
                     self.handler.sent(reply)
         finally:
-            self._slots.release()
+            if holds_slot:
+                self._slots.release()
             with self._threads_lock:
                 self._threads.discard(threading.current_thread())
 
@@ -373,6 +395,20 @@ class ActuatorServer:
         while self.serve_one(idle_exit) or self.in_flight():
             pass
         self.join()
+
+
+def stop_on_signals(server: ActuatorServer) -> None:
+    """On SIGTERM/SIGINT, end the watch streams (their nft monitors killed and reaped:
+    an orphaned monitor would live on until the next ruleset change), then die of
+    the signal as before, so systemd sees the same exit as without streams."""
+
+    def on_signal(signum: int, _frame: object) -> None:
+        server.streams.stop()
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, on_signal)
 
 
 def allowed_uids_for(user: str | None) -> frozenset[int]:
@@ -479,6 +515,7 @@ def run(args: argparse.Namespace) -> int:
                           state_directory=args.state_directory)
     log.info("actuator ready (egress table %s, window %s)",
              config.egress_table, config.maintenance_window)
+    stop_on_signals(server)
     server.resume_in_background()
     started = time.monotonic()
     server.serve_forever(args.idle_exit)

@@ -4,8 +4,8 @@ ruleset, for the kinds whose targets say `nftables` (firewall, egress).
 The lines are change notices only: their content is never parsed or kept (the
 controller lists the ruleset again). Listening needs CAP_NET_ADMIN, so the
 daemon runs this watch only when it changes the host itself (no root
-actuator); behind the root actuator the notices would have to be streamed by
-the actuator (docs/watches.md, not built yet). `nft` exiting or not starting is
+actuator); behind the root actuator the actuator streams the notices
+(`reconciler.runtime.actuator_nft_watch`). `nft` exiting or not starting is
 a lost session: down, retried with backoff, every covered kind queued on
 recovery. A flush that removes a hundred rules prints a hundred lines; the
 debouncer makes them one reconcile per kind.

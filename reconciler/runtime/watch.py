@@ -37,6 +37,7 @@ WATCH_BACKOFF = Backoff(1.0, 60.0)  # between failed sessions of one watch
 # A session must have stayed live this long for the backoff to start over: a source
 # that connects and drops at once (no permission, say) backs off to the cap.
 STABLE_SECONDS = 10.0
+CAP_STEPS = 63  # a failure count at which any Backoff is at its cap
 
 Emit = Callable[[str], None]
 
@@ -80,6 +81,12 @@ WatchFactory = Callable[[Emit], Watch]
 
 class WatchLost(ComplianceAgentError):
     """A session's source went away (the bus closed, a watched directory vanished)."""
+
+
+class WatchUnsupported(ComplianceAgentError):
+    """The source says it does not offer this watch (an actuator older than the
+    request): down as Unavailable, and retried only at the backoff's cap, since
+    asking again sooner cannot change the answer (an upgraded source may)."""
 
 
 class SupervisedWatch(ABC):
@@ -204,6 +211,7 @@ class SupervisedWatch(ABC):
         failures = 0
         while not self._stop.is_set():
             self._went_live = False
+            unsupported = False
             try:
                 self.session()
                 if self._stop.is_set():
@@ -215,6 +223,7 @@ class SupervisedWatch(ABC):
                     return
                 stable = self._went_live and time.monotonic() - self._live_at >= STABLE_SECONDS
                 failures = 1 if stable else failures + 1
+                unsupported = isinstance(e, WatchUnsupported)
                 reason = "Lost" if isinstance(e, WatchLost | OSError | ConnectionError) \
                     else "Unavailable"
                 self._set_health(up=False, reason=reason, message=f"{type(e).__name__}: {e}",
@@ -222,8 +231,9 @@ class SupervisedWatch(ABC):
                 log.warning("watch down, polling continues", extra={
                     "reason": "WatchDown", "detail": f"{self._name}: {type(e).__name__}: {e}"})
             # never spin: at least half the ceiling, at most the ceiling
-            ceiling = self._backoff.ceiling(failures)
-            delay = ceiling / 2 + self._backoff.full_jitter(failures, self._rng) / 2
+            steps = CAP_STEPS if unsupported else failures
+            ceiling = self._backoff.ceiling(steps)
+            delay = ceiling / 2 + self._backoff.full_jitter(steps, self._rng) / 2
             self._stop.wait(delay)
 
 

@@ -14,6 +14,7 @@ from reconciler.actuator.protocol import (
     OfferBaselineRequest,
     PolicyDecision,
     Refusal,
+    WatchRequest,
     parse_request,
 )
 
@@ -28,6 +29,7 @@ actions = st.fixed_dictionaries(
 requests = (st.builds(lambda a, s: {"action": a, "step_start": s}, actions, values)
             | st.builds(lambda o, t: {"observe": o, "timeout": t}, values, values)
             | st.builds(lambda b: {"offer_baseline": b}, values)
+            | st.builds(lambda w: {"watch": w}, st.just("nftables") | values)
             | values)
 
 
@@ -36,7 +38,8 @@ def _check(body: bytes) -> None:
     if isinstance(out, PolicyDecision):
         assert isinstance(out.reason, Refusal) and out.message
     else:
-        assert isinstance(out, ActuatorRequest | ObserveRequest | OfferBaselineRequest)
+        assert isinstance(out, ActuatorRequest | ObserveRequest | OfferBaselineRequest
+                          | WatchRequest)
 
 
 @settings(max_examples=400, deadline=None)

@@ -17,7 +17,13 @@ from reconciler.runtime.daemon import Daemon, DaemonPolicy
 from reconciler.runtime.debounce import Debouncer
 from reconciler.runtime.inotify import InotifyWatch
 from reconciler.runtime.unit_watch import unit_object_path
-from reconciler.runtime.watch import Emit, SupervisedWatch, WatchHub, WatchLost
+from reconciler.runtime.watch import (
+    Emit,
+    SupervisedWatch,
+    WatchHub,
+    WatchLost,
+    WatchUnsupported,
+)
 from reconciler.service import new_agent
 from specs.backoff import Backoff
 from specs.resource import ResourceSpec
@@ -153,6 +159,35 @@ def test_a_watch_that_keeps_failing_never_spins() -> None:
         assert not h.up and h.reason == "Lost" and "bus went away" in h.message
         time.sleep(0.3)  # not a timing assert: counts sessions over a bounded wait
         assert w.sessions < 60, "backoff between sessions (0.01..0.05 s) bounds the retries"
+    finally:
+        w.stop()
+
+
+class UnsupportedWatch(SupervisedWatch):
+    """A source that says it does not offer the watch (an actuator older than it)."""
+
+    def __init__(self) -> None:
+        # a tiny base: an ordinary failure would be retried within milliseconds
+        super().__init__("old-source", lambda _k: None, backoff=Backoff(0.001, 100.0))
+        self.sessions = 0
+
+    def session(self) -> None:
+        self.sessions += 1
+        raise WatchUnsupported("the source does not offer this watch")
+
+    def interrupt(self) -> None:
+        pass
+
+
+def test_a_source_without_the_watch_is_asked_again_only_at_the_cap() -> None:
+    w = UnsupportedWatch()
+    w.start()
+    try:
+        assert wait_for(lambda: w.health().failures == 1)
+        h = w.health()
+        assert not h.up and h.reason == "Unavailable" and "does not offer" in h.message
+        time.sleep(0.3)  # bounded look: at base 1 ms this would be hundreds of sessions
+        assert w.sessions == 1, "the next try waits half the cap (50 s) at least"
     finally:
         w.stop()
 
@@ -318,8 +353,12 @@ def test_the_watches_option_is_on_by_default_and_can_be_turned_off(tmp_path: Pat
     names = [make(lambda _k: None).name for make in watch_factories(make_config(tmp_path))]
     assert names == ["files", "units", "nftables"]
     behind_actuator = make_config(tmp_path, actuatorSocket=str(tmp_path / "actuator.sock"))
-    assert [make(lambda _k: None).name for make in watch_factories(behind_actuator)] == [
-        "files", "units"]  # nft monitor needs the privilege only the actuator has
+    watches = [make(lambda _k: None) for make in watch_factories(behind_actuator)]
+    # nft monitor needs the privilege only the actuator has: its notices, over the socket
+    assert [w.name for w in watches] == ["files", "units", "nftables"]
+    from reconciler.runtime.actuator_nft_watch import ActuatorNftWatch
+
+    assert isinstance(watches[2], ActuatorNftWatch)
     assert watch_factories(make_config(tmp_path, watches=False)) == []
 
 

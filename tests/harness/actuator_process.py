@@ -1,0 +1,95 @@
+"""The root actuator as a real process for tests and benchmarks: root, inside a
+network namespace (so the `nft` it runs changes only that namespace), on a unix
+socket in a work directory, 0660 root:65534 like the module's socket unit."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from tests.harness.netns import NetNamespace
+from tests.harness.unprivileged import NOBODY
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def wait_for(cond: Callable[[], bool], timeout: float = 20.0) -> bool:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if cond():
+            return True
+        time.sleep(0.02)
+    return cond()
+
+
+class ActuatorProcess:
+    """`python -m reconciler.actuator.server` as root in `ns`, on `workdir/actuator.sock`
+    (0660 root:65534, like the module's socket unit), logging to a file."""
+
+    def __init__(self, ns: NetNamespace, workdir: Path, config: Path, *,
+                 allow_user: str = "nobody", code: Path = REPO) -> None:
+        self.ns = ns
+        self.workdir = workdir
+        self.config = config
+        self.allow_user = allow_user
+        self.code = code  # the checkout whose actuator runs (an older one, say)
+        self.socket = workdir / "actuator.sock"
+        self.log_path = workdir / "actuator.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def start(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.socket.unlink()
+        argv = [sys.executable, "-m", "reconciler.actuator.server", "--config",
+                str(self.config), "--allow-user", self.allow_user, "--socket", str(self.socket),
+                "--state-directory", str(self.workdir / "actuator-state")]
+        with open(self.log_path, "ab") as log:
+            proc = self.proc = subprocess.Popen(
+                ["ip", "netns", "exec", self.ns.name, *argv], cwd=self.code,
+                stdout=subprocess.DEVNULL, stderr=log,
+                env={**os.environ, "PYTHONPATH": str(self.code)})
+        assert wait_for(lambda: self.socket.exists() or proc.poll() is not None), self.log()
+        assert proc.poll() is None, self.log()
+        os.chown(self.socket, 0, NOBODY)
+        os.chmod(self.socket, 0o660)
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+def write_config(workdir: Path, baseline: dict[str, Any], **extra: Any) -> Path:
+    (workdir / "baseline.json").write_text(json.dumps(
+        {"version": 1, "policy_version": "1", **baseline}))
+    config = workdir / "config.json"
+    config.write_text(json.dumps({
+        "siteId": "s", "hostId": "h", "deploymentMode": "direct",
+        "baselinePath": str(workdir / "baseline.json"),
+        "clientCertFile": "/run/secrets/c", "clientKeyFile": "/run/secrets/k",
+        "signingKeyFile": "/run/secrets/s", "caCertFile": "/etc/ca.pem",
+        "mcpPublicKeys": ["ab" * 32], "stateDirectory": str(workdir / "agent-state"),
+        "statusSocket": None, "actuatorSocket": str(workdir / "actuator.sock"),
+        **extra,
+    }))
+    return config
