@@ -76,8 +76,8 @@ def pct(values: list[float], q: float) -> float:
 
 def line(name: str, values: list[float]) -> str:
     if not values:
-        return f"{name:34s} n=  0  (no trial succeeded: see stderr)"
-    return (f"{name:34s} n={len(values):3d}  p50 {pct(values, .5) * 1000:7.1f} ms  "
+        return f"{name:40s} n=  0  (no trial succeeded: see stderr)"
+    return (f"{name:40s} n={len(values):3d}  p50 {pct(values, .5) * 1000:7.1f} ms  "
             f"p95 {pct(values, .95) * 1000:7.1f} ms  max {max(values) * 1000:7.1f} ms")
 
 

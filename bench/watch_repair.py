@@ -163,7 +163,7 @@ def nft_trials(work: Path, trials: int, again: int) -> dict[str, list[float]]:
                 drift(n)
                 detect, repair = drift_to_repair(d, results, t0)
                 out.setdefault(f"nft {name}: detection", []).append(detect)
-                out.setdefault(f"nft {name}: repaired (re-applied)", []).append(repair)
+                out.setdefault(f"nft {name}: repaired", []).append(repair)
                 if not repeat:
                     return
                 # a second drift soon after: the repair was an attempt of the action
