@@ -27,6 +27,10 @@ directory with the host at its baseline: each measures the first repair of a
 drift. A second flush right after a repair is measured on its own ("again"):
 held by that backoff, repaired when it ends (bench/watch_repair.py).
 
+* nft through the root actuator (the NixOS deployment): the actuator process in
+  the namespace runs the monitor and streams notices to ActuatorNftWatch; watch
+  and debouncer only, until the kind is queued ("queued").
+
 * idle: the daemon with the same baseline for IDLE_SECONDS, watches off, then on;
   CPU seconds (scaled to an hour) and RSS growth of this process.
 
