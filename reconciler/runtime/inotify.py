@@ -178,12 +178,14 @@ class InotifyWatch(SupervisedWatch):
         return by_wd
 
     def _serve(self, fd: int) -> None:
+        # Drained before the targets are read, never after: new targets set while
+        # this session plans and goes live must still wake it for a fresh session.
+        self._drain_wake()
         plan = plan_watches(self._paths())
         by_wd = self._add_all(fd, plan)
         live_dirs = sorted(set(by_wd.values()))
         self.live(f"{len(live_dirs)} directories" +
                   (f"; not watched: {', '.join(self.unwatched)}" if self.unwatched else ""))
-        self._drain_wake()
         while not self.stopping():
             ready, _, _ = select.select([fd, self._wake_r], [], [])
             if self._wake_r in ready:

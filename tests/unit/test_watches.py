@@ -278,6 +278,47 @@ def test_inotify_hints_the_kind_of_an_edited_replaced_or_switched_file(file_watc
     assert "unrelated" not in hints
 
 
+class RetargetedWhileGoingLive(InotifyWatch):
+    """Gets its targets from another thread just as its first session goes live,
+    after that session planned its directories: the daemon's first pass sets the
+    targets right after starting the watches, so this moment really comes."""
+
+    def __init__(self, emit: Emit, new_targets: dict[str, WatchTargets]) -> None:
+        super().__init__(emit)
+        self._new_targets: dict[str, WatchTargets] | None = new_targets
+
+    def live(self, message: str = "") -> None:
+        super().live(message)
+        new, self._new_targets = self._new_targets, None
+        if new is not None:
+            setter = threading.Thread(target=self.set_targets, args=(new,))
+            setter.start()
+            setter.join()
+
+
+def test_inotify_targets_set_as_a_session_goes_live_are_watched(tmp_path: Path) -> None:
+    hints: list[str] = []
+    run = tmp_path / "run"
+    run.mkdir()
+    (tmp_path / "sys-1").mkdir()
+    link = run / "current-system"
+    os.symlink(tmp_path / "sys-1", link)
+    w = RetargetedWhileGoingLive(hints.append,
+                                 {"patching": WatchTargets.of(paths=[str(link)])})
+    w.start()
+    try:
+        # a fresh session, planned from the new targets, went live
+        assert wait_for(lambda: w.health().resyncs >= 2), \
+            "the new targets were never watched: the wake-up was lost"
+        hints.clear()
+        tmp_link = run / ".current-system.tmp"
+        os.symlink(tmp_path, tmp_link)
+        os.replace(tmp_link, link)
+        assert wait_for(lambda: "patching" in hints)
+    finally:
+        w.stop()
+
+
 def test_inotify_ignores_files_no_spec_depends_on(file_watch: Any) -> None:
     w, hints, tmp = file_watch
     w.set_targets({"firewall": WatchTargets.of(paths=[str(tmp / "ruleset.nft")])})
