@@ -103,9 +103,14 @@ class Rig:
         self.ends: list[str] = []
         self._writer: int | None = None
 
-    def open(self) -> socket.socket:
+    def open(self, *, send_timeout: float = 10.0, send_buffer: int | None = None
+             ) -> socket.socket:
+        """A client connection; `send_timeout` is the server's connection timeout, a
+        small `send_buffer` (the server's) fills after a few notices."""
         ours, theirs = socket.socketpair()
-        theirs.settimeout(10.0)
+        theirs.settimeout(send_timeout)
+        if send_buffer is not None:
+            theirs.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, send_buffer)
         ours.settimeout(DEADLINE)
 
         def run() -> None:
@@ -181,6 +186,26 @@ def test_a_client_that_talks_after_its_request_is_cut_off(rig: Rig) -> None:
     sock.sendall(b"more")
     assert wait_for(lambda: rig.ends == ["ClientSentData"])
     assert reaped(child)
+
+
+def test_a_client_that_stops_reading_is_cut_off_and_its_monitor_reaped(rig: Rig) -> None:
+    """Slowloris on the stream: the client reads "ready" and then nothing while the
+    ruleset keeps changing. Once the notices fill the socket, a notice that cannot be
+    sent within the connection's timeout ends the stream; nothing piles up in root."""
+    sock = rig.open(send_timeout=1.0, send_buffer=4096)
+    assert frame(sock) is not None
+    [child] = children_running(str(rig.fifo))
+    deadline = time.monotonic() + DEADLINE * 3
+    while not rig.ends and time.monotonic() < deadline:
+        try:
+            rig.change()
+        except BrokenPipeError:  # the monitor was just killed: the stream is ending
+            break
+        time.sleep(0.02)
+    assert wait_for(lambda: rig.ends == ["ClientGone"]), rig.ends
+    assert wait_for(lambda: reaped(child))
+    assert rig.streams.open_streams() == 0
+    sock.close()
 
 
 def test_a_stream_beyond_the_limit_is_refused_and_starts_nothing(rig: Rig) -> None:
