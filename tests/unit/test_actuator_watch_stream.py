@@ -242,6 +242,24 @@ def test_stop_ends_every_stream_and_reaps_its_monitor(tmp_path: Path) -> None:
     assert got is not None and got["reason"] == "Busy" and "stopping" in got["message"]
 
 
+def test_stop_reaps_the_monitor_of_a_stream_stuck_in_a_send(rig: Rig) -> None:
+    """SIGTERM while the client has stopped reading: the stream's thread is stuck in a
+    send (up to the connection's timeout), and `stop` still kills and reaps its
+    monitor after its own wait, so root leaves no nft behind when it exits."""
+    sock = rig.open(send_timeout=60.0, send_buffer=4096)
+    assert frame(sock) is not None
+    [child] = children_running(str(rig.fifo))
+    until = time.monotonic() + 3.0  # notices until the server's small buffer is full
+    while time.monotonic() < until:
+        rig.change()
+        time.sleep(0.02)
+    rig.streams.stop(timeout=0.5)
+    assert rig.streams.open_streams() == 1, "the stream is still stuck in its send"
+    assert wait_for(lambda: reaped(child))
+    sock.close()  # the send fails; the stream's thread ends
+    assert wait_for(lambda: rig.streams.open_streams() == 0)
+
+
 @pytest.mark.parametrize(("argv", "says"), [
     (["false"], "exited with 1 before it was listening"),
     (["/nonexistent/nft"], "cannot start"),
