@@ -237,7 +237,8 @@ def parse_request(body: bytes) -> Request | PolicyDecision:
     """The typed request, or why not: unknown action types are told apart from bad params."""
     try:
         data = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
+    except (ValueError, RecursionError) as e:
+        # ValueError: not JSON, not UTF-8, or an integer past Python's digit limit
         return PolicyDecision(Refusal.MalformedRequest, f"request is not JSON: {e}"[:300])
     if not isinstance(data, dict):
         return PolicyDecision(Refusal.MalformedRequest, "request must be a JSON object")

@@ -217,6 +217,10 @@ MALFORMED: list[tuple[bytes, set[str]]] = [
     (json.dumps({"watch": "n" * 1_900_000}).encode(), {"InvalidParams"}),
     (b'{"watch": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", {"MalformedRequest"}),
     (b'{"watch": ' + b"[" * 900 + b"]" * 900 + b"}", {"InvalidParams", "MalformedRequest"}),
+    # past Python's limit on digits in an int: json.loads raises a plain ValueError
+    (b'{"watch": 1' + b"0" * 5000 + b"}", {"MalformedRequest"}),
+    (b'{"collect_finished": -' + b"9" * 4400 + b"}", {"MalformedRequest"}),
+    (b'{"observe": ["nft"], "timeout": ' + b"1" * 4301 + b"}", {"MalformedRequest"}),
     (b'{"collect_finished": null}', {"InvalidParams"}),
     (b'{"collect_finished": ["NixosRebuild"]}', {"InvalidParams"}),
     (b'{"collect_finished": "RestartUnit"}', {"InvalidParams"}),
@@ -246,7 +250,9 @@ def test_malformed_new_requests_are_refused_and_the_actuator_keeps_serving(
     assert served["status"] == "ok", served
     stream = run_as(NOBODY, lambda: exchange(actuator.socket, WATCH))
     assert stream.get("watching") == "nftables", stream
-    assert "InternalError" not in actuator.log()
+    assert "InternalError" not in actuator.log() and "Traceback" not in actuator.log()
+    # every request is on record, with its verdict
+    assert actuator.log().count(f"peer_uid={NOBODY} ") >= len(MALFORMED) + 2
 
 
 def test_collect_finished_without_a_transaction_hands_over_nothing(
