@@ -264,7 +264,7 @@ def parse_request(body: bytes) -> Request | PolicyDecision:
             '{"collect_finished": ...} or {"watch": "nftables"}',
         )
     kind = data["action"].get("type")
-    if kind not in KNOWN_ACTIONS:
+    if not isinstance(kind, str) or kind not in KNOWN_ACTIONS:  # a list is not hashable
         return PolicyDecision(
             Refusal.UnknownAction,
             f"action type {str(kind)[:64]!r} is not one of {sorted(KNOWN_ACTIONS)}",

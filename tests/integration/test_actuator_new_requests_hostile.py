@@ -203,7 +203,8 @@ def test_racing_watch_requests_open_one_stream_and_one_monitor(
     assert wait_for(lambda: thread_count(actuator.pid) == idle_threads)
 
 
-# The new request kinds, malformed every way a peer can: each a stable refusal.
+# The new request kinds, malformed every way a peer can, and what the same parser
+# failed on: each a stable refusal.
 MALFORMED: list[tuple[bytes, set[str]]] = [
     (b'{"watch": null}', {"InvalidParams"}),
     (b'{"watch": 1}', {"InvalidParams"}),
@@ -229,6 +230,9 @@ MALFORMED: list[tuple[bytes, set[str]]] = [
     (b'{"observe": ["restic"], "timeout": 1e400}', {"InvalidParams"}),
     (b'{"observe": ["nft", "-j", "list", "ruleset"], "timeout": NaN}', {"InvalidParams"}),
     (b'{"observe": ["nft", "-j", "list", "ruleset"], "timeout": 31}', {"InvalidParams"}),
+    # an action type that cannot be looked up (unhashable)
+    (b'{"action": {"type": ["NixosRebuild"]}}', {"UnknownAction"}),
+    (b'{"action": {"type": {"NixosRebuild": 1}}}', {"UnknownAction"}),
     (b'["watch", "nftables"]', {"MalformedRequest"}),
     (b'"watch"', {"MalformedRequest"}),
 ]
