@@ -104,6 +104,10 @@ def thread_count(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/task"))
 
 
+def fd_count(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
 def test_drip_fed_requests_cannot_hold_the_request_slots(actuator: ActuatorProcess) -> None:
     """Slowloris: every slot held by a peer that sends one byte of its request per
     second (each recv well inside the read timeout). A peer has CONNECTION_TIMEOUT
@@ -153,6 +157,7 @@ def test_racing_watch_requests_open_one_stream_and_one_monitor(
     the slots' own Busy): one stream, every other one Busy; never more than one
     `nft monitor`, and nothing of them left once all hang up."""
     idle_threads = thread_count(actuator.pid)
+    idle_fds = fd_count(actuator.pid)
     most = [0]
     sampling = threading.Event()
     sampling.set()
@@ -201,6 +206,7 @@ def test_racing_watch_requests_open_one_stream_and_one_monitor(
     assert len(opened) == 1 and len(busy) == len(firsts) - 1, "; ".join(kinds)
     assert most[0] <= 1, f"{most[0]} nft monitors at once"
     assert wait_for(lambda: thread_count(actuator.pid) == idle_threads)
+    assert wait_for(lambda: fd_count(actuator.pid) == idle_fds), "no socket or pipe left open"
 
 
 # The new request kinds, malformed every way a peer can, and what the same parser
