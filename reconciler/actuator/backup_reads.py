@@ -31,6 +31,10 @@ from specs.kinds.backup import BackupSpec, BackupTool
 # A snapshot id (restic) or archive name (borg) as the controller passes it:
 # never an option, never a path.
 SNAPSHOT_REF_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@+-]{0,199}$")
+# restic's is a hex id or "latest", never "ID:subfolder" (restic >= 0.16.4 would
+# then dump <subfolder>/<canary path>, a file other than the canary); borg archive
+# names may hold ":" (timestamps), and borg takes the archive as all after "::".
+RESTIC_SNAPSHOT_REF_RE = re.compile(r"latest|[0-9a-f]{8,64}")
 
 
 def is_backup_read(argv: Sequence[str]) -> bool:
@@ -65,6 +69,8 @@ def backup_read_timeout(argv: Sequence[str], spec: BackupSpec | None) -> float |
             if not ref.startswith(prefix):
                 continue
             ref = ref[len(prefix):]
+        elif not RESTIC_SNAPSHOT_REF_RE.fullmatch(ref):
+            continue
         if SNAPSHOT_REF_RE.fullmatch(ref) and args == dump_argv(job, ref, test.canary_path):
             return job.command_timeout
     return None

@@ -43,6 +43,7 @@ from __future__ import annotations
 import json
 import socket
 import struct
+import time
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Literal, get_args
@@ -192,9 +193,16 @@ def encode_frame(payload: bytes) -> bytes:
     return HEADER.pack(len(payload)) + payload
 
 
-def _recv_exact(sock: socket.socket, n: int) -> bytes:
+def _recv_exact(sock: socket.socket, n: int, deadline: float | None = None) -> bytes:
     buf = bytearray()
     while len(buf) < n:
+        if deadline is not None:
+            # the socket's timeout bounds one recv only: a peer sending a byte now and
+            # then would otherwise hold its connection for as long as it likes
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"timed out after {len(buf)} of {n} bytes")
+            sock.settimeout(left)
         chunk = sock.recv(min(n - len(buf), 65536))
         if not chunk:
             raise FrameError(
@@ -205,14 +213,16 @@ def _recv_exact(sock: socket.socket, n: int) -> bytes:
     return bytes(buf)
 
 
-def recv_frame(sock: socket.socket, limit: int) -> bytes:
-    """Read one frame; refuse (without reading the body) if it is over `limit` bytes."""
-    (size,) = HEADER.unpack(_recv_exact(sock, HEADER.size))
+def recv_frame(sock: socket.socket, limit: int, *, deadline: float | None = None) -> bytes:
+    """Read one frame; refuse (without reading the body) if it is over `limit` bytes.
+    With `deadline` (time.monotonic()), the whole frame must arrive by then, else
+    TimeoutError; the socket's timeout is changed on the way."""
+    (size,) = HEADER.unpack(_recv_exact(sock, HEADER.size, deadline))
     if size > limit:
         raise FrameError(
             Refusal.RequestTooLarge, f"frame of {size} bytes exceeds the {limit}-byte limit"
         )
-    return _recv_exact(sock, size)
+    return _recv_exact(sock, size, deadline)
 
 
 def send_json(sock: socket.socket, model: BaseModel) -> None:
@@ -227,7 +237,8 @@ def parse_request(body: bytes) -> Request | PolicyDecision:
     """The typed request, or why not: unknown action types are told apart from bad params."""
     try:
         data = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
+    except (ValueError, RecursionError) as e:
+        # ValueError: not JSON, not UTF-8, or an integer past Python's digit limit
         return PolicyDecision(Refusal.MalformedRequest, f"request is not JSON: {e}"[:300])
     if not isinstance(data, dict):
         return PolicyDecision(Refusal.MalformedRequest, "request must be a JSON object")
@@ -253,7 +264,7 @@ def parse_request(body: bytes) -> Request | PolicyDecision:
             '{"collect_finished": ...} or {"watch": "nftables"}',
         )
     kind = data["action"].get("type")
-    if kind not in KNOWN_ACTIONS:
+    if not isinstance(kind, str) or kind not in KNOWN_ACTIONS:  # a list is not hashable
         return PolicyDecision(
             Refusal.UnknownAction,
             f"action type {str(kind)[:64]!r} is not one of {sorted(KNOWN_ACTIONS)}",

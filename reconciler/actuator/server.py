@@ -93,7 +93,7 @@ log = logging.getLogger("compliance_agent.actuator")
 SD_LISTEN_FDS_START = 3
 DEFAULT_AGENT_USER = "compliance-agent"
 DEFAULT_STATE_DIRECTORY = Path("/var/lib/compliance-agent-actuator")
-CONNECTION_TIMEOUT = 10.0  # seconds a peer has to send its request
+CONNECTION_TIMEOUT = 10.0  # seconds a peer has to send its whole request
 MAX_CONNECTIONS = 8  # served at once; more get an immediate Busy refusal
 
 
@@ -334,12 +334,14 @@ class ActuatorServer:
                 frame_error: FrameError | None = None
                 if peer.uid in self.handler.allowed_uids:  # never read a stranger's bytes
                     try:
-                        body = recv_frame(conn, MAX_REQUEST_BYTES)
+                        body = recv_frame(conn, MAX_REQUEST_BYTES,
+                                          deadline=time.monotonic() + CONNECTION_TIMEOUT)
                     except FrameError as e:
                         frame_error = e
                     except (TimeoutError, OSError) as e:
                         frame_error = FrameError(Refusal.MalformedRequest,
                                                  f"reading request: {e}")
+                    conn.settimeout(CONNECTION_TIMEOUT)  # for the reply, and a stream's sends
                 reply = self.handler.handle(peer, body, frame_error)
                 if reply.status == "ok" and reply.watching is not None:
                     self._slots.release()  # a stream never holds a request's slot

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -27,6 +28,7 @@ from controllers.backup import check_argv, snapshots_argv
 from reconciler.actuator.client import ActuatorClient, ActuatorRefused, PrivilegedReadHost
 from reconciler.actuator.protocol import MAX_OBSERVE_TIMEOUT, Refusal
 from reconciler.actuator.server import ActuatorServer
+from specs.actions import StartUnit
 from specs.host import Completed
 from specs.kinds.backup import BackupJob
 from tests.unit.test_actuator_server import Env, RecordingHost
@@ -146,3 +148,85 @@ def test_one_long_read_at_a_time_and_quick_reads_still_pass(
     # the slot is free again once the first check finished
     client.observe(check_argv(JOB), timeout=JOB.check_timeout)
     assert timed.timeouts.count(5400.0) == 2
+
+
+BORG_JOB = BackupJob(
+    name="offsite", tool="borg", repository="/srv/borg/offsite",
+    password_file="/run/keys/borg", check_timeout=7200.0, command_timeout=600.0,
+)
+
+
+def near_misses() -> list[list[str]]:
+    """Backup-looking argvs that are not exactly one of the baseline's reads."""
+    check = check_argv(JOB)
+    borg_check = check_argv(BORG_JOB)
+    return [
+        [*check, "--read-data"],  # a longer, heavier check than the baseline's
+        [*check[:-1], "check "],
+        ["restic", *check[1:-1], "prune"],
+        [check[0] + "\n", *check[1:]],
+        ["/usr/bin/restic", *check[1:]],
+        ["env", *check],  # a restic read dressed as borg's env wrapper
+        ["env", "BORG_PASSCOMMAND=cat /etc/shadow", *borg_check[borg_check.index("borg"):]],
+        [*borg_check[:-1], "/srv/borg/other"],
+        ["env", "borg", "check"],
+        [*snapshots_argv(JOB), "--latest", "1000"],
+    ]
+
+
+@pytest.mark.parametrize("argv", near_misses())
+def test_a_near_miss_of_a_backup_read_gets_no_long_timeout_and_runs_nothing(
+    env: Env, server: ActuatorServer, argv: list[str]
+) -> None:
+    body = json.loads(env.baseline.read_text())
+    body["backup"]["jobs"].append(json.loads(BORG_JOB.model_dump_json()))
+    env.baseline.write_text(json.dumps(body))
+    with pytest.raises(ActuatorRefused) as info:
+        ActuatorClient(env.socket).observe(argv, timeout=JOB.check_timeout)
+    assert info.value.reason in (Refusal.ObservationNotAllowed, Refusal.InvalidParams)
+    assert host_of(env).ran == [] and host_of(env).timeouts == []
+
+
+def test_racing_long_reads_run_one_and_leave_host_changes_free(
+    env: Env, server: ActuatorServer
+) -> None:
+    """Eight repository checks sent at once: one runs, the others are Busy at once;
+    while it runs, a host change still goes through (long reads take no change lock)."""
+    timed = host_of(env)
+    timed.hold.clear()
+    client = ActuatorClient(env.socket, timeout=30)
+    go = threading.Barrier(8)
+    outcomes: list[str] = []
+    lock = threading.Lock()
+
+    def one() -> None:
+        go.wait(10)
+        try:
+            client.observe(check_argv(JOB), timeout=JOB.check_timeout)
+            what = "ran"
+        except ActuatorRefused as e:
+            what = str(e.reason)
+        with lock:
+            outcomes.append(what)
+
+    racers = [threading.Thread(target=one, daemon=True) for _ in range(8)]
+    for t in racers:
+        t.start()
+    try:
+        assert timed.holding.wait(10)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:  # the others are answered without waiting
+            with lock:
+                if len(outcomes) == 7:
+                    break
+            time.sleep(0.01)
+        started = client.execute(StartUnit(unit="sshd.service"))
+        assert started.ok, started
+        with lock:
+            assert sorted(outcomes) == ["Busy"] * 7, outcomes
+    finally:
+        timed.hold.set()
+        for t in racers:
+            t.join(10)
+    assert sorted(outcomes) == ["Busy"] * 7 + ["ran"]
+    assert timed.timeouts.count(JOB.check_timeout) == 1

@@ -103,9 +103,14 @@ class Rig:
         self.ends: list[str] = []
         self._writer: int | None = None
 
-    def open(self) -> socket.socket:
+    def open(self, *, send_timeout: float = 10.0, send_buffer: int | None = None
+             ) -> socket.socket:
+        """A client connection; `send_timeout` is the server's connection timeout, a
+        small `send_buffer` (the server's) fills after a few notices."""
         ours, theirs = socket.socketpair()
-        theirs.settimeout(10.0)
+        theirs.settimeout(send_timeout)
+        if send_buffer is not None:
+            theirs.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, send_buffer)
         ours.settimeout(DEADLINE)
 
         def run() -> None:
@@ -183,6 +188,26 @@ def test_a_client_that_talks_after_its_request_is_cut_off(rig: Rig) -> None:
     assert reaped(child)
 
 
+def test_a_client_that_stops_reading_is_cut_off_and_its_monitor_reaped(rig: Rig) -> None:
+    """Slowloris on the stream: the client reads "ready" and then nothing while the
+    ruleset keeps changing. Once the notices fill the socket, a notice that cannot be
+    sent within the connection's timeout ends the stream; nothing piles up in root."""
+    sock = rig.open(send_timeout=1.0, send_buffer=4096)
+    assert frame(sock) is not None
+    [child] = children_running(str(rig.fifo))
+    deadline = time.monotonic() + DEADLINE * 3
+    while not rig.ends and time.monotonic() < deadline:
+        try:
+            rig.change()
+        except BrokenPipeError:  # the monitor was just killed: the stream is ending
+            break
+        time.sleep(0.02)
+    assert wait_for(lambda: rig.ends == ["ClientGone"]), rig.ends
+    assert wait_for(lambda: reaped(child))
+    assert rig.streams.open_streams() == 0
+    sock.close()
+
+
 def test_a_stream_beyond_the_limit_is_refused_and_starts_nothing(rig: Rig) -> None:
     first = rig.open()
     assert frame(first) is not None
@@ -215,6 +240,24 @@ def test_stop_ends_every_stream_and_reaps_its_monitor(tmp_path: Path) -> None:
     late = rig.open()
     got = frame(late)
     assert got is not None and got["reason"] == "Busy" and "stopping" in got["message"]
+
+
+def test_stop_reaps_the_monitor_of_a_stream_stuck_in_a_send(rig: Rig) -> None:
+    """SIGTERM while the client has stopped reading: the stream's thread is stuck in a
+    send (up to the connection's timeout), and `stop` still kills and reaps its
+    monitor after its own wait, so root leaves no nft behind when it exits."""
+    sock = rig.open(send_timeout=60.0, send_buffer=4096)
+    assert frame(sock) is not None
+    [child] = children_running(str(rig.fifo))
+    until = time.monotonic() + 3.0  # notices until the server's small buffer is full
+    while time.monotonic() < until:
+        rig.change()
+        time.sleep(0.02)
+    rig.streams.stop(timeout=0.5)
+    assert rig.streams.open_streams() == 1, "the stream is still stuck in its send"
+    assert wait_for(lambda: reaped(child))
+    sock.close()  # the send fails; the stream's thread ends
+    assert wait_for(lambda: rig.streams.open_streams() == 0)
 
 
 @pytest.mark.parametrize(("argv", "says"), [

@@ -51,6 +51,10 @@ def _swap(argv: list[str], old: str, new: str) -> list[str]:
     dump_argv(EHR, "latest", "/var/lib/ehr/patients.db"),
     # a snapshot "id" that is an option
     dump_argv(EHR, "--help", "/var/lib/ehr/canary.txt"),
+    # restic (>= 0.16.4) reads "ID:subfolder" as the snapshot's subfolder, so the
+    # canary's path would name <subfolder>/<canary path>: another file than the canary
+    dump_argv(EHR, "latest:home", "/var/lib/ehr/canary.txt"),
+    dump_argv(EHR, "a" * 64 + ":srv", "/var/lib/ehr/canary.txt"),
     # no --host filter: other than the baseline's argv
     [a for a in snapshots_argv(EHR) if a not in ("--host", "clinic-a")],
     # the check of a job whose checks are off
