@@ -7,8 +7,8 @@ the database.
 Access control is the socket file's mode (0660) and its directory's owner.
 Anyone in the socket's group is still not trusted with the process's
 resources: one request per connection, its head capped at
-`MAX_REQUEST_HEAD_BYTES` (414/431 beyond), a peer silent for `read_timeout`
-seconds is dropped, and at most `max_connections` are served at once; a
+`MAX_REQUEST_HEAD_BYTES` (414/431 beyond), a peer that has not sent its whole
+request head within `read_timeout` seconds is dropped, and at most `max_connections` are served at once; a
 connection beyond that gets an immediate 503 instead of a thread.
 """
 
@@ -24,6 +24,7 @@ import socket
 import socketserver
 import stat
 import threading
+import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
@@ -93,18 +94,32 @@ class RequestHeadTooLarge(ComplianceAgentError):
         super().__init__(f"request head too large (HTTP {code})")
 
 
-def _read_head(rfile: Any, limit: int) -> bytes:
-    """Request line and headers, up to the blank line; RequestHeadTooLarge past `limit`."""
+def _read_head(conn: socket.socket, limit: int, deadline: float) -> bytes:
+    """Request line and headers, up to the blank line; RequestHeadTooLarge past
+    `limit`, TimeoutError at `deadline` (monotonic). The deadline bounds the whole
+    head, not each read: a peer dripping a byte at a time is cut off as well."""
     head = bytearray()
-    first = True
-    while True:
-        line = rfile.readline(limit + 1 - len(head))
-        head += line
-        if len(head) > limit or (line and not line.endswith(b"\n")):
-            raise RequestHeadTooLarge(414 if first else 431)
-        if not line or line in (b"\r\n", b"\n"):
-            return bytes(head)
-        first = False
+    while (end := _head_end(head)) is None:
+        if len(head) > limit:
+            first_line = head.find(b"\n")
+            raise RequestHeadTooLarge(414 if first_line == -1 or first_line > limit else 431)
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError("request head not complete by the deadline")
+        conn.settimeout(remaining)
+        chunk = conn.recv(min(4096, limit + 1 - len(head)))
+        if not chunk:
+            return bytes(head)  # the peer closed: the parser answers what there is
+        head += chunk
+    return bytes(head[:end])
+
+
+def _head_end(head: bytearray) -> int | None:
+    """Where the head ends (after its blank line), or None while incomplete."""
+    if head.startswith((b"\r\n", b"\n")):
+        return 2 if head.startswith(b"\r\n") else 1
+    ends = [i + len(t) for t in (b"\r\n\r\n", b"\n\n") if (i := head.find(t)) != -1]
+    return min(ends) if ends else None
 
 
 class StatusServer:
@@ -183,7 +198,8 @@ def _make_handler(
         def handle_one_request(self) -> None:
             self.close_connection = True  # one request per connection
             try:
-                head = _read_head(self.rfile, MAX_REQUEST_HEAD_BYTES)
+                head = _read_head(self.connection, MAX_REQUEST_HEAD_BYTES,
+                                  time.monotonic() + read_timeout)
             except TimeoutError:
                 return  # silent peer: drop it
             except RequestHeadTooLarge as e:
@@ -192,6 +208,7 @@ def _make_handler(
                 return
             if not head:
                 return
+            self.connection.settimeout(read_timeout)  # for the reply, not what was left
             self.rfile = io.BytesIO(head)  # the stdlib parser reads the capped copy
             super().handle_one_request()
             self.close_connection = True

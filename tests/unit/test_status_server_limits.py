@@ -78,3 +78,44 @@ def test_oversized_headers_are_refused(server: StatusServer) -> None:
         conn.sendall(b"GET /healthz HTTP/1.0\r\n" + b"X-Pad: " + b"b" * 9000 + b"\r\n" * 2)
         head = conn.recv(64)
     assert int(head.split(b" ", 2)[1]) == 431
+
+
+def test_a_drip_feeding_peer_is_dropped_at_the_whole_request_deadline(tmp_path: Path) -> None:
+    """The read timeout bounds the whole request head, not each read: peers that send
+    a byte every half timeout must not hold every slot for as long as they like."""
+    s = StatusServer(tmp_path / "status.sock", lambda: b"", lambda: {"ok": True},
+                     read_timeout=1.0, max_connections=2)
+    s.start()
+    stop = threading.Event()
+    dropped: list[bool] = []
+
+    def drip() -> None:
+        conn = _connect(s.path)
+        try:
+            for _ in range(40):  # 20 s of drip, far past the 1 s deadline
+                if stop.is_set():
+                    return
+                conn.sendall(b"G")
+                if stop.wait(0.5):
+                    return
+        except OSError:
+            dropped.append(True)  # the server cut us off
+        finally:
+            conn.close()
+
+    drippers = [threading.Thread(target=drip, daemon=True) for _ in range(2)]
+    for t in drippers:
+        t.start()
+    try:
+        deadline = time.monotonic() + 10.0
+        served = False
+        while time.monotonic() < deadline and not served:
+            code, _ = unix_get(s.path, "/healthz", timeout=5)
+            served = code == 200
+            time.sleep(0.2)
+        assert served, "drip-feeding peers kept every slot past the request deadline"
+    finally:
+        stop.set()
+        for t in drippers:
+            t.join(10)
+        s.stop()
