@@ -132,9 +132,11 @@ class RequestHandler:
         self.allowed_uids = allowed_uids
         self.rebuilds = rebuilds  # the journaled rebuild transactions `actuator` runs
         self.change_lock = threading.Lock()
-        # Reads longer than the short cap (backup checks) run one at a time, so a
-        # compromised agent cannot hold every connection slot with them.
-        self.long_reads = threading.BoundedSemaphore(1)
+        # Reads longer than the short cap (backup reads) run one at a time per lane,
+        # so a compromised agent cannot hold every connection slot with them; a
+        # repository check (up to its job's hour) has its own lane, so the snapshot
+        # listing of an agent restarted meanwhile is not Busy until it ends.
+        self.long_reads = {lane: threading.BoundedSemaphore(1) for lane in ("check", "read")}
 
     def resume(self) -> None:
         """Finish a rebuild transaction an earlier actuator process left open (a
@@ -231,18 +233,22 @@ class RequestHandler:
         timeout = self.policy.observe_timeout(request.observe, request.timeout, baseline)
         if isinstance(timeout, PolicyDecision):
             return refused(timeout)
-        long_read = timeout > MAX_OBSERVE_TIMEOUT
-        if long_read and not self.long_reads.acquire(blocking=False):
-            return refused(PolicyDecision(
-                Refusal.Busy, "another long read (a backup repository check) is running; "
-                "retry when it has finished"))
+        lane = None
+        if timeout > MAX_OBSERVE_TIMEOUT:
+            # admitted above as exactly one of the baseline's backup reads
+            lane = self.long_reads["check" if "check" in argv else "read"]
+            if not lane.acquire(blocking=False):
+                return refused(PolicyDecision(
+                    Refusal.Busy, "another long backup read of this kind (a repository "
+                    "check, or a listing or restore test) is running; retry when it has "
+                    "finished"))
         try:
             done = self.observer.run(argv, timeout=timeout)
         except HostError as e:  # timeout or missing tool: the agent sees it as a host error
             return ActuatorReply(status="error", reason=Refusal.InternalError, message=str(e))
         finally:
-            if long_read:
-                self.long_reads.release()
+            if lane is not None:
+                lane.release()
         # Report the argv the agent asked for, so its parsers and evidence stay unchanged.
         shown = done.model_copy(update={"argv": request.observe})
         return ActuatorReply(status="ok", completed=shown)

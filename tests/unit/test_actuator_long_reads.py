@@ -230,3 +230,28 @@ def test_racing_long_reads_run_one_and_leave_host_changes_free(
             t.join(10)
     assert sorted(outcomes) == ["Busy"] * 7 + ["ran"]
     assert timed.timeouts.count(JOB.check_timeout) == 1
+
+
+def test_a_snapshot_listing_is_not_blocked_by_a_running_repository_check(
+    env: Env, server: ActuatorServer
+) -> None:
+    """A check takes up to its job's hour; the listing (its job's command_timeout, over
+    30 s here, so also a long read) has its own lane: an agent restarted during a
+    check still sees its snapshots, while a second check stays Busy."""
+    timed = host_of(env)
+    timed.hold.clear()
+    client = ActuatorClient(env.socket)
+    first = threading.Thread(
+        target=lambda: client.observe(check_argv(JOB), timeout=JOB.check_timeout), daemon=True
+    )
+    first.start()
+    try:
+        assert timed.holding.wait(10)
+        listing = client.observe(snapshots_argv(JOB), timeout=JOB.command_timeout)
+        assert listing.exit_code == 0
+        with pytest.raises(ActuatorRefused) as info:
+            client.observe(check_argv(JOB), timeout=JOB.check_timeout)
+        assert info.value.reason is Refusal.Busy
+    finally:
+        timed.hold.set()
+        first.join(10)
