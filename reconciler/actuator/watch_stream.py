@@ -124,15 +124,20 @@ class WatchStreams:
     def serve(self, conn: socket.socket) -> str:
         """Run one stream on `conn` (an admitted watch request) until it ends; the
         end's reason, for the actuator's log."""
-        if self._stopping.is_set():
+        # The stop check and the count under one lock: a stream admitted just as
+        # `stop` runs is counted before `stop` waits, so its monitor is reaped too.
+        with self._lock:
+            stopping = self._stopping.is_set()
+            admitted = not stopping and self._slots.acquire(blocking=False)
+            if admitted:
+                self._open += 1
+        if stopping:
             _send(conn, refused(PolicyDecision(Refusal.Busy, "the actuator is stopping")))
             return "Stopping"
-        if not self._slots.acquire(blocking=False):
+        if not admitted:
             _send(conn, refused(PolicyDecision(
                 Refusal.Busy, f"{self._limit} watch stream(s) already open; retry later")))
             return "Busy"
-        with self._lock:
-            self._open += 1
         try:
             return self._run(conn)
         finally:
@@ -144,7 +149,8 @@ class WatchStreams:
     def stop(self, timeout: float = STOP_TIMEOUT) -> None:
         """End every stream (`ended: ActuatorStopping`) and wait for their monitors to
         be reaped; refuse new ones."""
-        self._stopping.set()
+        with self._lock:
+            self._stopping.set()
         with contextlib.suppress(OSError):
             os.write(self._wake_w, b"x")
         with self._lock:

@@ -386,3 +386,35 @@ def test_an_actuator_without_watch_streams_makes_the_watch_unavailable_at_the_ca
     finally:
         watch.stop()
         listener.close()
+
+
+def test_a_stream_admitted_as_stop_runs_is_waited_for(rig: Rig) -> None:
+    """SIGTERM's `stop` racing a stream being admitted: `stop` must not return (and
+    the actuator exit) before that stream is counted, or its monitor (a new
+    session) would outlive the actuator. The race is forced: `stop` starts from
+    inside the admission, where the old code checked "stopping" before it and
+    counted the stream after it."""
+    real = rig.streams._slots
+    stop_returned_early: list[bool] = []
+
+    class RacingSlots:
+        def acquire(self, blocking: bool = True) -> bool:
+            stopper = threading.Thread(target=rig.streams.stop, daemon=True)
+            stopper.start()
+            stopper.join(0.5)  # time enough for a stop that does not wait for us
+            stop_returned_early.append(not stopper.is_alive())
+            return real.acquire(blocking)
+
+        def release(self) -> None:
+            real.release()
+
+    rig.streams._slots = RacingSlots()  # type: ignore[assignment]
+    client = rig.open()
+    try:
+        assert wait_for(lambda: bool(stop_returned_early))
+        assert stop_returned_early == [False], "stop returned before the stream was counted"
+        assert wait_for(lambda: rig.ends != [])
+        assert rig.streams.open_streams() == 0
+        assert _children(str(rig.fifo)) == []
+    finally:
+        client.close()
