@@ -8,8 +8,9 @@ Access control is the socket file's mode (0660) and its directory's owner.
 Anyone in the socket's group is still not trusted with the process's
 resources: one request per connection, its head capped at
 `MAX_REQUEST_HEAD_BYTES` (414/431 beyond), a peer that has not sent its whole
-request head within `read_timeout` seconds is dropped, and at most `max_connections` are served at once; a
-connection beyond that gets an immediate 503 instead of a thread.
+request head within `read_timeout` seconds is dropped, and at most
+`max_connections` are served at once; a connection beyond that gets an
+immediate 503 instead of a thread.
 """
 
 from __future__ import annotations
