@@ -71,12 +71,6 @@ python3Packages.buildPythonApplication {
     "tests/unit/test_threat_model_doc.py"
   ];
 
-  # A real daemon with inotify and threads, timed against a deadline: it has missed its
-  # deadline in loaded build sandboxes (the full suite in CI runs it every time).
-  pytestFlags = [
-    "--deselect=tests/unit/test_watches.py::test_daemon_reconciles_a_changed_file_long_before_the_next_pass"
-  ];
-
   # Shell completion and the man page, generated from the CLI's own parser.
   nativeBuildInputs = [ installShellFiles ];
   postInstall = ''

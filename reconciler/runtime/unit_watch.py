@@ -12,6 +12,14 @@ units the specs name are picked out here, and their kinds are hinted:
 * `UnitFilesChanged` (enable/disable) and the end of `Reloading`: the
   enablement of any unit may have changed, so every kind with units.
 
+A spec may name a unit by an alias (`sshd.service` for `ssh.service`, an
+`Alias=` link): systemd sends every signal under the unit's own name and object
+path, never the alias's. So each name is resolved through the manager
+(`GetUnit`, else `LoadUnit`: the real unit's object path) on this watch's
+thread, the first time a signal is looked at with that name among the
+targets; the resolutions are dropped when the unit files change or systemd
+reloads (an alias may have been added or removed), and made again lazily.
+
 jeepney was chosen over dbus-fast and sdbus: pure Python with no dependency,
 ~33 ms and ~3 MiB to import against ~75 ms/15 MiB (dbus-fast) and ~53 ms/12 MiB
 (sdbus, a binding of libsystemd's sd-bus); docs/watches.md has the numbers.
@@ -23,8 +31,10 @@ lost session: down, retried with backoff, everything hinted once on recovery.
 from __future__ import annotations
 
 import contextlib
+import logging
 import socket
 import threading
+from collections import deque
 from collections.abc import Mapping
 from typing import Any
 
@@ -38,6 +48,11 @@ UNIT_IFACE = "org.freedesktop.systemd1.Unit"
 UNIT_PATH_PREFIX = "/org/freedesktop/systemd1/unit/"
 WATCHED_PROPERTIES = frozenset({"ActiveState", "SubState", "LoadState", "UnitFileState"})
 CALL_TIMEOUT = 5.0
+# Signals that arrive while a call waits for its reply are kept for after it; more
+# than this (a storm during one call) is falling behind: every covered kind once.
+BACKLOG_LIMIT = 10_000
+
+log = logging.getLogger("compliance_agent.watch")
 
 
 class BusCallFailed(WatchLost):
@@ -62,6 +77,9 @@ class UnitWatch(SupervisedWatch):
         self._address = address
         self._conn_lock = threading.Lock()
         self._sock: socket.socket | None = None
+        # session thread only: unit name as the specs say it -> object paths of its signals
+        self._resolved: dict[str, frozenset[str]] = {}
+        self._backlog: deque[Any] = deque()  # signals received while a call waited
 
     def covers(self, targets: WatchTargets) -> bool:
         return bool(targets.units)
@@ -96,6 +114,11 @@ class UnitWatch(SupervisedWatch):
         conn = open_dbus_connection(bus=self._address)
         with self._conn_lock:
             self._sock = conn.sock
+        self._resolved = {}
+        self._backlog = deque()
+        # jeepney drops what arrives while a call waits for its reply, unless a filter
+        # keeps it: signals then are the changes this watch is for.
+        keep = conn.filter(MatchRule(type="signal"), queue=self._backlog)
         try:
             for rule in (
                 MatchRule(type="signal", sender=SYSTEMD, interface=MANAGER_IFACE,
@@ -111,14 +134,18 @@ class UnitWatch(SupervisedWatch):
                                                 timeout=CALL_TIMEOUT), MessageType)
             self.live(f"subscribed to systemd on {self._address}")
             while not self.stopping():
-                msg = conn.receive()
+                if len(self._backlog) > BACKLOG_LIMIT:
+                    self._backlog.clear()
+                    self.fell_behind(f"more than {BACKLOG_LIMIT} signals during one call")
+                msg = self._backlog.popleft() if self._backlog else conn.receive()
                 if msg.header.message_type is MessageType.signal:
-                    self._on_signal(msg)
+                    self._on_signal(conn, msg)
         except (ConnectionError, OSError) as e:
             if self.stopping():
                 return
             raise WatchLost(f"bus connection lost: {e}") from None
         finally:
+            keep.close()
             with self._conn_lock:
                 self._sock = None
             conn.close()
@@ -128,7 +155,7 @@ class UnitWatch(SupervisedWatch):
         if reply.header.message_type is message_type.error:
             raise BusCallFailed(f"{reply.body!r}"[:200])
 
-    def _on_signal(self, msg: Any) -> None:
+    def _on_signal(self, conn: Any, msg: Any) -> None:
         from jeepney import HeaderFields
 
         fields = msg.header.fields
@@ -137,20 +164,49 @@ class UnitWatch(SupervisedWatch):
         body = msg.body
         keys: set[str] = set()
         targets = self.targets()
-        if member == "PropertiesChanged":
-            iface, changed = body[0], body[1]
-            if iface == UNIT_IFACE and WATCHED_PROPERTIES & set(changed):
-                keys = {k for k, t in targets.items()
-                        if any(unit_object_path(u) == path for u in t.units)}
-        elif member == "JobRemoved":
-            keys = _keys_naming(targets, str(body[2]))
-        elif member in ("UnitNew", "UnitRemoved"):
-            keys = _keys_naming(targets, str(body[0]))
-        elif member == "UnitFilesChanged" or (member == "Reloading" and not body[0]):
+        if member == "UnitFilesChanged" or (member == "Reloading" and not body[0]):
+            self._resolved = {}  # an alias may have come or gone: resolve again when needed
             keys = {k for k, t in targets.items() if t.units}
+        else:
+            # The unit a signal is about, by its object path: systemd names the unit by
+            # its own id in every signal, and its path is that id escaped.
+            about = None
+            if member == "PropertiesChanged":
+                iface, changed = body[0], body[1]
+                if iface == UNIT_IFACE and WATCHED_PROPERTIES & set(changed):
+                    about = path
+            elif member == "JobRemoved":
+                about = unit_object_path(str(body[2]))
+            elif member in ("UnitNew", "UnitRemoved"):
+                about = str(body[1])
+            if about is not None:
+                self._resolve_new(conn, {u for t in targets.values() for u in t.units})
+                keys = {k for k, t in targets.items()
+                        if any(about in self._resolved[u] for u in t.units)}
         for key in sorted(keys):
             self.hint(key)
 
+    def _resolve_new(self, conn: Any, units: set[str]) -> None:
+        """Object paths of the names not resolved yet (the name's own path, and the
+        real unit's when the name is an alias)."""
+        for unit in sorted(units - self._resolved.keys()):
+            paths = {unit_object_path(unit)}
+            real = self._real_path(conn, unit)
+            if real is not None:
+                paths.add(real)
+            self._resolved[unit] = frozenset(paths)
 
-def _keys_naming(targets: dict[str, WatchTargets], unit: str) -> set[str]:
-    return {k for k, t in targets.items() if unit in t.units}
+    def _real_path(self, conn: Any, unit: str) -> str | None:
+        from jeepney import DBusAddress, MessageType, new_method_call
+
+        manager = DBusAddress(MANAGER_PATH, bus_name=SYSTEMD, interface=MANAGER_IFACE)
+        # GetUnit answers for a loaded unit (an enabled alias is one of its names);
+        # LoadUnit reads the unit files, following an alias link, for one not loaded.
+        for method in ("GetUnit", "LoadUnit"):
+            reply = conn.send_and_get_reply(new_method_call(manager, method, "s", (unit,)),
+                                            timeout=CALL_TIMEOUT)
+            if reply.header.message_type is MessageType.method_return:
+                return str(reply.body[0])
+        log.debug("unit not resolved", extra={"detail": f"{self._name}: {unit}: "
+                                                        f"{reply.body!r}"[:300]})
+        return None

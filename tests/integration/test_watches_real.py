@@ -32,6 +32,9 @@ ExecStart=/bin/sleep infinity
 [Install]
 WantedBy=multi-user.target
 """
+# Named by specs as clinic-app.service: `systemctl enable` links the alias, and
+# systemd then sends every signal of the unit under its own name and object path.
+ALIASED_UNIT = WEB_UNIT + "Alias=clinic-app.service\n"
 DEADLINE = 20.0
 POLL = 3600  # the next pass is an hour away: only a watch can explain a quick repair
 
@@ -107,6 +110,62 @@ def test_a_killed_unit_is_restarted_on_the_bus_signal_and_the_watch_survives_a_c
         assert wait_for(lambda: active_state(box, "clinic-web.service") != "active")
         assert wait_for(lambda: active_state(box, "clinic-web.service") == "active")
         assert daemon.passes_completed == 2, "the recovered watch restarted it"
+    finally:
+        daemon.stop()
+        runner.join(10)
+
+
+def test_a_unit_the_spec_names_by_its_alias_is_restarted_on_the_real_units_signal(
+    systemd_container: SystemdContainer, tmp_path: Path
+) -> None:
+    box = systemd_container
+    box.install_unit("clinic-web.service", ALIASED_UNIT)
+    box.check(["systemctl", "enable", "--now", "clinic-web.service"])
+    assert active_state(box, "clinic-app.service") == "active"  # the alias is in place
+    (tmp_path / "baseline.json").write_text(json.dumps({
+        "version": 1, "policy_version": "1.0",
+        "services": {"units": [{"name": "clinic-app.service"}], "restart_backoff_base": 0.1,
+                     "restart_backoff_cap": 0.2},
+    }))
+    agent = new_agent(make_config(tmp_path), host=box, actuator=LocalActuator(box))
+    watches: list[UnitWatch] = []
+
+    def unit_watch(emit: Emit) -> UnitWatch:
+        watches.append(UnitWatch(emit, address=bus_address(box)))
+        return watches[-1]
+
+    daemon = Daemon(agent, DaemonPolicy(poll_interval=POLL, workers=2),
+                    notifier=Notifier(environ={}), watches=[unit_watch])
+    runner = threading.Thread(target=daemon.run, name="daemon-under-test", daemon=True)
+    runner.start()
+    try:
+        assert wait_for(lambda: daemon.passes_completed == 1)
+        watch = watches[0]
+        assert wait_for(lambda: watch.health().up), watch.health()
+        assert wait_for(lambda: not daemon.hints.pending() and daemon.queue.depth() == 0
+                        and not daemon.queue.processing())
+        events = watch.health().events
+
+        box.check(["systemctl", "kill", "-s", "KILL", "clinic-web.service"])
+        assert wait_for(lambda: active_state(box, "clinic-web.service") == "failed"
+                        or watch.health().events > events)
+        assert wait_for(lambda: watch.health().events > events), \
+            "no hint for the unit the spec names by its alias"
+        assert wait_for(lambda: active_state(box, "clinic-web.service") == "active"), \
+            "the killed unit was not restarted"
+        assert daemon.passes_completed == 1, "restarted on the bus signal, not by a pass"
+
+        # a reload drops the resolutions (an alias may have changed); they are made again
+        before_reload = watch.health().events
+        box.check(["systemctl", "daemon-reload"])
+        assert wait_for(lambda: watch.health().events > before_reload)  # the reload's hint
+        assert wait_for(lambda: not daemon.hints.pending() and daemon.queue.depth() == 0
+                        and not daemon.queue.processing())
+        box.check(["systemctl", "kill", "-s", "KILL", "clinic-web.service"])
+        assert wait_for(lambda: active_state(box, "clinic-web.service") != "active")
+        assert wait_for(lambda: active_state(box, "clinic-web.service") == "active"), \
+            "not restarted after a reload"
+        assert daemon.passes_completed == 1
     finally:
         daemon.stop()
         runner.join(10)

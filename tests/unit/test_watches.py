@@ -364,7 +364,7 @@ def test_daemon_reconciles_a_changed_file_long_before_the_next_pass(tmp_path: Pa
         assert wait_for(lambda: daemon.passes_completed == 1)
         assert wait_for(lambda: all(h.up for h in daemon.watch_hub.health()))
         assert wait_for(lambda: ctrl.observe_calls >= 1 and not daemon.hints.pending()
-                        and not daemon.queue.processing())
+                        and daemon.queue.depth() == 0 and not daemon.queue.processing())
         calls = ctrl.observe_calls
         world["state"] = "failed"  # drift the next pass (in an hour) would find
         ruleset.write_text("changed\n")
