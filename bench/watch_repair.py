@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from specs.errors import ComplianceAgentError
+from tests.harness.wait import wait_for as wait_until
 
 if TYPE_CHECKING:
     from reconciler.runtime.daemon import Daemon
@@ -62,12 +63,7 @@ class TrialFailed(ComplianceAgentError):
 
 
 def wait_for(cond: Callable[[], bool], timeout: float = 20.0) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if cond():
-            return True
-        time.sleep(0.005)
-    return cond()
+    return wait_until(cond, timeout, interval=0.005)  # finer: trials wait on short events
 
 
 def settled(daemon: Daemon) -> bool:

@@ -9,24 +9,15 @@ import json
 import os
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from tests.harness.netns import NetNamespace
 from tests.harness.unprivileged import NOBODY
+from tests.harness.wait import wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 
-
-def wait_for(cond: Callable[[], bool], timeout: float = 20.0) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if cond():
-            return True
-        time.sleep(0.02)
-    return cond()
 
 
 class ActuatorProcess:

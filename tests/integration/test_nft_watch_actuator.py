@@ -17,7 +17,7 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,7 @@ from tests.harness.actuator_process import ActuatorProcess, write_config
 from tests.harness.netns import NetNamespace
 from tests.harness.require import require_root, require_tool
 from tests.harness.unprivileged import run_as
+from tests.harness.wait import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -46,13 +47,6 @@ DEADLINE = 20.0
 OLD_ACTUATOR_COMMIT = "fc9bf4d"
 
 
-def wait_for(cond: Callable[[], bool], timeout: float = DEADLINE) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if cond():
-            return True
-        time.sleep(0.02)
-    return cond()
 
 
 @pytest.fixture

@@ -12,7 +12,6 @@ import shutil
 import signal
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -25,6 +24,7 @@ from reconciler.service import new_agent
 from specs.watch import WatchTargets
 from tests.harness.netns import NetNamespace
 from tests.harness.require import require_tool
+from tests.harness.wait import wait_for
 from tests.unit.conftest import make_config
 
 FIX = Path(__file__).resolve().parents[1] / "fixtures" / "nft"
@@ -33,13 +33,6 @@ pytestmark = pytest.mark.integration
 DEADLINE = 20.0
 
 
-def wait_for(cond: Callable[[], bool], timeout: float = DEADLINE) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if cond():
-            return True
-        time.sleep(0.02)
-    return cond()
 
 
 def test_ruleset_changes_hint_the_nftables_kinds_and_a_killed_monitor_recovers(

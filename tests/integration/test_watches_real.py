@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -19,6 +18,7 @@ from reconciler.runtime.unit_watch import UnitWatch
 from reconciler.runtime.watch import Emit
 from reconciler.service import new_agent
 from tests.harness.sdbox import SystemdContainer
+from tests.harness.wait import wait_for
 from tests.unit.conftest import make_config
 
 pytestmark = pytest.mark.integration
@@ -39,13 +39,6 @@ DEADLINE = 20.0
 POLL = 3600  # the next pass is an hour away: only a watch can explain a quick repair
 
 
-def wait_for(cond: Callable[[], bool], timeout: float = DEADLINE) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if cond():
-            return True
-        time.sleep(0.02)
-    return cond()
 
 
 def bus_address(box: SystemdContainer) -> str:

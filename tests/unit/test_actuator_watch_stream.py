@@ -35,6 +35,7 @@ from reconciler.actuator.server import ActuatorServer, bind_path_socket
 from reconciler.actuator.watch_stream import WatchStreams, monitor_subscribed
 from reconciler.runtime.actuator_nft_watch import ActuatorNftWatch
 from specs.watch import WatchTargets
+from tests.harness.wait import wait_for as wait_until
 from tests.unit.test_actuator_server import Env
 
 DEADLINE = 10.0
@@ -46,13 +47,9 @@ ECHO_FIFO = ("import sys\n"
              "        sys.stdout.write(line); sys.stdout.flush()\n")
 
 
+
 def wait_for(cond: Callable[[], bool], timeout: float = DEADLINE) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if cond():
-            return True
-        time.sleep(0.01)
-    return cond()
+    return wait_until(cond, timeout)
 
 
 def children_running(marker: str, count: int = 1) -> list[int]:

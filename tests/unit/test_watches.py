@@ -28,19 +28,16 @@ from reconciler.service import new_agent
 from specs.backoff import Backoff
 from specs.resource import ResourceSpec
 from specs.watch import EVERY_KIND, WatchTargets
+from tests.harness.wait import wait_for as wait_until
 from tests.unit.conftest import make_config, write_baseline
 from tests.unit.test_runtime import NoHost, RecordingActuator, ScriptedController
 
 DEADLINE = 10.0
 
 
+
 def wait_for(cond: Callable[[], bool], timeout: float = DEADLINE) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if cond():
-            return True
-        time.sleep(0.01)
-    return cond()
+    return wait_until(cond, timeout)
 
 
 class FakeClock:
