@@ -21,8 +21,8 @@ it reported (the listener's `ReconcileResult`).
   unit, health check) inside an open maintenance window.
 
 The firewall's and patching's repairs are attempts of an action with a long
-per-action backoff (10 s doubling to 15 min; 1 h doubling to a day), which no
-spec field shortens. So their trials each run a fresh daemon on a fresh state
+per-action backoff (by default 10 s doubling to 15 min; 1 h doubling to a day),
+kept at its defaults here. So their trials each run a fresh daemon on a fresh state
 directory with the host at its baseline: each measures the first repair of a
 drift. A second flush right after a repair is measured on its own ("again"):
 held by that backoff, repaired when it ends (bench/watch_repair.py).

@@ -83,6 +83,10 @@ class FirewallController(ControllerBase[FirewallSpec, FirewallObserved]):
                              tuple[str, dict[str, Any]]] = {}
         self._rejected: dict[tuple[str, tuple[str, ...], tuple[str, ...]], str] = {}
 
+    def backoff(self, spec: FirewallSpec) -> tuple[float, float]:
+        """Per-action re-apply backoff (base, cap) in seconds, applied by the runtime."""
+        return (spec.reapply_backoff_base, max(spec.reapply_backoff_cap, spec.reapply_backoff_base))
+
     def targets(self, spec: FirewallSpec) -> WatchTargets:
         return WatchTargets.of(paths=[spec.ruleset_path], nftables=True)
 

@@ -31,6 +31,15 @@ class FirewallSpec(ResourceSpec):
         description="Sets whose elements another controller maintains, as 'family table set' "
         "(e.g. 'inet filter allowed_v4'): the set is compared, its elements are not.",
     )
+    reapply_backoff_base: float = Field(
+        10.0, gt=0, description="Seconds before a ruleset re-applied once may be re-applied "
+        "again (the wait doubles with each attempt in a row)."
+    )
+    reapply_backoff_cap: float = Field(
+        900.0, gt=0, description="Upper bound of that wait, in seconds: the longest a firewall "
+        "flushed over and over stays down between re-applications. The attempts are forgotten "
+        "after this long without one."
+    )
 
     @field_validator("unmanaged_tables")
     @classmethod
