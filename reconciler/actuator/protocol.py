@@ -57,6 +57,9 @@ from specs.host import Completed
 
 HEADER = struct.Struct(">I")
 MAX_REQUEST_BYTES = 2 * 1024 * 1024  # a signed baseline envelope (payload <= 1 MiB, base64)
+# No real request has more than a few dozen objects and arrays (a signed baseline
+# travels as one string); a frame of millions would be parsed into root's memory.
+MAX_JSON_CONTAINERS = 4096
 MAX_REPLY_BYTES = 8 * 1024 * 1024  # records carry capped output tails only
 MAX_OBSERVE_TIMEOUT = 30.0  # seconds; reads are quick, and a slow one must not hold root long
 # ...except a backup read, which may take the time its job in the verified baseline
@@ -235,6 +238,14 @@ def refused(decision: PolicyDecision) -> ActuatorReply:
 
 def parse_request(body: bytes) -> Request | PolicyDecision:
     """The typed request, or why not: unknown action types are told apart from bad params."""
+    containers = body.count(b"{") + body.count(b"[")
+    if containers > MAX_JSON_CONTAINERS:
+        # Counted on the raw bytes (brackets inside strings too), before parsing: a
+        # frame of `{},{},...` would cost root ~25 bytes of memory per byte sent.
+        return PolicyDecision(
+            Refusal.MalformedRequest,
+            f"request has {containers} JSON containers; at most {MAX_JSON_CONTAINERS}",
+        )
     try:
         data = json.loads(body)
     except (ValueError, RecursionError) as e:
