@@ -28,8 +28,10 @@ drift. A second flush right after a repair is measured on its own ("again"):
 held by that backoff, repaired when it ends (bench/watch_repair.py).
 
 * nft through the root actuator (the NixOS deployment): the actuator process in
-  the namespace runs the monitor and streams notices to ActuatorNftWatch; watch
-  and debouncer only, until the kind is queued ("queued").
+  the namespace runs the monitor and streams notices to ActuatorNftWatch, and
+  serves the daemon's nft reads (PrivilegedReadHost) and its apply
+  (ActuatorClient); the same fresh-daemon trials as direct mode ("(actuator)"),
+  and the watch and debouncer alone, until the kind is queued ("queued").
 
 * idle: the daemon with the same baseline for IDLE_SECONDS, watches off, then on;
   CPU seconds (scaled to an hour) and RSS growth of this process.
@@ -51,7 +53,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from bench.watch_repair import nft_trials, patching_trials, wait_for
+from bench.watch_repair import actuator_nft_trials, nft_trials, patching_trials, wait_for
 
 TRIALS = 20
 AGAIN_TRIALS = 3  # a second flush right after a repair: each waits out a 10 s backoff
@@ -89,8 +91,8 @@ def actuator_queued(work: Path) -> dict[str, list[float]]:
     """nft notices through the root actuator (the NixOS deployment): its own nft
     monitor in a throwaway netns, notices over its socket to ActuatorNftWatch;
     watch and debouncer only, the time from the change until the kind is handed
-    to the workqueue (detection and repair through the daemon: watch_repair, for
-    the direct mode)."""
+    to the workqueue (detection and repair through the daemon and this actuator:
+    watch_repair.actuator_nft_trials)."""
     from reconciler.actuator.client import ActuatorClient
     from reconciler.runtime.actuator_nft_watch import ActuatorNftWatch
     from reconciler.runtime.debounce import Debouncer
@@ -281,6 +283,7 @@ def main(argv: list[str] | None = None) -> int:
         run(work / "drift", True, trials)
         patching = patching_trials(box, work, TRIALS)
     nft = nft_trials(work, TRIALS, AGAIN_TRIALS)
+    behind_actuator = actuator_nft_trials(work, TRIALS)
     streamed = actuator_queued(work)
 
     print(line("unit killed: detection", detect_unit))
@@ -288,13 +291,16 @@ def main(argv: list[str] | None = None) -> int:
     print(line("unit disabled: detection", detect_disable))
     print(line("unit disabled: repaired (enabled)", repair_disable))
     print(line("file changed: detection", detect_file))
-    for name, values in [*nft.items(), *patching.items(), *streamed.items()]:
+    for name, values in [*nft.items(), *behind_actuator.items(), *patching.items(),
+                         *streamed.items()]:
         print(line(name, values))
     print_idle(idle, idle_seconds)
     print("(poll interval 3600 s; without watches detection waits for the next pass: "
           "up to pollInterval, 60 s by default)")
-    measured = [detect_unit, detect_file, *nft.values(), *patching.values()]
-    return 0 if all(measured) and len(nft) == 6 and len(patching) == 2 else 1
+    measured = [detect_unit, detect_file, *nft.values(), *behind_actuator.values(),
+                *patching.values()]
+    complete = len(nft) == 6 and len(behind_actuator) == 4 and len(patching) == 2
+    return 0 if all(measured) and complete else 1
 
 
 if __name__ == "__main__":

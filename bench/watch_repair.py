@@ -4,6 +4,9 @@ whose repair backs off for a long time (part of bench_watches).
 * nft: the real firewall controller and actuator on real nft in a throwaway
   network namespace, hinted by the direct-mode watch (`nft -j monitor ruleset`
   in that namespace), as an agent that changes the host itself runs it.
+* nft through the root actuator (the NixOS deployment): the same, with a real
+  actuator process in the namespace that runs the monitor and streams its
+  notices, and serves the daemon's nft reads and its apply over the socket.
 * /run/current-system: a systemd 252 container laid out like NixOS
   (tests/integration/nixos_standin: generations, profile, `nix-env`,
   `switch-to-configuration`), the real patching controller and the real
@@ -18,9 +21,10 @@ of the same kind soon after is held by the per-action backoff (firewall: 10 s,
 doubling to 15 min, forgotten after 15 min without another attempt; patching:
 1 h, doubling to a day), which is crash-loop and fight protection, not
 latency. 20 repairs in one daemon would measure mostly that backoff; the bench
-keeps the default bounds (the firewall spec's `reapply_backoff_*` could lower them). What a second drift right after a repair
-costs is measured on its own (`flushed again`): it is repaired when the
-backoff ends, without waiting for the next pass.
+keeps the default bounds (the firewall spec's `reapply_backoff_*` could lower
+them). What a second drift right after a repair costs is measured on its own
+(`flushed again`, direct mode): it is repaired when the backoff ends, without
+waiting for the next pass.
 """
 
 from __future__ import annotations
@@ -188,6 +192,95 @@ def nft_trials(work: Path, trials: int, again: int) -> dict[str, list[float]]:
         for i in range(trials):
             _counted(trial, "ruleset flushed", i, flushed, i < again)
     return out
+
+
+def actuator_nft_trials(work: Path, trials: int) -> dict[str, list[float]]:
+    """The NixOS deployment: the same trials as `nft_trials`, with the daemon's host
+    changes, its nft reads and its nftables watch all going through a real root
+    actuator process in the namespace (as `reconciler.service` wires an agent whose
+    config sets `actuatorSocket`). One actuator serves every trial, as the long-lived
+    service does; each trial is a fresh daemon, and starts once the previous one's
+    watch stream has ended (the actuator serves one stream at a time)."""
+    from reconciler.actuator.client import ActuatorClient, PrivilegedReadHost
+    from reconciler.actuator.host import LocalHost
+    from reconciler.runtime.actuator_nft_watch import ActuatorNftWatch
+    from reconciler.runtime.inotify import InotifyWatch
+    from specs.watch import EVERY_KIND
+    from tests.harness.actuator_process import ActuatorProcess, write_config
+    from tests.harness.netns import NetNamespace
+
+    out: dict[str, list[float]] = {}
+    root = work / "actuator-nft"
+    root.mkdir()
+    ruleset = root / "ruleset.nft"
+    shutil.copy(RULESET, ruleset)
+    firewall = {"firewall": {"ruleset_path": str(ruleset),
+                             "ruleset_sha256": hashlib.sha256(ruleset.read_bytes()).hexdigest()}}
+    # the actuator admits an apply only of the file and hash its own baseline names
+    config = write_config(root, firewall, allowDisruptiveOutsideWindow=True)
+
+    with NetNamespace("bench-nft") as ns:
+        actuator = ActuatorProcess(ns, root, config)
+        actuator.start()
+
+        def trial(name: str, n: int, drift: Callable[[int], None]) -> None:
+            if not wait_for(lambda: not _children(actuator.pid, b"nft")):
+                raise TrialFailed("the previous daemon's watch stream did not end")
+            ns.check(["nft", "-f", str(ruleset)])
+            state = root / f"{name.replace(' ', '-')}-{n}"
+            baseline = str(state / "baseline.json")
+            socket_path = actuator.socket
+            watches: list[WatchFactory] = [
+                lambda emit: ActuatorNftWatch(emit, client=ActuatorClient(socket_path)),
+                lambda emit: InotifyWatch(emit, always={baseline: EVERY_KIND})]
+            host = PrivilegedReadHost(LocalHost(), ActuatorClient(socket_path))
+            results: Results = []
+            with running_daemon(state, firewall, host,
+                                ActuatorClient(socket_path, errors_as_results=True),
+                                watches, results, actuatorSocket=str(socket_path),
+                                allowDisruptiveOutsideWindow=True) as d:
+                results.clear()
+                t0 = time.time()
+                drift(n)
+                detect, repair = drift_to_repair(d, results, t0)
+                failed = [a.error for _, r in results for a in r.executed if not a.ok]
+            live = ns.check(["nft", "list", "ruleset"]).stdout
+            if failed or "table inet filter" not in live or f"dport {20000 + n} " in live:
+                raise TrialFailed(f"reported repaired, but: failed {failed}; live {live!r}; "
+                                  f"actuator log {actuator.log()[-2000:]}")
+            out.setdefault(f"nft {name} (actuator): detection", []).append(detect)
+            out.setdefault(f"nft {name} (actuator): repaired", []).append(repair)
+
+        def rule_added(i: int) -> None:
+            ns.check(["nft", "add", "rule", "inet", "filter", "input", "tcp", "dport",
+                      str(20000 + i), "accept"])
+
+        def flushed(_i: int) -> None:
+            ns.check(["nft", "flush", "ruleset"])
+
+        try:
+            for i in range(trials):
+                _counted(trial, "rule added", i, rule_added)
+            for i in range(trials):
+                _counted(trial, "flushed", i, flushed)
+        finally:
+            actuator.stop()
+    return out
+
+
+def _children(pid: int, name: bytes) -> list[int]:
+    """Processes (zombies too) named `name` whose parent is `pid`."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            comm, rest = (entry / "stat").read_bytes().rsplit(b") ", 1)
+        except OSError:
+            continue
+        if int(rest.split()[1]) == pid and comm.split(b"(", 1)[1] == name:
+            found.append(int(entry.name))
+    return found
 
 
 # -- /run/current-system ---------------------------------------------------------------
