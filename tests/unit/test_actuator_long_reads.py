@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import json
 import threading
-import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -32,6 +31,7 @@ from reconciler.actuator.server import ActuatorServer
 from specs.actions import StartUnit
 from specs.host import Completed
 from specs.kinds.backup import BackupJob
+from tests.harness.wait import wait_for
 from tests.unit.test_actuator_server import Env, RecordingHost
 
 JOB = BackupJob(
@@ -227,12 +227,12 @@ def test_racing_long_reads_run_one_and_leave_host_changes_free(
         t.start()
     try:
         assert timed.holding.wait(10)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:  # the others are answered without waiting
+
+        def answered() -> bool:
             with lock:
-                if len(outcomes) == 7:
-                    break
-            time.sleep(0.01)
+                return len(outcomes) == 7
+
+        assert wait_for(answered, 10), "the others are answered without waiting"
         started = client.execute(StartUnit(unit="sshd.service"))
         assert started.ok, started
         with lock:
