@@ -211,3 +211,44 @@ def test_a_burst_of_unit_restarts_and_the_agents_own_repair_make_few_reconciles(
     finally:
         daemon.stop()
         runner.join(10)
+
+
+def test_reading_a_unit_that_is_not_installed_does_not_wake_the_watch_again(
+    systemd_container: SystemdContainer, tmp_path: Path
+) -> None:
+    """Each reconcile's `systemctl show` loads a unit that is not installed (or an
+    inactive one systemd has dropped from memory), and systemd announces that load
+    and the unload after it on the bus. Taken as hints, the agent's own reads woke
+    it again after every reconcile: about five reconciles a second, forever."""
+    box = systemd_container
+    (tmp_path / "baseline.json").write_text(json.dumps({
+        "version": 1, "policy_version": "1.0",
+        "services": {"units": [{"name": "not-installed.service"}]},
+    }))
+    reconciles: list[str] = []
+    agent = new_agent(make_config(tmp_path), host=box, actuator=LocalActuator(box),
+                      listeners=(lambda r: reconciles.append(r.kind),))
+    watches: list[UnitWatch] = []
+
+    def unit_watch(emit: Emit) -> UnitWatch:
+        watches.append(UnitWatch(emit, address=bus_address(box)))
+        return watches[-1]
+
+    daemon = Daemon(agent, DaemonPolicy(poll_interval=POLL, workers=2),
+                    notifier=Notifier(environ={}), watches=[unit_watch])
+    runner = threading.Thread(target=daemon.run, name="daemon-under-test", daemon=True)
+    runner.start()
+    try:
+        assert wait_for(lambda: daemon.passes_completed == 1)
+        assert wait_for(lambda: watches[0].health().up), watches[0].health()
+        # the resync as the watch went live: one reconcile, then quiet
+        wait_for(lambda: not daemon.hints.pending() and daemon.queue.depth() == 0
+                 and not daemon.queue.processing(), timeout=5.0)
+        before = len(reconciles)
+        time.sleep(3.0)  # bounded look: with the echo, ~15 reconciles in this time
+        assert len(reconciles) - before == 0, f"{len(reconciles) - before} reconciles woke " \
+            "by the agent's own reads"
+        assert daemon.passes_completed == 1
+    finally:
+        daemon.stop()
+        runner.join(10)
