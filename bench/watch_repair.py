@@ -18,9 +18,10 @@ of the same kind soon after is held by the per-action backoff (firewall: 10 s,
 doubling to 15 min, forgotten after 15 min without another attempt; patching:
 1 h, doubling to a day), which is crash-loop and fight protection, not
 latency. 20 repairs in one daemon would measure mostly that backoff; the bench
-keeps the default bounds (the firewall spec's `reapply_backoff_*` could lower them). What a second drift right after a repair
-costs is measured on its own (`flushed again`): it is repaired when the
-backoff ends, without waiting for the next pass.
+keeps the default bounds (the firewall spec's `reapply_backoff_*` could lower
+them). What a second drift right after a repair costs is measured on its own
+(`flushed again`): it is repaired when the backoff ends, without waiting for
+the next pass.
 """
 
 from __future__ import annotations
