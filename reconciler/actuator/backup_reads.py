@@ -48,6 +48,14 @@ def allowed_backup_read(argv: Sequence[str], spec: BackupSpec | None) -> bool:
     return backup_read_timeout(argv, spec) is not None
 
 
+def is_repository_check(argv: Sequence[str], spec: BackupSpec | None) -> bool:
+    """True when `argv` is the repository check of one of the spec's jobs (by the
+    whole argv: a listing may hold the word "check" too, e.g. `--host check`)."""
+    args = list(argv)
+    return spec is not None and any(
+        job.check_interval is not None and args == check_argv(job) for job in spec.jobs)
+
+
 def backup_read_timeout(argv: Sequence[str], spec: BackupSpec | None) -> float | None:
     """The time the baseline gives this read (the job's `check_timeout` for its
     repository check, `command_timeout` for the listing and the canary dump), or

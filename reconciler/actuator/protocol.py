@@ -161,6 +161,12 @@ class ActuatorReply(BaseModel):
     watching: Literal["nftables"] | None = None  # a watch stream is open; notices follow
 
 
+# Reply fields added after the first release, left out of a reply while unset: the
+# agent of an earlier release forbids unknown fields, and it still talks to a newer
+# actuator while a switch restarts both (it reattaches to its rebuild).
+LATER_REPLY_FIELDS = frozenset({"watching"})
+
+
 class WatchEnd(StrEnum):
     """Why the actuator ended a watch stream (its last frame)."""
 
@@ -229,7 +235,10 @@ def recv_frame(sock: socket.socket, limit: int, *, deadline: float | None = None
 
 
 def send_json(sock: socket.socket, model: BaseModel) -> None:
-    sock.sendall(encode_frame(model.model_dump_json().encode()))
+    unset = None
+    if isinstance(model, ActuatorReply):
+        unset = {f for f in LATER_REPLY_FIELDS if getattr(model, f) is None}
+    sock.sendall(encode_frame(model.model_dump_json(exclude=unset).encode()))
 
 
 def refused(decision: PolicyDecision) -> ActuatorReply:

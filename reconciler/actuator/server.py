@@ -59,6 +59,7 @@ from pathlib import Path
 from typing import Any
 
 from reconciler.actuator import nft_sandbox
+from reconciler.actuator.backup_reads import is_repository_check
 from reconciler.actuator.baselines import ActuatorBaselines, BaselineOfferRefused
 from reconciler.actuator.devices import BlockDevices
 from reconciler.actuator.local import LocalActuator
@@ -236,7 +237,8 @@ class RequestHandler:
         lane = None
         if timeout > MAX_OBSERVE_TIMEOUT:
             # admitted above as exactly one of the baseline's backup reads
-            lane = self.long_reads["check" if "check" in argv else "read"]
+            check = is_repository_check(request.observe, baseline.backup)
+            lane = self.long_reads["check" if check else "read"]
             if not lane.acquire(blocking=False):
                 return refused(PolicyDecision(
                     Refusal.Busy, "another long backup read of this kind (a repository "

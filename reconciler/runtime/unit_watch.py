@@ -7,10 +7,16 @@ units the specs name are picked out here, and their kinds are hinted:
 
 * `PropertiesChanged` of `org.freedesktop.systemd1.Unit` touching ActiveState,
   SubState, LoadState or UnitFileState, on the unit's object path;
-* `JobRemoved` (a start/stop/restart job finished), `UnitNew`/`UnitRemoved`, by
-  unit name;
+* `JobRemoved` (a start/stop/restart job finished), by unit name;
 * `UnitFilesChanged` (enable/disable) and the end of `Reloading`: the
   enablement of any unit may have changed, so every kind with units.
+
+`UnitNew`/`UnitRemoved` are not hints: they say a unit was loaded into or
+dropped from the manager's memory, not that its state changed, and every
+reconcile's own `systemctl show` loads a unit that is not installed (or an
+inactive one systemd has unloaded) and so sends them; as hints, the agent's
+reads woke it again after each reconcile, forever. A start or stop of such a
+unit still sends `JobRemoved` and `PropertiesChanged`.
 
 A spec may name a unit by an alias (`sshd.service` for `ssh.service`, an
 `Alias=` link): systemd sends every signal under the unit's own name and object
@@ -177,8 +183,6 @@ class UnitWatch(SupervisedWatch):
                     about = path
             elif member == "JobRemoved":
                 about = unit_object_path(str(body[2]))
-            elif member in ("UnitNew", "UnitRemoved"):
-                about = str(body[1])
             if about is not None:
                 self._resolve_new(conn, {u for t in targets.values() for u in t.units})
                 keys = {k for k, t in targets.items()

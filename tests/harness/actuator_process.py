@@ -19,7 +19,6 @@ from tests.harness.wait import wait_for
 REPO = Path(__file__).resolve().parents[2]
 
 
-
 class ActuatorProcess:
     """`python -m reconciler.actuator.server` as root in `ns`, on `workdir/actuator.sock`
     (0660 root:65534, like the module's socket unit), logging to a file."""
@@ -84,3 +83,28 @@ def write_config(workdir: Path, baseline: dict[str, Any], **extra: Any) -> Path:
         **extra,
     }))
     return config
+
+
+def nft_children(pid: int) -> list[int]:
+    """Processes (zombies included: a child not reaped counts) whose parent is `pid`
+    and whose name is nft: the actuator's `nft monitor` children."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                name, rest = f.read().rsplit(b") ", 1)
+        except OSError:
+            continue
+        if int(rest.split()[1]) == pid and name.split(b"(", 1)[1] == b"nft":
+            found.append(int(entry))
+    return found
+
+
+def thread_count(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/task"))
+
+
+def fd_count(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
 import shutil
 import socket
 import struct
@@ -26,10 +25,17 @@ from typing import Any
 import pytest
 
 from reconciler.actuator.server import CONNECTION_TIMEOUT, MAX_CONNECTIONS
-from tests.harness.actuator_process import ActuatorProcess, wait_for, write_config
+from tests.harness.actuator_process import (
+    ActuatorProcess,
+    fd_count,
+    nft_children,
+    thread_count,
+    write_config,
+)
 from tests.harness.netns import NetNamespace
 from tests.harness.require import require_root, require_tool
 from tests.harness.unprivileged import NOBODY, run_as
+from tests.harness.wait import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -83,29 +89,6 @@ def first_frame(s: socket.socket) -> dict[str, Any]:
         return json.loads(s.recv(size, socket.MSG_WAITALL))  # type: ignore[no-any-return]
     except (OSError, ValueError) as e:
         return {"closed": str(e)}
-
-
-def nft_children(pid: int) -> list[int]:
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as f:
-                name, rest = f.read().rsplit(b") ", 1)
-        except OSError:
-            continue
-        if int(rest.split()[1]) == pid and name.split(b"(", 1)[1] == b"nft":
-            found.append(int(entry))
-    return found
-
-
-def thread_count(pid: int) -> int:
-    return len(os.listdir(f"/proc/{pid}/task"))
-
-
-def fd_count(pid: int) -> int:
-    return len(os.listdir(f"/proc/{pid}/fd"))
 
 
 def test_drip_fed_requests_cannot_hold_the_request_slots(actuator: ActuatorProcess) -> None:

@@ -32,9 +32,14 @@ from reconciler.runtime.daemon import Daemon, DaemonPolicy
 from reconciler.service import new_agent, watch_factories
 from specs.config import parse_config
 from specs.watch import WatchTargets
-from tests.harness.actuator_process import ActuatorProcess, write_config
+from tests.harness.actuator_process import (
+    ActuatorProcess,
+    nft_children,
+    thread_count,
+    write_config,
+)
 from tests.harness.netns import NetNamespace
-from tests.harness.require import require_root, require_tool
+from tests.harness.require import require_root, require_tool, unavailable
 from tests.harness.unprivileged import run_as
 from tests.harness.wait import wait_for
 
@@ -45,8 +50,6 @@ FIX = REPO / "tests" / "fixtures" / "nft"
 DEADLINE = 20.0
 # main just before watch streams: its actuator refuses {"watch": ...} as malformed
 OLD_ACTUATOR_COMMIT = "fc9bf4d"
-
-
 
 
 @pytest.fixture
@@ -137,27 +140,6 @@ def actuator(ns: NetNamespace, workdir: Path) -> Iterator[ActuatorProcess]:
     finally:
         act.stop()
         print(act.log())  # the per-request lines, shown when a test fails
-
-
-def nft_children(pid: int) -> list[int]:
-    """Processes (zombies included: a child not reaped counts) whose parent is `pid`
-    and whose name is nft."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as f:
-                name, rest = f.read().rsplit(b") ", 1)
-        except OSError:
-            continue
-        if int(rest.split()[1]) == pid and name.split(b"(", 1)[1] == b"nft":
-            found.append(int(entry))
-    return found
-
-
-def thread_count(pid: int) -> int:
-    return len(os.listdir(f"/proc/{pid}/task"))
 
 
 class RawStream:
@@ -373,7 +355,8 @@ def test_an_older_actuator_without_watches_shows_the_watch_down_and_backs_off(
                               "reconciler", "specs", "controllers"],
                              capture_output=True, timeout=60, check=False)
     if archive.returncode != 0:
-        pytest.skip(f"the history has no {OLD_ACTUATOR_COMMIT} (a shallow clone?): "
+        # CI runs on a full clone: a missing commit there must fail, not skip
+        unavailable(f"the history has no {OLD_ACTUATOR_COMMIT} (a shallow clone?): "
                     f"{archive.stderr.decode()[:200]}")
     subprocess.run(["tar", "-x", "-C", str(old)], input=archive.stdout, check=True,
                    timeout=60)

@@ -4,16 +4,21 @@ come; a cut bus connection degrades the watch to polling, and it recovers."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from reconciler.actuator.local import LocalActuator
 from reconciler.ops.sdnotify import Notifier
+from reconciler.runtime.agent import Agent
 from reconciler.runtime.daemon import Daemon, DaemonPolicy
+from reconciler.runtime.reconcile import ReconcileListener
 from reconciler.runtime.unit_watch import UnitWatch
 from reconciler.runtime.watch import Emit
 from reconciler.service import new_agent
@@ -50,18 +55,17 @@ def active_state(box: SystemdContainer, unit: str) -> str:
     return box.run(["systemctl", "show", "-p", "ActiveState", "--value", unit]).stdout.strip()
 
 
-def test_a_killed_unit_is_restarted_on_the_bus_signal_and_the_watch_survives_a_cut_bus(
-    systemd_container: SystemdContainer, tmp_path: Path
-) -> None:
-    box = systemd_container
-    box.install_unit("clinic-web.service", WEB_UNIT)
-    box.check(["systemctl", "enable", "--now", "clinic-web.service"])
-    (tmp_path / "baseline.json").write_text(json.dumps({
-        "version": 1, "policy_version": "1.0",
-        "services": {"units": [{"name": "clinic-web.service"}], "restart_backoff_base": 0.1,
-                     "restart_backoff_cap": 0.2},
-    }))
-    agent = new_agent(make_config(tmp_path), host=box, actuator=LocalActuator(box))
+@contextlib.contextmanager
+def unit_watch_daemon(
+    box: SystemdContainer, state: Path, baseline: dict[str, Any],
+    listeners: Sequence[ReconcileListener] = (),
+) -> Iterator[tuple[Agent, Daemon, list[UnitWatch]]]:
+    """The daemon on `box` with only the unit watch (on the box's bus) and the next
+    pass an hour away; `watches` holds the watch once the daemon has built it."""
+    (state / "baseline.json").write_text(json.dumps(
+        {"version": 1, "policy_version": "1.0", **baseline}))
+    agent = new_agent(make_config(state), host=box, actuator=LocalActuator(box),
+                      listeners=listeners)
     watches: list[UnitWatch] = []
 
     def unit_watch(emit: Emit) -> UnitWatch:
@@ -73,6 +77,21 @@ def test_a_killed_unit_is_restarted_on_the_bus_signal_and_the_watch_survives_a_c
     runner = threading.Thread(target=daemon.run, name="daemon-under-test", daemon=True)
     runner.start()
     try:
+        yield agent, daemon, watches
+    finally:
+        daemon.stop()
+        runner.join(10)
+
+
+def test_a_killed_unit_is_restarted_on_the_bus_signal_and_the_watch_survives_a_cut_bus(
+    systemd_container: SystemdContainer, tmp_path: Path
+) -> None:
+    box = systemd_container
+    box.install_unit("clinic-web.service", WEB_UNIT)
+    box.check(["systemctl", "enable", "--now", "clinic-web.service"])
+    baseline = {"services": {"units": [{"name": "clinic-web.service"}],
+                             "restart_backoff_base": 0.1, "restart_backoff_cap": 0.2}}
+    with unit_watch_daemon(box, tmp_path, baseline) as (agent, daemon, watches):
         assert wait_for(lambda: daemon.passes_completed == 1)
         watch = watches[0]
         assert wait_for(lambda: watch.health().up), watch.health()
@@ -103,9 +122,6 @@ def test_a_killed_unit_is_restarted_on_the_bus_signal_and_the_watch_survives_a_c
         assert wait_for(lambda: active_state(box, "clinic-web.service") != "active")
         assert wait_for(lambda: active_state(box, "clinic-web.service") == "active")
         assert daemon.passes_completed == 2, "the recovered watch restarted it"
-    finally:
-        daemon.stop()
-        runner.join(10)
 
 
 def test_a_unit_the_spec_names_by_its_alias_is_restarted_on_the_real_units_signal(
@@ -115,23 +131,9 @@ def test_a_unit_the_spec_names_by_its_alias_is_restarted_on_the_real_units_signa
     box.install_unit("clinic-web.service", ALIASED_UNIT)
     box.check(["systemctl", "enable", "--now", "clinic-web.service"])
     assert active_state(box, "clinic-app.service") == "active"  # the alias is in place
-    (tmp_path / "baseline.json").write_text(json.dumps({
-        "version": 1, "policy_version": "1.0",
-        "services": {"units": [{"name": "clinic-app.service"}], "restart_backoff_base": 0.1,
-                     "restart_backoff_cap": 0.2},
-    }))
-    agent = new_agent(make_config(tmp_path), host=box, actuator=LocalActuator(box))
-    watches: list[UnitWatch] = []
-
-    def unit_watch(emit: Emit) -> UnitWatch:
-        watches.append(UnitWatch(emit, address=bus_address(box)))
-        return watches[-1]
-
-    daemon = Daemon(agent, DaemonPolicy(poll_interval=POLL, workers=2),
-                    notifier=Notifier(environ={}), watches=[unit_watch])
-    runner = threading.Thread(target=daemon.run, name="daemon-under-test", daemon=True)
-    runner.start()
-    try:
+    baseline = {"services": {"units": [{"name": "clinic-app.service"}],
+                             "restart_backoff_base": 0.1, "restart_backoff_cap": 0.2}}
+    with unit_watch_daemon(box, tmp_path, baseline) as (_agent, daemon, watches):
         assert wait_for(lambda: daemon.passes_completed == 1)
         watch = watches[0]
         assert wait_for(lambda: watch.health().up), watch.health()
@@ -159,9 +161,6 @@ def test_a_unit_the_spec_names_by_its_alias_is_restarted_on_the_real_units_signa
         assert wait_for(lambda: active_state(box, "clinic-web.service") == "active"), \
             "not restarted after a reload"
         assert daemon.passes_completed == 1
-    finally:
-        daemon.stop()
-        runner.join(10)
 
 
 def test_a_burst_of_unit_restarts_and_the_agents_own_repair_make_few_reconciles(
@@ -172,21 +171,12 @@ def test_a_burst_of_unit_restarts_and_the_agents_own_repair_make_few_reconciles(
     for unit in units:
         box.install_unit(unit, WEB_UNIT)
     box.check(["systemctl", "enable", "--now", *units])
-    (tmp_path / "baseline.json").write_text(json.dumps({
-        "version": 1, "policy_version": "1.0",
-        "services": {"units": [{"name": u} for u in units], "restart_backoff_base": 0.1,
-                     "restart_backoff_cap": 0.2},
-    }))
+    baseline = {"services": {"units": [{"name": u} for u in units],
+                             "restart_backoff_base": 0.1, "restart_backoff_cap": 0.2}}
     reconciles: list[tuple[float, bool]] = []  # (when, ran actions)
-    agent = new_agent(make_config(tmp_path), host=box, actuator=LocalActuator(box),
-                      listeners=(lambda r: reconciles.append((time.monotonic(),
-                                                              bool(r.executed))),))
-    daemon = Daemon(agent, DaemonPolicy(poll_interval=POLL, workers=2),
-                    notifier=Notifier(environ={}),
-                    watches=[lambda emit: UnitWatch(emit, address=bus_address(box))])
-    runner = threading.Thread(target=daemon.run, name="daemon-under-test", daemon=True)
-    runner.start()
-    try:
+    with unit_watch_daemon(box, tmp_path, baseline, listeners=(
+            lambda r: reconciles.append((time.monotonic(), bool(r.executed))),
+    )) as (_agent, daemon, _watches):
         assert wait_for(lambda: daemon.passes_completed == 1)
         assert wait_for(lambda: all(h.up for h in daemon.watch_hub.health()))
         # settle: the resync of the watch going live, then nothing pending
@@ -208,6 +198,28 @@ def test_a_burst_of_unit_restarts_and_the_agents_own_repair_make_few_reconciles(
         assert len(acted) == 1, reconciles
         assert len(reconciles) <= 2, reconciles  # the repair and one follow-up look
         assert active_state(box, units[0]) == "active"
-    finally:
-        daemon.stop()
-        runner.join(10)
+
+
+def test_reading_a_unit_that_is_not_installed_does_not_wake_the_watch_again(
+    systemd_container: SystemdContainer, tmp_path: Path
+) -> None:
+    """Each reconcile's `systemctl show` loads a unit that is not installed (or an
+    inactive one systemd has dropped from memory), and systemd announces that load
+    and the unload after it on the bus. Taken as hints, the agent's own reads woke
+    it again after every reconcile: about five reconciles a second, forever."""
+    box = systemd_container
+    baseline = {"services": {"units": [{"name": "not-installed.service"}]}}
+    reconciles: list[str] = []
+    with unit_watch_daemon(box, tmp_path, baseline,
+                           listeners=(lambda r: reconciles.append(r.kind),)) as (
+            _agent, daemon, watches):
+        assert wait_for(lambda: daemon.passes_completed == 1)
+        assert wait_for(lambda: watches[0].health().up), watches[0].health()
+        # the resync as the watch went live: one reconcile, then quiet
+        wait_for(lambda: not daemon.hints.pending() and daemon.queue.depth() == 0
+                 and not daemon.queue.processing(), timeout=5.0)
+        before = len(reconciles)
+        time.sleep(3.0)  # bounded look: with the echo, ~15 reconciles in this time
+        assert len(reconciles) - before == 0, f"{len(reconciles) - before} reconciles woke " \
+            "by the agent's own reads"
+        assert daemon.passes_completed == 1

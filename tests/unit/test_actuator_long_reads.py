@@ -16,9 +16,9 @@ timeout); the socket, framing, policy and server threads are the real ones.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
-import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -31,6 +31,7 @@ from reconciler.actuator.server import ActuatorServer
 from specs.actions import StartUnit
 from specs.host import Completed
 from specs.kinds.backup import BackupJob
+from tests.harness.wait import wait_for
 from tests.unit.test_actuator_server import Env, RecordingHost
 
 JOB = BackupJob(
@@ -43,10 +44,12 @@ JOB = BackupJob(
 
 
 class TimedHost(RecordingHost):
-    """Remembers the timeout of each command; can hold a command until released."""
+    """Remembers the timeout of each command; can hold the repository check (`held`)
+    until released."""
 
-    def __init__(self) -> None:
+    def __init__(self, held: Sequence[str] = tuple(check_argv(JOB))) -> None:
         super().__init__()
+        self.held = list(held)
         self.timeouts: list[float] = []
         self.hold = threading.Event()
         self.holding = threading.Event()
@@ -56,24 +59,34 @@ class TimedHost(RecordingHost):
         self, argv: Sequence[str], timeout: float = 30.0, *, stdin: bytes | None = None
     ) -> Completed:
         self.timeouts.append(timeout)
-        if "check" in argv:
+        if list(argv) == self.held:
             self.holding.set()
             assert self.hold.wait(20)
         return super().run(argv, timeout, stdin=stdin)
 
 
-@pytest.fixture
-def env(tmp_path: Path) -> Iterator[Env]:
+def backup_env(tmp_path: Path, job: BackupJob) -> Env:
     e = Env(tmp_path)
-    e.host = TimedHost()
+    e.host = TimedHost(held=check_argv(job))
     body = json.loads(e.baseline.read_text())
-    body["backup"] = {"jobs": [json.loads(JOB.model_dump_json())]}
+    body["backup"] = {"jobs": [json.loads(job.model_dump_json())]}
     e.baseline.write_text(json.dumps(body))
-    yield e
+    return e
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> Env:
+    return backup_env(tmp_path, JOB)
 
 
 @pytest.fixture
 def server(env: Env) -> Iterator[ActuatorServer]:
+    with serving(env) as srv:
+        yield srv
+
+
+@contextlib.contextmanager
+def serving(env: Env) -> Iterator[ActuatorServer]:
     srv = env.server()
     stop = threading.Event()
 
@@ -214,12 +227,12 @@ def test_racing_long_reads_run_one_and_leave_host_changes_free(
         t.start()
     try:
         assert timed.holding.wait(10)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:  # the others are answered without waiting
+
+        def answered() -> bool:
             with lock:
-                if len(outcomes) == 7:
-                    break
-            time.sleep(0.01)
+                return len(outcomes) == 7
+
+        assert wait_for(answered, 10), "the others are answered without waiting"
         started = client.execute(StartUnit(unit="sshd.service"))
         assert started.ok, started
         with lock:
@@ -255,3 +268,30 @@ def test_a_snapshot_listing_is_not_blocked_by_a_running_repository_check(
     finally:
         timed.hold.set()
         first.join(10)
+
+
+def test_a_listing_that_names_check_among_its_arguments_is_not_a_repository_check(
+    tmp_path: Path,
+) -> None:
+    """A job whose hostname is "check" (restic's listing then says `--host check`):
+    its snapshot listing is still a listing, in the other lane, so a running
+    repository check does not make it Busy."""
+    job = JOB.model_copy(update={"hostname": "check"})
+    env = backup_env(tmp_path, job)
+    timed = host_of(env)
+    timed.hold.clear()
+    with serving(env):
+        client = ActuatorClient(env.socket)
+        first = threading.Thread(
+            target=lambda: client.observe(check_argv(job), timeout=job.check_timeout),
+            daemon=True,
+        )
+        first.start()
+        try:
+            assert timed.holding.wait(10)
+            assert "check" in snapshots_argv(job)
+            listing = client.observe(snapshots_argv(job), timeout=job.command_timeout)
+            assert listing.exit_code == 0
+        finally:
+            timed.hold.set()
+            first.join(10)

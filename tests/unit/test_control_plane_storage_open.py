@@ -2,9 +2,10 @@
 
 `serve` listens before uvicorn starts, so a test or script can run `order`
 against the same database while the server is still opening it. Switching to
-WAL takes an exclusive lock; without the busy timeout in place first, the
-loser of that race failed at once with "database is locked" and the server
-died on start (seen as a refused connection in CI).
+WAL takes an exclusive lock, and SQLite answers the loser of that race
+"database is locked" at once (the busy timeout does not cover it): the server
+died on start (seen as a refused connection in CI). The store now retries the
+switch for a bounded time.
 """
 
 from __future__ import annotations

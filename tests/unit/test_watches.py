@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,16 +27,11 @@ from reconciler.service import new_agent
 from specs.backoff import Backoff
 from specs.resource import ResourceSpec
 from specs.watch import EVERY_KIND, WatchTargets
-from tests.harness.wait import wait_for as wait_until
+from tests.harness.wait import wait_for
 from tests.unit.conftest import make_config, write_baseline
 from tests.unit.test_runtime import NoHost, RecordingActuator, ScriptedController
 
 DEADLINE = 10.0
-
-
-
-def wait_for(cond: Callable[[], bool], timeout: float = DEADLINE) -> bool:
-    return wait_until(cond, timeout)
 
 
 class FakeClock:
