@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -108,3 +109,18 @@ def thread_count(pid: int) -> int:
 
 def fd_count(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def settled(count: Callable[[], int], samples: int = 5, interval: float = 0.1,
+            timeout: float = 20.0) -> int:
+    """`count()` once it has stayed the same for `samples` looks in a row (a just
+    started actuator may still hold a start-up thread or file for a moment), so a
+    baseline taken from it is the idle one."""
+    history: list[int] = []
+
+    def stable() -> bool:
+        history.append(count())
+        return len(history) >= samples and len(set(history[-samples:])) == 1
+
+    wait_for(stable, timeout, interval=interval)
+    return history[-1]

@@ -35,6 +35,7 @@ from specs.watch import WatchTargets
 from tests.harness.actuator_process import (
     ActuatorProcess,
     nft_children,
+    settled,
     thread_count,
     write_config,
 )
@@ -226,7 +227,7 @@ def test_notices_hint_the_nftables_kinds_of_the_agent(
 def test_a_client_that_goes_away_leaves_no_nft_and_no_thread(
     actuator: ActuatorProcess,
 ) -> None:
-    idle_threads = thread_count(actuator.pid)
+    idle_threads = settled(lambda: thread_count(actuator.pid))
     for _ in range(3):
         stream = RawStream(actuator.socket)
         assert stream.first["watching"] == "nftables", stream.first
