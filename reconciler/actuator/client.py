@@ -70,6 +70,9 @@ log = logging.getLogger(__name__)
 # A rebuild (switch + health check + maybe rollback) can take minutes; the
 # actuator bounds every command itself, so this is only a backstop.
 DEFAULT_TIMEOUT = 1800.0
+# Asked before every patching reconcile; root answers from its journal at once, so
+# a hung actuator costs this much, not a rebuild's wait.
+COLLECT_TIMEOUT = 10.0
 REPLY_MARGIN = 30.0  # seconds past a read's own timeout for root to reply
 # How long a rebuild request is re-sent after the actuator went away mid-request
 # (the switch restarted it; systemd brings it back, and it resumes the transaction).
@@ -149,7 +152,8 @@ class ActuatorClient:
         if action_type != "NixosRebuild":  # the one action finished across restarts
             return None
         try:
-            reply = self._roundtrip(CollectFinishedRequest(collect_finished=action_type))
+            reply = self._roundtrip(CollectFinishedRequest(collect_finished=action_type),
+                                    wait=COLLECT_TIMEOUT)
         except ActuatorError as e:
             log.warning("asking the actuator for a finished %s: %s", action_type, e)
             return None

@@ -589,3 +589,26 @@ def test_collect_finished_hands_over_nothing_else(tmp_path: Path) -> None:
     assert TransactionJournal(journal).load().delivered  # type: ignore[union-attr]
     assert _raw(server, b'{"collect_finished": "NixosRebuild"}').result is None
     server.listener.close()
+
+
+def test_asking_a_hung_actuator_for_finished_results_does_not_hold_the_reconcile(
+    tmp_path: Path,
+) -> None:
+    """The patching reconcile asks first; an actuator that accepts and never answers
+    must cost seconds (the request is a journal read), not the 30 minutes a
+    rebuild request may wait."""
+    from reconciler.actuator.client import ActuatorClient
+
+    path = tmp_path / "hung.sock"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(path))
+    listener.listen(1)
+    got: list[object] = []
+    asker = threading.Thread(
+        target=lambda: got.append(ActuatorClient(path).collect_finished("NixosRebuild")),
+        daemon=True)
+    asker.start()
+    asker.join(60)  # a bound for the test only; the old code waited 1800 s here
+    listener.close()
+    assert not asker.is_alive(), "collect_finished waited on a hung actuator"
+    assert got == [None]
