@@ -42,6 +42,7 @@ from pydantic import ValidationError
 from reconciler.actuator.backup_reads import is_backup_read
 from reconciler.actuator.policy import DEVICE_READS, is_sandbox_request
 from reconciler.actuator.protocol import (
+    HEARTBEAT_INTERVAL,
     MAX_BACKUP_READ_TIMEOUT,
     MAX_NOTICE_BYTES,
     MAX_OBSERVE_TIMEOUT,
@@ -80,6 +81,7 @@ REBUILD_REATTACH_WINDOW = 300.0
 REATTACH_BACKOFF = Backoff(base=0.5, cap=10.0)
 # The actuator says "ready" once nft listens (within ~2 s); a slower answer is a failure.
 WATCH_READY_TIMEOUT = 15.0
+WATCH_SILENCE_TIMEOUT = 3 * HEARTBEAT_INTERVAL  # three heartbeats missed: the actuator is wedged
 MAX_WATCH_REPLY_BYTES = 64 * 1024  # the first frame: "ready", or a refusal and its message
 
 
@@ -223,7 +225,10 @@ class ActuatorClient:
             raise ActuatorRefused(reason, reply.message)
         raise ActuatorProtocolError(f"actuator error ({reason}): {reply.message}")
 
-    def watch_nftables(self, ready_timeout: float = WATCH_READY_TIMEOUT) -> NoticeStream:
+    def watch_nftables(
+        self, ready_timeout: float = WATCH_READY_TIMEOUT,
+        silence_timeout: float = WATCH_SILENCE_TIMEOUT,
+    ) -> NoticeStream:
         """Open a stream of nftables change notices; returns once the actuator's monitor
         listens. ActuatorRefused if the actuator will not (an older actuator refuses
         the request kind: `UnknownRequest`, or `MalformedRequest` before that kind
@@ -248,8 +253,7 @@ class ActuatorClient:
             except ValidationError as e:
                 raise ActuatorProtocolError(f"invalid reply from actuator: {e}") from None
             if reply.status == "ok" and reply.watching == "nftables":
-                sock.settimeout(None)  # notices come when the ruleset changes: maybe never
-                return NoticeStream(sock, self.socket_path)
+                return NoticeStream(sock, self.socket_path, silence_timeout)
             reason = reply.reason or Refusal.InternalError
             if reply.status == "refused":
                 raise ActuatorRefused(reason, reply.message)
@@ -296,15 +300,22 @@ class NoticeStream:
     """An open watch stream: `next()` blocks until the next notice; `interrupt()`
     (from another thread) makes a blocked `next()` raise; `close()` when done."""
 
-    def __init__(self, sock: socket.socket, socket_path: Path) -> None:
+    def __init__(self, sock: socket.socket, socket_path: Path, silence_timeout: float) -> None:
+        # An idle actuator sends a heartbeat every HEARTBEAT_INTERVAL: a stream
+        # silent for `silence_timeout` has a wedged or stopped actuator behind it.
+        sock.settimeout(silence_timeout)
         self._sock = sock
         self.socket_path = socket_path
+        self.silence_timeout = silence_timeout
 
     def next(self) -> WatchNotice:
         """The next notice; ActuatorWentAway when the stream closed without an `ended`
         notice (the actuator died, or `interrupt()`), ActuatorProtocolError for junk."""
         try:
             body = recv_frame(self._sock, MAX_NOTICE_BYTES)
+        except TimeoutError:
+            raise ActuatorWentAway(self.socket_path, "watch stream silent for "
+                                   f"{self.silence_timeout:g} s (no heartbeat)") from None
         except (FrameError, OSError) as e:
             raise ActuatorWentAway(self.socket_path, f"watch stream closed: {e}") from None
         try:

@@ -188,6 +188,9 @@ class WatchNotice(BaseModel):
 
 MAX_NOTICE_BYTES = 4096  # a notice is a few dozen bytes; anything larger is not one
 NOTICE_INTERVAL = 0.1  # seconds: the actuator sends at most one notice per interval
+# An idle stream says it is alive this often (a frame with neither change nor end),
+# so a client tells a quiet ruleset from a wedged actuator after a few missed.
+HEARTBEAT_INTERVAL = 30.0
 
 
 class FrameError(ComplianceAgentError):

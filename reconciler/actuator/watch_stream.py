@@ -43,6 +43,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 from reconciler.actuator.host import command_env
 from reconciler.actuator.protocol import (
+    HEARTBEAT_INTERVAL,
     NOTICE_INTERVAL,
     ActuatorReply,
     PolicyDecision,
@@ -98,6 +99,7 @@ class WatchStreams:
         env: Mapping[str, str] | None = None,
         limit: int = MAX_WATCH_STREAMS,
         interval: float = NOTICE_INTERVAL,
+        heartbeat: float = HEARTBEAT_INTERVAL,
         ready_timeout: float = READY_TIMEOUT,
         subscribed: Callable[[int], bool] = monitor_subscribed,
         monotonic: Callable[[], float] = time.monotonic,
@@ -106,6 +108,7 @@ class WatchStreams:
         self._env = command_env(env)
         self._limit = limit
         self._interval = interval
+        self._heartbeat = heartbeat
         self._ready_timeout = ready_timeout
         self._subscribed = subscribed
         self._monotonic = monotonic
@@ -199,14 +202,16 @@ class WatchStreams:
         out = proc.stdout.fileno()
         pending = False
         last_sent = float("-inf")
+        last_frame = self._monotonic()  # any frame, heartbeats included
         with selectors.DefaultSelector() as sel:
             sel.register(out, selectors.EVENT_READ)
             sel.register(conn, selectors.EVENT_READ)
             sel.register(self._wake_r, selectors.EVENT_READ)
             while True:
-                wait = None if not pending else max(
-                    0.0, last_sent + self._interval - self._monotonic())
-                ready = {key.fd for key, _ in sel.select(wait)}
+                due = last_frame + self._heartbeat
+                if pending:
+                    due = min(due, last_sent + self._interval)
+                ready = {key.fd for key, _ in sel.select(max(0.0, due - self._monotonic()))}
                 if self._stopping.is_set():
                     _send(conn, WatchNotice(ended=WatchEnd.ActuatorStopping))
                     return "ActuatorStopping"
@@ -227,8 +232,12 @@ class WatchStreams:
                 if pending and self._monotonic() - last_sent >= self._interval:
                     if not _send(conn, WatchNotice(changed="ruleset")):
                         return "ClientGone"
-                    last_sent = self._monotonic()
+                    last_sent = last_frame = self._monotonic()
                     pending = False
+                elif self._monotonic() - last_frame >= self._heartbeat:
+                    if not _send(conn, WatchNotice()):  # alive, nothing changed
+                        return "ClientGone"
+                    last_frame = self._monotonic()
 
 
 def _unavailable(message: str) -> ActuatorReply:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import threading
 
 from reconciler.actuator.client import (
+    WATCH_SILENCE_TIMEOUT,
     ActuatorClient,
     ActuatorError,
     ActuatorRefused,
@@ -36,9 +37,11 @@ NOT_OFFERED = frozenset({Refusal.UnknownRequest, Refusal.MalformedRequest})
 
 
 class ActuatorNftWatch(SupervisedWatch):
-    def __init__(self, emit: Emit, *, client: ActuatorClient, name: str = "nftables") -> None:
+    def __init__(self, emit: Emit, *, client: ActuatorClient, name: str = "nftables",
+                 silence_timeout: float = WATCH_SILENCE_TIMEOUT) -> None:
         super().__init__(name, emit)
         self._client = client
+        self._silence_timeout = silence_timeout
         self._stream_lock = threading.Lock()
         self._stream: NoticeStream | None = None
 
@@ -55,7 +58,7 @@ class ActuatorNftWatch(SupervisedWatch):
 
     def session(self) -> None:
         try:
-            stream = self._client.watch_nftables()
+            stream = self._client.watch_nftables(silence_timeout=self._silence_timeout)
         except ActuatorRefused as e:
             if e.reason in NOT_OFFERED:
                 raise WatchUnsupported(

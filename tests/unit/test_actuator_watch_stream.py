@@ -91,12 +91,13 @@ def reaped(pid: int) -> bool:
 class Rig:
     """WatchStreams over a socketpair: `serve` on a thread, the test is the client."""
 
-    def __init__(self, tmp: Path, *, argv: list[str] | None = None, limit: int = 1) -> None:
+    def __init__(self, tmp: Path, *, argv: list[str] | None = None, limit: int = 1,
+                 heartbeat: float = 30.0) -> None:
         self.fifo = tmp / "changes.fifo"
         os.mkfifo(self.fifo)
         self.streams = WatchStreams(
             argv=argv or [sys.executable, "-c", ECHO_FIFO, str(self.fifo)],
-            limit=limit, subscribed=lambda _pid: True)
+            limit=limit, subscribed=lambda _pid: True, heartbeat=heartbeat)
         self.ends: list[str] = []
         self._writer: int | None = None
 
@@ -415,3 +416,60 @@ def test_a_stream_admitted_as_stop_runs_is_waited_for(rig: Rig) -> None:
         assert _children(str(rig.fifo)) == []
     finally:
         client.close()
+
+
+HEARTBEAT = {"changed": None, "ended": None, "message": ""}
+
+
+def test_an_idle_stream_sends_heartbeats_and_changes_still_come_first(tmp_path: Path) -> None:
+    """Nothing changes for a while: the actuator says it is still there (a frame with
+    neither change nor end), so a client can tell a quiet ruleset from a wedged
+    actuator. A heartbeat is never a change."""
+    rig = Rig(tmp_path, heartbeat=0.3)
+    try:
+        sock = rig.open()
+        first = frame(sock)
+        assert first is not None and first["watching"] == "nftables"
+        assert [frame(sock, 5.0) for _ in range(3)] == [HEARTBEAT] * 3
+        rig.change()
+        got = frame(sock, 5.0)
+        while got == HEARTBEAT:
+            got = frame(sock, 5.0)
+        assert got == NOTICE
+    finally:
+        rig.streams.stop()
+
+
+def test_a_silent_actuator_takes_the_watch_down_instead_of_leaving_it_live(
+    tmp_path: Path,
+) -> None:
+    """An actuator that opened the stream and then says nothing, not even heartbeats
+    (wedged, stopped): the watch goes down (polling covers it) and tries again."""
+    path = tmp_path / "wedged.sock"
+    listener = bind_path_socket(path)
+    held: list[socket.socket] = []
+
+    def wedged_actuator() -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            recv_frame(conn, 1 << 16)
+            conn.sendall(encode_frame(b'{"status":"ok","watching":"nftables"}'))
+            held.append(conn)  # open, silent
+
+    threading.Thread(target=wedged_actuator, daemon=True).start()
+    watch = ActuatorNftWatch(lambda _k: None, client=ActuatorClient(path), silence_timeout=0.5)
+    watch.set_targets({"firewall": WatchTargets.of(nftables=True)})
+    watch.start()
+    try:
+        assert wait_for(lambda: watch.health().up)
+        assert wait_for(lambda: watch.health().failures >= 1), watch.health()
+        health = watch.health()
+        assert not health.up and health.reason == "Lost" and "silent" in health.message, health
+    finally:
+        watch.stop()
+        listener.close()
+        for c in held:
+            c.close()
