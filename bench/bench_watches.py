@@ -245,32 +245,26 @@ def main(argv: list[str] | None = None) -> int:
         detect_disable: list[float] = []
         repair_disable: list[float] = []
 
-        def trials(daemon: Daemon) -> None:
+        def unit_trials(daemon: Daemon, drift: list[str], detect: list[float],
+                        repair: list[float]) -> None:
             for _ in range(TRIALS):
                 wait_for(lambda: not daemon.queue.processing() and not daemon.hints.pending())
                 time.sleep(2.2)  # past the echo window of the last repair
                 results.clear()
                 t0 = time.time()
-                box.check(["systemctl", "kill", "-s", "KILL", "bench-web.service"])
-                ok = wait_for(lambda: any(r.drifts and r.executed for _, r in results))
-                if not ok:
-                    print("unit trial: no repair seen", file=sys.stderr)
-                    continue
-                first = next(r for _, r in results if r.drifts)
-                detect_unit.append(first.started.timestamp() - t0)
-                repair_unit.append(next(t for t, r in results if r.executed) - t0)
-            for _ in range(TRIALS):
-                wait_for(lambda: not daemon.queue.processing() and not daemon.hints.pending())
-                time.sleep(2.2)
-                results.clear()
-                t0 = time.time()
-                box.check(["systemctl", "disable", "bench-web.service"])
+                box.check(drift)
                 if not wait_for(lambda: any(r.drifts and r.executed for _, r in results)):
-                    print("disable trial: no repair seen", file=sys.stderr)
+                    print(f"{' '.join(drift)}: no repair seen", file=sys.stderr)
                     continue
                 first = next(r for _, r in results if r.drifts)
-                detect_disable.append(first.started.timestamp() - t0)
-                repair_disable.append(next(t for t, r in results if r.executed) - t0)
+                detect.append(first.started.timestamp() - t0)
+                repair.append(next(t for t, r in results if r.executed) - t0)
+
+        def trials(daemon: Daemon) -> None:
+            unit_trials(daemon, ["systemctl", "kill", "-s", "KILL", "bench-web.service"],
+                        detect_unit, repair_unit)
+            unit_trials(daemon, ["systemctl", "disable", "bench-web.service"],
+                        detect_disable, repair_disable)
             for i in range(TRIALS):
                 wait_for(lambda: not daemon.queue.processing() and not daemon.hints.pending())
                 time.sleep(0.3)

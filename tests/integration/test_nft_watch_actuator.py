@@ -43,6 +43,7 @@ from tests.harness.netns import NetNamespace
 from tests.harness.require import require_root, require_tool, unavailable
 from tests.harness.unprivileged import run_as
 from tests.harness.wait import wait_for
+from tests.support.nft_repair import assert_flush_repaired_on_the_notice
 
 pytestmark = pytest.mark.integration
 
@@ -99,20 +100,7 @@ def test_a_flushed_ruleset_is_repaired_through_the_actuator_long_before_the_next
         return any(h.name == "nftables" and h.up for h in daemon.watch_hub.health())
 
     try:
-        assert wait_for(lambda: daemon.passes_completed == 1)
-        assert len(applied) == 1, "the first pass applied the baseline ruleset"
-        assert wait_for(nft_watch_up), daemon.watch_hub.status()
-        assert wait_for(lambda: not daemon.hints.pending() and not daemon.queue.processing())
-        time.sleep(2.5)  # past the echo window of the first apply
-        assert len(applied) == 1, "the apply's own notices did not make another apply"
-
-        ns.check(["nft", "flush", "ruleset"])  # drift: the firewall is gone
-        # seen at once; applied when the first apply's action backoff (10 s) ends
-        assert wait_for(lambda: len(applied) == 2, timeout=30.0), "the flush was not repaired"
-        assert daemon.passes_completed == 1, "repaired on the nft notice, not by a pass"
-        assert "table" in ns.check(["nft", "list", "ruleset"]).stdout
-        time.sleep(3.0)  # bounded: the repair's own notices must not start a cycle
-        assert len(applied) == 2
+        assert_flush_repaired_on_the_notice(daemon, applied, ns, nft_watch_up)
     finally:
         daemon.stop()
         runner.join(10)

@@ -25,6 +25,7 @@ from specs.watch import WatchTargets
 from tests.harness.netns import NetNamespace
 from tests.harness.require import require_tool
 from tests.harness.wait import wait_for
+from tests.support.nft_repair import assert_flush_repaired_on_the_notice
 from tests.unit.conftest import make_config
 
 FIX = Path(__file__).resolve().parents[1] / "fixtures" / "nft"
@@ -95,21 +96,7 @@ def test_a_flushed_ruleset_is_repaired_on_the_nft_notice_long_before_the_next_pa
     runner = threading.Thread(target=daemon.run, name="daemon-under-test", daemon=True)
     runner.start()
     try:
-        assert wait_for(lambda: daemon.passes_completed == 1)
-        assert len(applied) == 1, "the first pass applied the baseline ruleset"
-        assert wait_for(lambda: all(h.up for h in daemon.watch_hub.health()))
-        assert wait_for(lambda: not daemon.hints.pending() and not daemon.queue.processing())
-        time.sleep(2.5)  # past the echo window of the first apply
-        assert len(applied) == 1, "the apply's own notices did not make another apply"
-
-        netns.check(["nft", "flush", "ruleset"])  # drift: the firewall is gone
-        # seen at once; applied when the first apply's action backoff (the firewall's
-        # default, 10 s) ends: the daemon retries then, not at the next pass
-        assert wait_for(lambda: len(applied) == 2, timeout=30.0), "the flush was not repaired"
-        assert daemon.passes_completed == 1, "repaired on the nft notice, not by a pass"
-        assert "table" in netns.check(["nft", "list", "ruleset"]).stdout
-        time.sleep(3.0)  # bounded: the repair's own notices must not start a cycle
-        assert len(applied) == 2
+        assert_flush_repaired_on_the_notice(daemon, applied, netns, lambda: all(h.up for h in daemon.watch_hub.health()))
     finally:
         daemon.stop()
         runner.join(10)
